@@ -1,0 +1,306 @@
+"""The canonical JPEG-LM codec: image -> canonical stripped JPEG bytes -> image.
+
+Canonical form (arXiv 2408.08459, and the published inference code):
+
+* ``prepare``: center square crop, antialiased bilinear resize to ``size`` x ``size`` (Pillow's
+  ``Image.resize(..., Image.BILINEAR)``), RGB.
+* ``encode``: baseline JPEG, ``quality`` 25, 4:2:0 chroma, a restart marker after every MCU,
+  no DQT/DHT segments — byte-identical to Pillow's
+  ``im.save(f, "JPEG", quality=q, subsampling="4:2:0", streamtype=2, restart_marker_blocks=1)``.
+* ``tables`` / ``with_tables``: the standard tables (``streamtype=1``) and a complete JFIF file.
+* ``decode``: strict (raises :class:`JPEGError`) or tolerant (every valid MCU decoded, damaged
+  or missing MCUs mid-grey, and how many were valid).
+
+The work is done by libjpeg through ``jpeglm._core`` with the GIL released; the batch calls
+run on all cores.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple, Union
+
+import numpy as np
+from PIL import Image
+
+from jpeglm import _core
+
+__all__ = [
+    "JPEGError",
+    "ImageLike",
+    "TolerantDecode",
+    "prepare",
+    "encode",
+    "encode_batch",
+    "decode",
+    "decode_batch",
+    "tables",
+    "with_tables",
+    "header",
+    "mcu_validity",
+    "DEFAULT_QUALITY",
+    "DEFAULT_SIZE",
+]
+
+#: Raised for data libjpeg cannot decode (a subclass of ValueError), with libjpeg's message.
+JPEGError = _core.JPEGError
+
+DEFAULT_QUALITY = 25
+DEFAULT_SIZE = 256
+
+ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
+BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
+
+
+class TolerantDecode(NamedTuple):
+    """Result of ``decode(..., tolerant=True)``."""
+
+    image: np.ndarray  #: (H, W, 3) uint8; damaged or missing MCUs are mid-grey
+    valid_mcus: int  #: MCUs decoded from valid data
+    total_mcus: int  #: MCUs in the image
+
+    @property
+    def clean(self) -> bool:
+        """True when every MCU was valid."""
+        return self.valid_mcus == self.total_mcus
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_quality(quality: int) -> int:
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
+        raise TypeError(f"quality must be an int in 1..100, got {type(quality).__name__}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    return int(quality)
+
+
+def _check_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"size must be an int, got {type(size).__name__}")
+    if size <= 0 or size % 16 != 0:
+        raise ValueError(f"size must be a positive multiple of 16 (whole 4:2:0 MCUs), got {size}")
+    if size > 65504:
+        raise ValueError(f"size {size} exceeds JPEG's limit")
+    return int(size)
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        return 0  # all cores
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    return int(threads)
+
+
+def _as_buffer(data: BytesLike, what: str = "data") -> BytesLike:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise TypeError(f"{what}: expected uint8 bytes, got a {data.dtype} array")
+        return np.ascontiguousarray(data).reshape(-1)
+    if isinstance(data, (str, os.PathLike)):
+        raise TypeError(f"{what}: expected JPEG bytes, got a path (read the file first)")
+    raise TypeError(f"{what}: expected bytes-like JPEG data, got {type(data).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def _open(image: ImageLike) -> Image.Image:
+    """Any accepted input as a PIL image (not yet converted)."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"image array must be uint8, got {image.dtype}")
+        if image.ndim == 2:
+            return Image.fromarray(image, "L")
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            return Image.fromarray(np.ascontiguousarray(image), "RGB" if image.shape[2] == 3 else "RGBA")
+        if image.ndim == 3 and image.shape[2] == 1:
+            return Image.fromarray(np.ascontiguousarray(image[:, :, 0]), "L")
+        raise ValueError(f"image array must have shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) == 0:
+            raise ValueError("empty image data")
+        try:
+            im = Image.open(io.BytesIO(bytes(image)))
+            im.load()
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot read image data: {e}") from e
+        return im
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such image file: {path}")
+        try:
+            im = Image.open(path)
+            im.load()
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
+        return im
+    raise TypeError(
+        "image must be a PIL.Image, a uint8 numpy array, a path or encoded bytes, "
+        f"got {type(image).__name__}"
+    )
+
+
+def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """Center square crop + antialiased bilinear resize to ``size`` x ``size``, as RGB uint8.
+
+    Equal to the reference preprocessing: the largest centered square (offsets rounded down, as
+    torchvision's center crop), then Pillow's ``resize((size, size), Image.BILINEAR)``.
+    An array that is already ``(size, size, 3)`` uint8 is returned as is (made contiguous).
+    """
+    size = _check_size(size)
+    if (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and image.shape == (size, size, 3)
+    ):
+        return np.ascontiguousarray(image)
+    im = _open(image)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    w, h = im.size
+    if w == 0 or h == 0:
+        raise ValueError("image has no pixels")
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    if (w, h) != (side, side):
+        im = im.crop((left, top, left + side, top + side))
+    if side != size:
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im)
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def encode(image: ImageLike, quality: int = DEFAULT_QUALITY, size: int = DEFAULT_SIZE) -> bytes:
+    """The canonical stripped JPEG stream of ``prepare(image, size)``.
+
+    Byte-identical to Pillow's ``save(f, "JPEG", quality=quality, subsampling="4:2:0",
+    streamtype=2, restart_marker_blocks=1)`` of the prepared image.
+    """
+    quality = _check_quality(quality)
+    return _core.encode(prepare(image, size), quality)
+
+
+def encode_batch(
+    images: Sequence[ImageLike] | np.ndarray,
+    quality: int = DEFAULT_QUALITY,
+    size: int = DEFAULT_SIZE,
+    threads: int | None = None,
+) -> list[bytes]:
+    """``encode`` over many images, natively on ``threads`` threads (None: all cores).
+
+    ``images`` may be a sequence of anything ``encode`` accepts, or one ``(N, size, size, 3)``
+    uint8 array (no per-image Python work at all). An empty batch gives ``[]``.
+    """
+    quality = _check_quality(quality)
+    size = _check_size(size)
+    nthreads = _threads(threads)
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8:
+            raise TypeError(f"image stack must be uint8, got {images.dtype}")
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(
+                f"image stack must have shape (N, {size}, {size}, 3), got {images.shape}"
+            )
+        return _core.encode_stack(np.ascontiguousarray(images), quality, nthreads)
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
+        raise TypeError("encode_batch expects a sequence of images; use encode() for one")
+    prepared = [prepare(im, size) for im in images]
+    if not prepared:
+        return []
+    return _core.encode_batch(prepared, quality, nthreads)
+
+
+def tables(quality: int = DEFAULT_QUALITY) -> bytes:
+    """The tables-only stream for ``quality``: SOI, DQT x2, DHT x4, EOI (574 bytes).
+
+    Pillow's ``streamtype=1``; libjpeg's ``jpeg_write_tables``. The same for every image.
+    """
+    return _core.tables(_check_quality(quality))
+
+
+def with_tables(stripped: BytesLike, quality: int = DEFAULT_QUALITY) -> bytes:
+    """A complete JFIF file: the tables of ``quality`` spliced after the stripped stream's SOI.
+
+    A stream that already carries its tables is returned unchanged.
+    """
+    return _core.with_tables(_as_buffer(stripped), _check_quality(quality))
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode(
+    data: BytesLike,
+    tolerant: bool = False,
+    quality: int = DEFAULT_QUALITY,
+    size: int = DEFAULT_SIZE,
+) -> np.ndarray | TolerantDecode:
+    """Decode a canonical stripped stream (tables of ``quality`` spliced) or a complete JPEG.
+
+    Strict (default): returns the (H, W, 3) uint8 RGB image, equal to Pillow's decode of the
+    same file; any corruption raises :class:`JPEGError` with libjpeg's message.
+
+    Tolerant: returns :class:`TolerantDecode` ``(image, valid_mcus, total_mcus)``. Every
+    restart interval is checked on its own; valid MCUs are decoded exactly, damaged or missing
+    ones (a truncated or corrupt generation) are mid-grey. When not even the header can be
+    read, the image is a grey ``size`` x ``size`` square with ``valid_mcus == 0``.
+    """
+    buf = _as_buffer(data)
+    quality = _check_quality(quality)
+    if tolerant:
+        size = _check_size(size)
+        img, valid, total, _ = _core.decode(buf, quality, True, size)
+        return TolerantDecode(img, valid, total)
+    return _core.decode(buf, quality, False, 0)[0]
+
+
+def decode_batch(
+    items: Sequence[BytesLike],
+    tolerant: bool = False,
+    quality: int = DEFAULT_QUALITY,
+    size: int = DEFAULT_SIZE,
+    threads: int | None = None,
+) -> list[np.ndarray] | list[TolerantDecode]:
+    """``decode`` over many streams, natively on ``threads`` threads (None: all cores).
+
+    In strict mode the first bad item raises :class:`JPEGError` naming its index.
+    """
+    if isinstance(items, (bytes, bytearray, memoryview)):
+        raise TypeError("decode_batch expects a sequence of streams; use decode() for one")
+    bufs = [_as_buffer(x, f"item {i}") for i, x in enumerate(items)]
+    quality = _check_quality(quality)
+    nthreads = _threads(threads)
+    if not bufs:
+        return []
+    if tolerant:
+        size = _check_size(size)
+        out = _core.decode_batch(bufs, quality, True, nthreads, size)
+        return [TolerantDecode(img, v, t) for img, v, t, _ in out]
+    return [r[0] for r in _core.decode_batch(bufs, quality, False, nthreads, 0)]
+
+
+def header(data: BytesLike) -> dict:
+    """The header fields up to SOS: width, height, components, has_tables, restart_interval…"""
+    return _core.parse_header(_as_buffer(data))
+
+
+def mcu_validity(data: BytesLike, quality: int = DEFAULT_QUALITY) -> np.ndarray:
+    """Per-MCU validity (bool array, raster order) of a baseline stream with restart markers."""
+    return _core.mcu_validity(_as_buffer(data), _check_quality(quality))

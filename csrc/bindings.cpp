@@ -67,12 +67,13 @@ ImageView image_view(const py::buffer_info& info) {
   return v;
 }
 
-py::array_t<uint8_t> to_array(std::vector<uint8_t>&& pixels, int h, int w) {
-  auto* heap = new std::vector<uint8_t>(std::move(pixels));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<uint8_t>*>(p); });
+// Hands the pixel buffer to numpy without a copy: the capsule frees it with the array.
+py::array_t<uint8_t> to_array(std::unique_ptr<uint8_t[]>&& pixels, int h, int w) {
+  uint8_t* raw = pixels.get();
+  py::capsule owner(raw, [](void* p) { delete[] static_cast<uint8_t*>(p); });
+  pixels.release();  // owned by the capsule from here on
   return py::array_t<uint8_t>({py::ssize_t(h), py::ssize_t(w), py::ssize_t(3)},
-                              {py::ssize_t(w) * 3, py::ssize_t(3), py::ssize_t(1)}, heap->data(),
-                              owner);
+                              {py::ssize_t(w) * 3, py::ssize_t(3), py::ssize_t(1)}, raw, owner);
 }
 
 py::bytes to_bytes(const std::vector<uint8_t>& v) {

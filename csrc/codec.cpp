@@ -352,9 +352,9 @@ bool run_decompress(Decoder& d, const uint8_t* data, std::size_t n, int quality,
   out->height = h;
   // Allocation failure here would throw through no libjpeg frame: we are in our own frame.
   // It is still caught: the caller wraps this call in try/catch for std::bad_alloc.
-  out->pixels.resize(std::size_t(w) * h * 3);
+  out->pixels.reset(new uint8_t[std::size_t(w) * h * 3]);
   d.rows.resize(h);
-  for (int y = 0; y < h; ++y) d.rows[y] = out->pixels.data() + std::size_t(y) * w * 3;
+  for (int y = 0; y < h; ++y) d.rows[y] = out->pixels.get() + std::size_t(y) * w * 3;
   while (d.cinfo.output_scanline < d.cinfo.output_height) {
     JDIMENSION done = d.cinfo.output_scanline;
     jpeg_read_scanlines(&d.cinfo, d.rows.data() + done, d.cinfo.output_height - done);
@@ -694,7 +694,9 @@ DecodeResult grey_image(int w, int h) {
   DecodeResult r;
   r.width = w;
   r.height = h;
-  r.pixels.assign(std::size_t(w) * h * 3, 128);
+  const std::size_t n = std::size_t(w) * h * 3;
+  r.pixels.reset(new uint8_t[n]);
+  std::memset(r.pixels.get(), 128, n);
   r.clean = false;
   return r;
 }

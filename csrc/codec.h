@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -65,7 +66,8 @@ HeaderInfo parse_header(const uint8_t* data, std::size_t n);
 // Decoding
 
 struct DecodeResult {
-  std::vector<uint8_t> pixels;  // height * width * 3, RGB
+  // height * width * 3 bytes, RGB. Not value-initialised: allocation without a zero-fill pass.
+  std::unique_ptr<uint8_t[]> pixels;
   int width = 0, height = 0;
   int valid_mcus = 0, total_mcus = 0;
   bool clean = true;  // no damage found

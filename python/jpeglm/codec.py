@@ -21,7 +21,7 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -51,8 +51,8 @@ JPEGError = _core.JPEGError
 DEFAULT_QUALITY = 25
 DEFAULT_SIZE = 256
 
-ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
-BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
+ImageLike = Image.Image | np.ndarray | str | os.PathLike | bytes | bytearray | memoryview
+BytesLike = bytes | bytearray | memoryview | np.ndarray
 
 
 class TolerantDecode(NamedTuple):
@@ -124,10 +124,14 @@ def _open(image: ImageLike) -> Image.Image:
         if image.ndim == 2:
             return Image.fromarray(image, "L")
         if image.ndim == 3 and image.shape[2] in (3, 4):
-            return Image.fromarray(np.ascontiguousarray(image), "RGB" if image.shape[2] == 3 else "RGBA")
+            return Image.fromarray(
+                np.ascontiguousarray(image), "RGB" if image.shape[2] == 3 else "RGBA"
+            )
         if image.ndim == 3 and image.shape[2] == 1:
             return Image.fromarray(np.ascontiguousarray(image[:, :, 0]), "L")
-        raise ValueError(f"image array must have shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+        raise ValueError(
+            f"image array must have shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}"
+        )
     if isinstance(image, (bytes, bytearray, memoryview)):
         if len(image) == 0:
             raise ValueError("empty image data")
@@ -161,11 +165,7 @@ def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
     An array that is already ``(size, size, 3)`` uint8 is returned as is (made contiguous).
     """
     size = _check_size(size)
-    if (
-        isinstance(image, np.ndarray)
-        and image.dtype == np.uint8
-        and image.shape == (size, size, 3)
-    ):
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3):
         return np.ascontiguousarray(image)
     im = _open(image)
     if im.mode != "RGB":

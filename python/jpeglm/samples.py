@@ -11,7 +11,16 @@ from PIL import Image
 IMAGE_DIR = Path(__file__).parent / "data" / "images"
 
 #: Names of the bundled photographs (file stems), colour first, then grayscale.
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "camera", "coins")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "camera",
+    "coins",
+)
 
 SYNTHETIC = ("noise", "flat", "gradient", "checker", "stripes")
 

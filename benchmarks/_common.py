@@ -1,0 +1,68 @@
+"""Shared helpers for the benchmark harnesses: timing, machine description, RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    """CPU model, core count, OS and Python, for the results header."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+def best_rate(fn: Callable[[], int], repeats: int = 5, min_time: float = 0.2) -> float:
+    """Items per second of ``fn`` (which returns how many items it processed), best of repeats.
+
+    Each repeat runs ``fn`` until ``min_time`` seconds have passed.
+    """
+    fn()  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            n += fn()
+            dt = time.perf_counter() - t0
+            if dt >= min_time:
+                break
+        best = max(best, n / dt)
+    return best
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) the ``## title`` section of RESULTS.md, atomically."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".RESULTS.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text.rstrip() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, RESULTS)

@@ -1,0 +1,192 @@
+"""Canonical encode / decode throughput of 256x256 images: jpeglm vs its peers, one run.
+
+    python benchmarks/codec.py [--images 64] [--repeats 5] [--no-write]
+
+Peers, each given its most favourable input (prepared outside the timed loop):
+* Pillow: a ready PIL image -> ``save(..., quality=25, subsampling="4:2:0", streamtype=2,
+  restart_marker_blocks=1)`` (the reference, byte-identical); decode of the complete file
+  (tables already spliced) -> numpy RGB array.
+* PyTurboJPEG 1.x (system libturbojpeg): ``encode(quality=25, TJSAMP_420)`` — its API has no
+  restart-marker or table-suppression option, so its output is not the canonical stream;
+  decode of the complete file to RGB.
+* OpenCV: ``imencode`` with quality 25, 4:2:0 and ``IMWRITE_JPEG_RST_INTERVAL=1`` from a BGR
+  array; ``imdecode`` (BGR out) of the complete file.
+* jpeglm: ``codec.encode`` / ``codec.decode`` (stripped stream in, tables spliced natively) in a
+  Python loop (1 thread), and the batch calls on 1 thread and on all cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+
+import numpy as np
+from jpeglm import codec, samples
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import best_rate, machine, today, write_section  # noqa: E402
+
+
+def corpus(n: int, seed: int = 0) -> list[np.ndarray]:
+    """n prepared 256x256 images: random crops, flips and scales of the bundled photos."""
+    rng = np.random.default_rng(seed)
+    photos = [samples.photo(p).convert("RGB") for p in samples.PHOTOS]
+    out = []
+    for i in range(n):
+        im = photos[i % len(photos)]
+        w, h = im.size
+        s = int(min(w, h) * rng.uniform(0.4, 1.0))
+        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+        crop = im.crop((x, y, x + s, y + s))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append(codec.prepare(crop))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = ap.parse_args()
+
+    arrs = corpus(args.images)
+    n = len(arrs)
+    pil_images = [Image.fromarray(a) for a in arrs]
+    stripped = codec.encode_batch(arrs)
+    full = [codec.with_tables(s) for s in stripped]
+    stack = np.stack(arrs)
+    threads = os.cpu_count() or 1
+    mean_kb = sum(map(len, stripped)) / n / 1024
+
+    def pil_encode() -> int:
+        for im in pil_images:
+            b = io.BytesIO()
+            im.save(
+                b, "JPEG", quality=25, subsampling="4:2:0", streamtype=2, restart_marker_blocks=1
+            )
+        return n
+
+    def pil_decode() -> int:
+        for f in full:
+            np.asarray(Image.open(io.BytesIO(f)).convert("RGB"))
+        return n
+
+    # Sanity: the reference and jpeglm agree before anything is timed.
+    b = io.BytesIO()
+    pil_images[0].save(
+        b, "JPEG", quality=25, subsampling="4:2:0", streamtype=2, restart_marker_blocks=1
+    )
+    assert b.getvalue() == stripped[0], "jpeglm output differs from Pillow"
+
+    enc: dict[str, float] = {}
+    dec: dict[str, float] = {}
+    notes: list[str] = []
+    enc["Pillow (reference)"] = best_rate(pil_encode, args.repeats)
+    dec["Pillow (reference)"] = best_rate(pil_decode, args.repeats)
+
+    try:
+        from turbojpeg import TJPF_RGB, TJSAMP_420, TurboJPEG
+
+        tj = TurboJPEG()
+
+        def tj_encode() -> int:
+            for a in arrs:
+                tj.encode(a, quality=25, pixel_format=TJPF_RGB, jpeg_subsample=TJSAMP_420)
+            return n
+
+        def tj_decode() -> int:
+            for f in full:
+                tj.decode(f, pixel_format=TJPF_RGB)
+            return n
+
+        enc["PyTurboJPEG 1.x (no RST, with tables)"] = best_rate(tj_encode, args.repeats)
+        dec["PyTurboJPEG 1.x"] = best_rate(tj_decode, args.repeats)
+    except Exception as e:  # noqa: BLE001 - a missing peer is reported, not fatal
+        notes.append(f"PyTurboJPEG unavailable: {e}")
+
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+        bgr = [np.ascontiguousarray(a[..., ::-1]) for a in arrs]
+        params = [
+            cv2.IMWRITE_JPEG_QUALITY, 25,
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+            cv2.IMWRITE_JPEG_RST_INTERVAL, 1,
+        ]  # fmt: skip
+
+        def cv_encode() -> int:
+            for a in bgr:
+                cv2.imencode(".jpg", a, params)
+            return n
+
+        bufs = [np.frombuffer(f, np.uint8) for f in full]
+
+        def cv_decode() -> int:
+            for f in bufs:
+                cv2.imdecode(f, cv2.IMREAD_COLOR)
+            return n
+
+        enc["OpenCV (BGR in, with tables)"] = best_rate(cv_encode, args.repeats)
+        dec["OpenCV (BGR out)"] = best_rate(cv_decode, args.repeats)
+    except Exception as e:  # noqa: BLE001
+        notes.append(f"OpenCV unavailable: {e}")
+
+    def jl_encode() -> int:
+        for a in arrs:
+            codec.encode(a)
+        return n
+
+    def jl_decode() -> int:
+        for s in stripped:
+            codec.decode(s)
+        return n
+
+    enc["jpeglm encode (1 thread)"] = best_rate(jl_encode, args.repeats)
+    enc["jpeglm encode_batch (1 thread)"] = best_rate(
+        lambda: len(codec.encode_batch(stack, threads=1)), args.repeats
+    )
+    enc[f"jpeglm encode_batch ({threads} threads)"] = best_rate(
+        lambda: len(codec.encode_batch(stack)), args.repeats
+    )
+    dec["jpeglm decode (1 thread)"] = best_rate(jl_decode, args.repeats)
+    dec["jpeglm decode_batch (1 thread)"] = best_rate(
+        lambda: len(codec.decode_batch(stripped, threads=1)), args.repeats
+    )
+    dec[f"jpeglm decode_batch ({threads} threads)"] = best_rate(
+        lambda: len(codec.decode_batch(stripped)), args.repeats
+    )
+
+    def table(rates: dict[str, float], base: float) -> str:
+        rows = ["| implementation | images/s | vs Pillow |", "|---|---:|---:|"]
+        rows += [f"| {k} | {v:,.0f} | {v / base:.2f}x |" for k, v in rates.items()]
+        return "\n".join(rows)
+
+    import PIL
+
+    body = (
+        f"Machine: {machine()}. Date: {today()}. "
+        f"Pillow {PIL.__version__}, numpy {np.__version__}.\n"
+        f"{n} canonical 256x256 images (random crops of the bundled photos), quality 25, "
+        f"mean stripped stream {mean_kb:.1f} KiB. Best of {args.repeats} repeats; "
+        "command: `python benchmarks/codec.py`.\n\n"
+        "### Encode (prepared RGB array -> canonical stream)\n\n"
+        + table(enc, enc["Pillow (reference)"])
+        + "\n\n### Decode (stream -> RGB array)\n\n"
+        + table(dec, dec["Pillow (reference)"])
+        + "\n\nGoals (issue 3): encode >= 1.6x Pillow on one thread, >= 3x with batch threads"
+        " on 2 cores; decode >= 3x Pillow on one thread."
+        + ("\n\n" + "\n".join(notes) if notes else "")
+    )
+    print(body)
+    if not args.no_write:
+        write_section("Codec", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The command line (encode / decode / demo) and the atomic-write helper."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jpeglm import _io, codec, samples
+from jpeglm.cli import main
+
+
+def test_encode_decode_roundtrip(tmp_path, capsys):
+    src = samples.photo_path("chelsea")
+    assert main(["encode", str(src), "-o", str(tmp_path / "enc")]) == 0
+    stream = (tmp_path / "enc" / "chelsea.jlm").read_bytes()
+    assert stream == codec.encode(src)
+    assert main(["decode", str(tmp_path / "enc" / "chelsea.jlm"), "-o", str(tmp_path / "dec")]) == 0
+    png = np.asarray(Image.open(tmp_path / "dec" / "chelsea.png"))
+    np.testing.assert_array_equal(png, codec.decode(stream))
+    assert main(["encode", str(src), "-o", str(tmp_path / "full"), "--full"]) == 0
+    assert (tmp_path / "full" / "chelsea.jpg").read_bytes() == codec.with_tables(stream)
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["encode", str(tmp_path / "nope.png"), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no such image file" in err and "Traceback" not in err and err.count("\n") == 1
+    bad = tmp_path / "bad.jlm"
+    bad.write_bytes(codec.encode(samples.synthetic("noise"))[:1000])
+    assert main(["decode", str(bad), "-o", str(tmp_path / "out")]) == 2
+    assert "--tolerant" in capsys.readouterr().err
+    assert main(["decode", str(bad), "-o", str(tmp_path / "out"), "--tolerant"]) == 0
+    assert "MCUs valid" in capsys.readouterr().out
+    assert (
+        main(["encode", str(samples.photo_path("coffee")), "-o", str(tmp_path), "--size", "100"])
+        == 2
+    )
+    assert "multiple of 16" in capsys.readouterr().err
+
+
+def test_demo(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "astronaut" in out and "MCUs valid" in out
+    grid = Image.open(tmp_path / "side_by_side.png")
+    assert grid.size == (3 * 64, len(samples.PHOTOS) * 64)
+    with Image.open(tmp_path / "coffee.jpg") as im:
+        assert im.format == "JPEG" and im.size == (64, 64)
+
+
+def test_atomic_write_replaces_or_keeps(tmp_path):
+    p = tmp_path / "f.bin"
+    _io.atomic_write_bytes(p, b"one")
+    assert p.read_bytes() == b"one"
+    _io.atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    with pytest.raises(RuntimeError), _io.atomic_open(p) as f:
+        f.write(b"partial")
+        raise RuntimeError("crash mid-write")
+    assert p.read_text() == "two"  # untouched
+    assert sorted(os.listdir(tmp_path)) == ["f.bin"]  # no temp file left behind
+    with pytest.raises(ValueError):
+        with _io.atomic_open(p, "a"):
+            pass

@@ -23,8 +23,9 @@ import os
 import sys
 
 import numpy as np
-from jpeglm import codec, samples
 from PIL import Image
+
+from jpeglm import codec, samples
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import best_rate, machine, today, write_section  # noqa: E402

@@ -8,8 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from jpeglm import codec, samples
 from PIL import Image
+
+from jpeglm import codec, samples
 
 COLOR_PHOTOS = [n for n in samples.PHOTOS if n not in ("camera", "coins")]
 

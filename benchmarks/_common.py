@@ -51,6 +51,31 @@ def best_rate(fn: Callable[[], int], repeats: int = 5, min_time: float = 0.2) ->
     return best
 
 
+def round_robin(
+    fns: dict[str, Callable[[], int]], repeats: int = 5, min_time: float = 0.2
+) -> dict[str, float]:
+    """Items/s of each callable, best of ``repeats``; the callables take turns in every repeat.
+
+    Interleaving makes a noisy machine (another process on a core) hurt every contender alike
+    instead of whichever happened to run during the spike. Each callable returns how many items
+    it processed; each turn runs it for at least ``min_time`` seconds.
+    """
+    for fn in fns.values():
+        fn()  # warm-up
+    best = dict.fromkeys(fns, 0.0)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            n = 0
+            t0 = time.perf_counter()
+            while True:
+                n += fn()
+                dt = time.perf_counter() - t0
+                if dt >= min_time:
+                    break
+            best[name] = max(best[name], n / dt)
+    return best
+
+
 def write_section(title: str, body: str) -> None:
     """Replace (or append) the ``## title`` section of RESULTS.md, atomically."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"

@@ -11,6 +11,8 @@ Peers, each given its most favourable input (prepared outside the timed loop):
   decode of the complete file to RGB.
 * OpenCV: ``imencode`` with quality 25, 4:2:0 and ``IMWRITE_JPEG_RST_INTERVAL=1`` from a BGR
   array; ``imdecode`` (BGR out) of the complete file.
+* a plain C loop over the system libjpeg (``benchmarks/libjpeg_loop.c``, compiled with ``cc -O2``
+  when a compiler is present): the ceiling a Python binding can approach.
 * jpeglm: ``codec.encode`` / ``codec.decode`` (stripped stream in, tables spliced natively) in a
   Python loop (1 thread), and the batch calls on 1 thread and on all cores.
 """
@@ -20,7 +22,11 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -28,7 +34,7 @@ from PIL import Image
 from jpeglm import codec, samples
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import best_rate, machine, today, write_section  # noqa: E402
+from _common import machine, round_robin, today, write_section  # noqa: E402
 
 
 def corpus(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -46,6 +52,31 @@ def corpus(n: int, seed: int = 0) -> list[np.ndarray]:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         out.append(codec.prepare(crop))
     return out
+
+
+def c_ceiling(arrs: list[np.ndarray], full: list[bytes], repeats: int) -> dict[str, float]:
+    """Images/s of the plain C libjpeg loop, or {} when no C compiler is available."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return {}
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libjpeg_loop.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "loop")
+        subprocess.run([cc, "-O2", src, "-o", exe, "-ljpeg"], check=True)
+        np.stack(arrs).tofile(os.path.join(tmp, "raw"))
+        with open(os.path.join(tmp, "blob"), "wb") as f:
+            f.write(b"".join(full))
+        with open(os.path.join(tmp, "sizes"), "w") as f:
+            f.write("\n".join(str(len(x)) for x in full))
+        size = arrs[0].shape[0]
+        res = subprocess.run(
+            [exe, *(os.path.join(tmp, x) for x in ("raw",)), str(len(arrs)), str(size)]
+            + [os.path.join(tmp, "blob"), os.path.join(tmp, "sizes"), str(repeats * 4)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    return {k: float(v) for k, v in (line.split() for line in res.stdout.splitlines())}
 
 
 def main() -> None:
@@ -84,11 +115,12 @@ def main() -> None:
     )
     assert b.getvalue() == stripped[0], "jpeglm output differs from Pillow"
 
-    enc: dict[str, float] = {}
-    dec: dict[str, float] = {}
+    # Name -> callable (returns images processed); timed round-robin at the end.
+    enc: dict[str, Callable[[], int]] = {}
+    dec: dict[str, Callable[[], int]] = {}
     notes: list[str] = []
-    enc["Pillow (reference)"] = best_rate(pil_encode, args.repeats)
-    dec["Pillow (reference)"] = best_rate(pil_decode, args.repeats)
+    enc["Pillow (reference)"] = pil_encode
+    dec["Pillow (reference)"] = pil_decode
 
     try:
         from turbojpeg import TJPF_RGB, TJSAMP_420, TurboJPEG
@@ -105,8 +137,8 @@ def main() -> None:
                 tj.decode(f, pixel_format=TJPF_RGB)
             return n
 
-        enc["PyTurboJPEG 1.x (no RST, with tables)"] = best_rate(tj_encode, args.repeats)
-        dec["PyTurboJPEG 1.x"] = best_rate(tj_decode, args.repeats)
+        enc["PyTurboJPEG 1.x (no RST, with tables)"] = tj_encode
+        dec["PyTurboJPEG 1.x"] = tj_decode
     except Exception as e:  # noqa: BLE001 - a missing peer is reported, not fatal
         notes.append(f"PyTurboJPEG unavailable: {e}")
 
@@ -133,8 +165,8 @@ def main() -> None:
                 cv2.imdecode(f, cv2.IMREAD_COLOR)
             return n
 
-        enc["OpenCV (BGR in, with tables)"] = best_rate(cv_encode, args.repeats)
-        dec["OpenCV (BGR out)"] = best_rate(cv_decode, args.repeats)
+        enc["OpenCV (BGR in, with tables)"] = cv_encode
+        dec["OpenCV (BGR out)"] = cv_decode
     except Exception as e:  # noqa: BLE001
         notes.append(f"OpenCV unavailable: {e}")
 
@@ -148,20 +180,21 @@ def main() -> None:
             codec.decode(s)
         return n
 
-    enc["jpeglm encode (1 thread)"] = best_rate(jl_encode, args.repeats)
-    enc["jpeglm encode_batch (1 thread)"] = best_rate(
-        lambda: len(codec.encode_batch(stack, threads=1)), args.repeats
-    )
-    enc[f"jpeglm encode_batch ({threads} threads)"] = best_rate(
-        lambda: len(codec.encode_batch(stack)), args.repeats
-    )
-    dec["jpeglm decode (1 thread)"] = best_rate(jl_decode, args.repeats)
-    dec["jpeglm decode_batch (1 thread)"] = best_rate(
-        lambda: len(codec.decode_batch(stripped, threads=1)), args.repeats
-    )
-    dec[f"jpeglm decode_batch ({threads} threads)"] = best_rate(
-        lambda: len(codec.decode_batch(stripped)), args.repeats
-    )
+    enc["jpeglm encode (1 thread)"] = jl_encode
+    enc["jpeglm encode_batch (1 thread)"] = lambda: len(codec.encode_batch(stack, threads=1))
+    enc[f"jpeglm encode_batch ({threads} threads)"] = lambda: len(codec.encode_batch(stack))
+    dec["jpeglm decode (1 thread)"] = jl_decode
+    dec["jpeglm decode_batch (1 thread)"] = lambda: len(codec.decode_batch(stripped, threads=1))
+    dec[f"jpeglm decode_batch ({threads} threads)"] = lambda: len(codec.decode_batch(stripped))
+
+    enc_rates = round_robin(enc, args.repeats)
+    dec_rates = round_robin(dec, args.repeats)
+    ceiling = c_ceiling(arrs, full, args.repeats)
+    if ceiling:
+        enc_rates["plain C loop over libjpeg (ceiling)"] = ceiling["encode"]
+        dec_rates["plain C loop over libjpeg (ceiling)"] = ceiling["decode"]
+    else:
+        notes.append("no C compiler: the plain-C ceiling was not measured")
 
     def table(rates: dict[str, float], base: float) -> str:
         rows = ["| implementation | images/s | vs Pillow |", "|---|---:|---:|"]
@@ -174,12 +207,13 @@ def main() -> None:
         f"Machine: {machine()}. Date: {today()}. "
         f"Pillow {PIL.__version__}, numpy {np.__version__}.\n"
         f"{n} canonical 256x256 images (random crops of the bundled photos), quality 25, "
-        f"mean stripped stream {mean_kb:.1f} KiB. Best of {args.repeats} repeats; "
+        f"mean stripped stream {mean_kb:.1f} KiB. Best of {args.repeats} round-robin repeats "
+        "(every implementation timed in turn, so load spikes hit all alike); "
         "command: `python benchmarks/codec.py`.\n\n"
         "### Encode (prepared RGB array -> canonical stream)\n\n"
-        + table(enc, enc["Pillow (reference)"])
+        + table(enc_rates, enc_rates["Pillow (reference)"])
         + "\n\n### Decode (stream -> RGB array)\n\n"
-        + table(dec, dec["Pillow (reference)"])
+        + table(dec_rates, dec_rates["Pillow (reference)"])
         + "\n\nGoals (issue 3): encode >= 1.6x Pillow on one thread, >= 3x with batch threads"
         " on 2 cores; decode >= 3x Pillow on one thread."
         + ("\n\n" + "\n".join(notes) if notes else "")

@@ -2,7 +2,7 @@
 # One-time set-up on a fresh Debian machine (run as root, or with sudo available):
 # system libjpeg(-turbo) headers and build tools, a virtualenv in .venv with the Python
 # dependencies, and jpeglm itself built from csrc/ (editable install). Safe to re-run.
-#   JPEGLM_TRAIN=1  also installs torch (CPU wheel, pinned) for the model/training parts.
+#   JPEGLM_NO_TORCH=1  skips torch/triton (codec and tokenizer only; their tests still run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,9 +28,11 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 echo "[setup] installing Python dependencies"
-# torch first and pinned, so that nothing later pulls a multi-GB CUDA build.
-if [ "${JPEGLM_TRAIN:-0}" = "1" ]; then
+# torch first and pinned (the CPU wheel on this machine kind), so that nothing installed later
+# pulls a multi-GB CUDA build; then the packages that need it.
+if [ "${JPEGLM_NO_TORCH:-0}" != "1" ]; then
   pip install -q "torch==2.13.0"
+  pip install -q -r requirements-train.txt
 fi
 pip install -q -r requirements-dev.txt
 

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -268,6 +269,36 @@ void bind_codec(py::module_& m) {
         return out;
       },
       "data"_a, "quality"_a = 25, "Per-MCU validity of a baseline stream with restart markers.");
+
+  m.def(
+      "coefficients",
+      [](py::buffer data, int quality) {
+        py::buffer_info info = data.request();
+        ByteView v = byte_view(info, "data");
+        std::vector<jpeglm::ComponentCoefficients> comps;
+        {
+          py::gil_scoped_release release;
+          comps = jpeglm::read_coefficients(v.data, v.size, quality);
+        }
+        py::list out;
+        for (auto& c : comps) {
+          py::array_t<int16_t> coefs({py::ssize_t(c.blocks_high), py::ssize_t(c.blocks_wide),
+                                      py::ssize_t(8), py::ssize_t(8)});
+          std::memcpy(coefs.mutable_data(), c.coefs.data(), c.coefs.size() * sizeof(int16_t));
+          py::array_t<uint16_t> quant({py::ssize_t(8), py::ssize_t(8)});
+          std::memcpy(quant.mutable_data(), c.quant.data(), 64 * sizeof(uint16_t));
+          py::dict d;
+          d["coefficients"] = coefs;
+          d["quant"] = quant;
+          d["h_samp"] = c.h_samp;
+          d["v_samp"] = c.v_samp;
+          d["quant_table"] = c.quant_table;
+          out.append(d);
+        }
+        return out;
+      },
+      "data"_a, "quality"_a = 25,
+      "Quantized DCT coefficients per component, as libjpeg reads them (natural order).");
 
   m.def("default_threads", &jpeglm::default_threads);
 }

@@ -931,4 +931,71 @@ DecodeResult decode_tolerant(const uint8_t* data, std::size_t n, int quality, in
   return r;
 }
 
+namespace {
+bool run_read_coefficients(Decoder& d, const uint8_t* data, std::size_t n, int quality,
+                           bool load_tables, std::vector<ComponentCoefficients>* out) {
+  reset_error_state(d.err, true);
+  if (setjmp(d.err.jb)) {
+    jpeg_abort_decompress(&d.cinfo);
+    d.tables_quality = -1;
+    return false;
+  }
+  if (load_tables && d.tables_quality != quality) {
+    const auto& t = tables_stream(quality);
+    jpeg_mem_src(&d.cinfo, t.data(), static_cast<unsigned long>(t.size()));
+    jpeg_read_header(&d.cinfo, FALSE);
+    d.tables_quality = quality;
+  }
+  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(n));
+  jpeg_read_header(&d.cinfo, TRUE);
+  if (!load_tables) d.tables_quality = -1;
+  jvirt_barray_ptr* arrays = jpeg_read_coefficients(&d.cinfo);
+  // Resizing here is safe: no libjpeg frame is below us, so a bad_alloc simply propagates.
+  out->resize(static_cast<std::size_t>(d.cinfo.num_components));
+  for (int c = 0; c < d.cinfo.num_components; ++c) {
+    jpeg_component_info* comp = &d.cinfo.comp_info[c];
+    ComponentCoefficients& cc = (*out)[c];
+    cc.blocks_high = static_cast<int>(comp->height_in_blocks);
+    cc.blocks_wide = static_cast<int>(comp->width_in_blocks);
+    cc.h_samp = comp->h_samp_factor;
+    cc.v_samp = comp->v_samp_factor;
+    cc.quant_table = comp->quant_tbl_no;
+    if (comp->quant_table)
+      for (int k = 0; k < 64; ++k) cc.quant[k] = comp->quant_table->quantval[k];
+    cc.coefs.resize(std::size_t(cc.blocks_high) * cc.blocks_wide * 64);
+    for (int by = 0; by < cc.blocks_high; ++by) {
+      JBLOCKARRAY rows = (*d.cinfo.mem->access_virt_barray)(
+          reinterpret_cast<j_common_ptr>(&d.cinfo), arrays[c], static_cast<JDIMENSION>(by), 1,
+          FALSE);
+      for (int bx = 0; bx < cc.blocks_wide; ++bx)
+        std::memcpy(&cc.coefs[(std::size_t(by) * cc.blocks_wide + bx) * 64], rows[0][bx],
+                    64 * sizeof(int16_t));
+    }
+  }
+  jpeg_finish_decompress(&d.cinfo);
+  return true;
+}
+}  // namespace
+
+std::vector<ComponentCoefficients> read_coefficients(const uint8_t* data, std::size_t n,
+                                                     int quality) {
+  check_quality(quality);
+  HeaderInfo h = checked_header(data, n);
+  if (std::size_t(h.width) * std::size_t(h.height) > kMaxPixels)
+    throw JpegError("image too large: " + std::to_string(h.width) + "x" +
+                    std::to_string(h.height));
+  Decoder& d = thread_decoder();
+  std::vector<ComponentCoefficients> out;
+  bool ok;
+  try {
+    ok = run_read_coefficients(d, data, n, quality, !has_tables(h), &out);
+  } catch (const std::bad_alloc&) {
+    jpeg_abort_decompress(&d.cinfo);
+    d.tables_quality = -1;
+    throw JpegError("out of memory while reading coefficients");
+  }
+  if (!ok) throw JpegError(std::string("libjpeg: ") + d.err.message);
+  return out;
+}
+
 }  // namespace jpeglm

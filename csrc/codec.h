@@ -5,6 +5,7 @@
 // libjpeg itself never calls exit() and never prints (see the error manager in codec.cpp).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -91,5 +92,20 @@ DecodeResult decode_tolerant(const uint8_t* data, std::size_t n, int quality, in
 // Count the valid restart intervals of a baseline stream's scan; exposed for tests/tools.
 // Returns per-MCU validity flags (size = total MCUs).
 std::vector<uint8_t> mcu_validity(const uint8_t* data, std::size_t n, int quality);
+
+// ---------------------------------------------------------------------------------------------
+// Coefficients
+
+struct ComponentCoefficients {
+  int blocks_high = 0, blocks_wide = 0;  // blocks in the component plane (padded to whole MCUs)
+  int h_samp = 0, v_samp = 0, quant_table = 0;
+  std::vector<int16_t> coefs;             // blocks_high * blocks_wide * 64, natural (row-major) order
+  std::array<uint16_t, 64> quant{};       // the component's quantization table, natural order
+};
+
+// The quantized DCT coefficients exactly as libjpeg reads them (jpeg_read_coefficients), for
+// every component. Strict: corrupt data throws JpegError.
+std::vector<ComponentCoefficients> read_coefficients(const uint8_t* data, std::size_t n,
+                                                     int quality);
 
 }  // namespace jpeglm

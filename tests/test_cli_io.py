@@ -51,10 +51,30 @@ def test_demo(tmp_path, capsys):
         assert im.format == "JPEG" and im.size == (64, 64)
 
 
+def test_explain(tmp_path, capsys):
+    assert (
+        main(["explain", str(samples.photo_path("coffee")), "-o", str(tmp_path), "--size", "64"])
+        == 0
+    )
+    page = (tmp_path / "explain.md").read_text()
+    for i, name in enumerate(
+        ["planes", "dct_basis", "block", "zigzag", "mcu_bytes", "mcu_cost", "decoded"], 1
+    ):
+        png = tmp_path / f"{i}_{name}.png"
+        assert f"({png.name})" in page
+        with Image.open(png) as im:
+            assert im.width > 50 and im.height > 50
+    assert "16 MCUs separated by 15 restart markers" in page
+    assert main(["explain", str(tmp_path / "missing.png"), "-o", str(tmp_path)]) == 2
+
+
 def test_atomic_write_replaces_or_keeps(tmp_path):
     p = tmp_path / "f.bin"
     _io.atomic_write_bytes(p, b"one")
     assert p.read_bytes() == b"one"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
     _io.atomic_write_text(p, "two")
     assert p.read_text() == "two"
     with pytest.raises(RuntimeError), _io.atomic_open(p) as f:

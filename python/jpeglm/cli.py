@@ -160,6 +160,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from jpeglm.reference.explain import explain
+
+    src = Path(args.image)
+    if not src.is_file():
+        raise UserError(f"no such image file: {src}")
+    page = explain(src, args.out, quality=args.quality, size=args.size)
+    print(f"wrote {page} and its pictures")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -185,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quality", type=int, default=25, help="quality of the tables to splice")
     d.add_argument("--tolerant", action="store_true", help="decode what is valid, grey elsewhere")
     d.set_defaults(func=cmd_decode)
+
+    x = sub.add_parser("explain", help="pictures of every JPEG step for one image + a page")
+    x.add_argument("image")
+    x.add_argument("-o", "--out", required=True, help="output folder")
+    x.add_argument("--quality", type=int, default=25)
+    x.add_argument("--size", type=int, default=256)
+    x.set_defaults(func=cmd_explain)
 
     m = sub.add_parser("demo", help="encode + decode the bundled photos; side-by-side PNG")
     m.add_argument("--out", default="demo_out")

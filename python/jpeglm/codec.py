@@ -41,6 +41,8 @@ __all__ = [
     "with_tables",
     "header",
     "mcu_validity",
+    "coefficients",
+    "Coefficients",
     "DEFAULT_QUALITY",
     "DEFAULT_SIZE",
 ]
@@ -53,6 +55,15 @@ DEFAULT_SIZE = 256
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike | bytes | bytearray | memoryview
 BytesLike = bytes | bytearray | memoryview | np.ndarray
+
+
+class Coefficients(NamedTuple):
+    """One component's quantized DCT coefficients, as libjpeg reads them."""
+
+    coefficients: np.ndarray  #: (blocks_high, blocks_wide, 8, 8) int16, natural order
+    quant: np.ndarray  #: (8, 8) uint16 quantization table, natural order
+    h_samp: int  #: horizontal sampling factor
+    v_samp: int  #: vertical sampling factor
 
 
 class TolerantDecode(NamedTuple):
@@ -249,6 +260,7 @@ def with_tables(stripped: BytesLike, quality: int = DEFAULT_QUALITY) -> bytes:
 def decode(
     data: BytesLike,
     tolerant: bool = False,
+    *,
     quality: int = DEFAULT_QUALITY,
     size: int = DEFAULT_SIZE,
 ) -> np.ndarray | TolerantDecode:
@@ -264,6 +276,8 @@ def decode(
     """
     buf = _as_buffer(data)
     quality = _check_quality(quality)
+    if not isinstance(tolerant, bool):
+        raise TypeError(f"tolerant must be a bool, got {type(tolerant).__name__}")
     if tolerant:
         size = _check_size(size)
         img, valid, total, _ = _core.decode(buf, quality, True, size)
@@ -274,6 +288,7 @@ def decode(
 def decode_batch(
     items: Sequence[BytesLike],
     tolerant: bool = False,
+    *,
     quality: int = DEFAULT_QUALITY,
     size: int = DEFAULT_SIZE,
     threads: int | None = None,
@@ -286,6 +301,8 @@ def decode_batch(
         raise TypeError("decode_batch expects a sequence of streams; use decode() for one")
     bufs = [_as_buffer(x, f"item {i}") for i, x in enumerate(items)]
     quality = _check_quality(quality)
+    if not isinstance(tolerant, bool):
+        raise TypeError(f"tolerant must be a bool, got {type(tolerant).__name__}")
     nthreads = _threads(threads)
     if not bufs:
         return []
@@ -304,3 +321,13 @@ def header(data: BytesLike) -> dict:
 def mcu_validity(data: BytesLike, quality: int = DEFAULT_QUALITY) -> np.ndarray:
     """Per-MCU validity (bool array, raster order) of a baseline stream with restart markers."""
     return _core.mcu_validity(_as_buffer(data), _check_quality(quality))
+
+
+def coefficients(data: BytesLike, quality: int = DEFAULT_QUALITY) -> list[Coefficients]:
+    """The quantized DCT coefficients of every component (Y, Cb, Cr), read by libjpeg's
+    ``jpeg_read_coefficients``: what the entropy-coded scan says, before dequantization.
+
+    Strict: corrupt data raises :class:`JPEGError`.
+    """
+    comps = _core.coefficients(_as_buffer(data), _check_quality(quality))
+    return [Coefficients(c["coefficients"], c["quant"], c["h_samp"], c["v_samp"]) for c in comps]

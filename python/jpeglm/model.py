@@ -1,0 +1,663 @@
+"""The JPEG-LM model: a plain Llama-2 decoder over JPEG tokens, in one readable file.
+
+No convolutions, no 2-D positions: token embeddings, ``n_layers`` pre-norm blocks of
+(RMSNorm -> causal self-attention with rotary embeddings) and (RMSNorm -> SwiGLU MLP), a final
+RMSNorm and the output projection. No biases anywhere. Written after gpt-fast: the model
+is a plain ``nn.Module``; generation uses a static KV cache (:meth:`Transformer.setup_caches`,
+then ``forward(idx, input_pos)`` for the prefill and for each one-token decode step).
+
+The ops that have fast kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy, attention) are
+called through a :class:`jpeglm.backends.Backend`, picked once by capability (Triton kernels
+and flash-attn on CUDA, the PyTorch reference elsewhere; ``JPEGLM_BACKEND`` overrides).
+
+Checkpoints are Hugging Face Llama folders (``config.json`` + safetensors, sharded or not):
+:meth:`Transformer.from_pretrained` reads them -- including the official JPEG-LM checkpoint,
+a plain ``LlamaForCausalLM`` -- and :meth:`Transformer.save_pretrained` writes folders that
+``transformers.LlamaForCausalLM.from_pretrained`` loads. The rotary layout is HF's
+``rotate_half`` one, so weights move across without any permutation. Pickle files are never
+loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from jpeglm import _io
+from jpeglm.backends import Backend, resolve_backend
+
+__all__ = ["CONFIGS", "KVCache", "ModelArgs", "Transformer"]
+
+
+def _find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class ModelArgs:
+    """Hyper-parameters of the decoder. ``None`` fields are derived in ``__post_init__``."""
+
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None  # grouped-query attention; None = n_heads (plain MHA)
+    hidden_dim: int | None = None  # SwiGLU width; None = Llama's 8/3 * dim rounded up
+    multiple_of: int = 256
+    vocab_size: int = 323  # 320 BPE tokens + specials; take it from the tokenizer
+    max_seq_len: int = 12288
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.hidden_dim is None and isinstance(self.dim, int) and self.dim > 0:
+            self.hidden_dim = _find_multiple(int(8 * self.dim / 3), self.multiple_of)
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size",
+                     "max_seq_len", "multiple_of"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelArgs.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(
+                f"ModelArgs: dim ({self.dim}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelArgs: n_heads ({self.n_heads}) must be divisible by n_kv_heads "
+                f"({self.n_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"ModelArgs: head_dim = dim / n_heads = {self.head_dim} must be even for "
+                "rotary embeddings"
+            )
+        if not self.norm_eps > 0 or not self.rope_theta > 0:
+            raise ValueError(
+                f"ModelArgs: norm_eps ({self.norm_eps}) and rope_theta ({self.rope_theta}) "
+                "must be positive"
+            )
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelArgs:
+        """A named size (see :data:`CONFIGS`), with any field overridden by keyword."""
+        if name not in CONFIGS:
+            raise ValueError(f"unknown model size {name!r}; known: {', '.join(CONFIGS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown ModelArgs field(s): {', '.join(sorted(unknown))}")
+        return cls(**{**CONFIGS[name], **overrides})
+
+    # -- Hugging Face LlamaConfig <-> ModelArgs
+
+    def to_hf_config(self, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        """A ``config.json`` dict for ``transformers.LlamaConfig``."""
+        dtype_name = str(dtype).removeprefix("torch.")
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.dim,
+            "intermediate_size": self.hidden_dim,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_seq_len,
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,  # transformers < 5
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "attention_bias": False,
+            "mlp_bias": False,
+            "tie_word_embeddings": self.tie_embeddings,
+            "dtype": dtype_name,
+            "torch_dtype": dtype_name,  # transformers < 5
+        }
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> ModelArgs:
+        """Map a HF Llama ``config.json`` dict; refuse features this model does not have."""
+        if config.get("model_type", "llama") != "llama":
+            raise ValueError(f"config.json: model_type {config['model_type']!r} is not 'llama'")
+        required = ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "vocab_size")  # fmt: skip
+        missing = [k for k in required if k not in config]
+        if missing:
+            raise ValueError(f"config.json is missing {', '.join(missing)}")
+        if config.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"config.json: hidden_act {config['hidden_act']!r} is not 'silu'")
+        if config.get("attention_bias") or config.get("mlp_bias"):
+            raise ValueError("config.json: attention/MLP biases are not supported")
+        rope = config.get("rope_parameters") or {}  # transformers >= 5
+        for section in (rope, config.get("rope_scaling") or {}):  # rope_scaling: < 5
+            rope_type = section.get("rope_type", section.get("type", "default"))
+            if rope_type != "default":
+                raise ValueError(f"config.json: rope type {rope_type!r} is not supported")
+        theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
+        n_heads = config["num_attention_heads"]
+        dim = config["hidden_size"]
+        head_dim = config.get("head_dim")
+        if head_dim is not None and n_heads and head_dim * n_heads != dim:
+            raise ValueError(
+                f"config.json: head_dim {head_dim} x num_attention_heads {n_heads} != "
+                f"hidden_size {dim} (decoupled head sizes are not supported)"
+            )
+        return cls(
+            dim=dim,
+            n_layers=config["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=config.get("num_key_value_heads") or n_heads,
+            hidden_dim=config["intermediate_size"],
+            vocab_size=config["vocab_size"],
+            max_seq_len=config.get("max_position_embeddings", 12288),
+            norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+
+# Named sizes. Parameter counts are for the default vocabulary (323).
+CONFIGS: dict[str, dict[str, Any]] = {
+    # 0.13M: CPU tests. GQA (4 query heads share 2 key/value heads) so that path is exercised.
+    "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=176),
+    # 28M: CPU demos.
+    "small": dict(dim=512, n_layers=8, n_heads=8),
+    # 114M: GPT-2-small-sized experiments.
+    "base": dict(dim=768, n_layers=16, n_heads=12),
+    # 1.03B.
+    "1B": dict(dim=2048, n_layers=20, n_heads=16, hidden_dim=5632),
+    # 6.5B: Llama-2 7B (its 32,000-token vocabulary replaced by the JPEG one), as in the paper.
+    "7B": dict(dim=4096, n_layers=32, n_heads=32, hidden_dim=11008),
+}
+
+
+# ------------------------------------------------------------------------------------ layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, ops: Backend) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops.rms_norm(x, self.weight, self.eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos / sin tables, ``(max_seq_len, head_dim // 2)``, computed as HF Llama does.
+
+    The tables stay float32 whatever dtype the model is cast to (angles at position 12k need
+    it), and are recomputed after every move (``.to``, ``.to_empty``, loading onto meta).
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        cos, sin = self._tables(None)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float()
+        inv_freq = 1.0 / (self.theta ** (exponent / self.head_dim))
+        positions = torch.arange(self.max_seq_len, dtype=torch.int64, device=device).float()
+        angles = torch.outer(positions, inv_freq)
+        return angles.cos(), angles.sin()
+
+    def reset(self, device: torch.device | str | None = None) -> None:
+        """Recompute the tables (float32) on ``device``."""
+        self.cos, self.sin = self._tables(torch.device(device) if device is not None else None)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self.reset(self.cos.device)
+        return self
+
+
+class KVCache(nn.Module):
+    """Static key/value cache ``(max_batch, n_kv_heads, max_seq, head_dim)`` for one layer."""
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_seq_len: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (max_batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), False)
+
+    def update(
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v ``(batch, seq, n_kv_heads, head_dim)`` at ``input_pos``; return the caches."""
+        batch = k.shape[0]
+        k_out, v_out = self.k_cache[:batch], self.v_cache[:batch]
+        k_out[:, :, input_pos] = k.transpose(1, 2).to(k_out.dtype)
+        v_out[:, :, input_pos] = v.transpose(1, 2).to(v_out.dtype)
+        return k_out, v_out
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, ops: Backend) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+        self.ops = ops
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
+        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        q = self.ops.rope(q, cos, sin)
+        k = self.ops.rope(k, cos, sin)
+        if input_pos is None:  # training / scoring: causal over the whole chunk
+            y = self.ops.attention(q, k, v)
+        else:  # generation: attend to every cached position up to each query's own
+            assert self.kv_cache is not None, "setup_caches() first"
+            k_all, v_all = self.kv_cache.update(input_pos, k, v)
+            positions = torch.arange(k_all.shape[2], device=x.device)
+            mask = positions[None, :] <= input_pos[:, None]  # (seq, max_seq)
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k_all,
+                v_all,
+                attn_mask=mask,
+                enable_gqa=self.n_heads != self.n_kv_heads,
+            ).transpose(1, 2)
+        return self.wo(y.reshape(batch, seq, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)`` (HF: gate_proj = w1, up_proj = w3, down = w2)."""
+
+    def __init__(self, args: ModelArgs, ops: Backend) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.ops.swiglu(self.w1(x), self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, ops: Backend) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps, ops)
+        self.attention = Attention(args, ops)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps, ops)
+        self.feed_forward = FeedForward(args, ops)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+class Transformer(nn.Module):
+    """The Llama decoder. ``backend``: a name (``"auto"``, ``"triton"``, ``"torch"``), a
+    :class:`~jpeglm.backends.Backend`, or ``None`` for the process default."""
+
+    def __init__(self, args: ModelArgs, backend: str | Backend | None = None) -> None:
+        super().__init__()
+        args.validate()
+        self.args = args
+        self.ops = resolve_backend(backend)
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, self.ops) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps, self.ops)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.rope = RotaryEmbedding(args.head_dim, args.max_seq_len, args.rope_theta)
+        self.reset_parameters()
+
+    @property
+    def backend(self) -> Backend:
+        return self.ops
+
+    def set_backend(self, backend: str | Backend | None) -> None:
+        """Switch every layer to another backend (weights untouched)."""
+        ops = resolve_backend(backend)
+        for module in self.modules():
+            if hasattr(module, "ops"):
+                module.ops = ops
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Llama / GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers),
+        norm weights 1."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.ndim == 1:
+                p.fill_(1.0)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                p.normal_(0.0, std / math.sqrt(2 * self.args.n_layers))
+            else:
+                p.normal_(0.0, std)
+
+    # -- generation
+
+    def setup_caches(
+        self,
+        max_batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Allocate static KV caches; afterwards call ``forward(idx, input_pos)``."""
+        if not 0 < max_seq_len <= self.args.max_seq_len:
+            raise ValueError(
+                f"max_seq_len {max_seq_len} must be in 1..{self.args.max_seq_len} (the model's)"
+            )
+        if max_batch_size <= 0:
+            raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
+        weight = self.output.weight
+        dtype = dtype or weight.dtype
+        device = device or weight.device
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(
+                max_batch_size, max_seq_len, self.args.n_kv_heads, self.args.head_dim, dtype, device
+            )
+
+    def clear_caches(self) -> None:
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+
+    # -- forward
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(batch, seq, vocab)`` for token ids ``idx`` ``(batch, seq)``.
+
+        * ``input_pos=None``: causal over the whole sequence, positions ``0..seq-1``.
+        * ``input_pos`` (``(seq,)`` long, after :meth:`setup_caches`): the positions of ``idx``
+          -- ``arange(n)`` for a prefill, ``tensor([t])`` for a decode step; keys and values
+          go into the cache and each query attends to every cached position up to its own.
+        * ``targets`` (``(batch, seq)``, ``-100`` = ignore): returns the mean cross-entropy
+          instead of logits, through the fused linear + cross-entropy op, so the full logits
+          are never materialised on the Triton backend.
+        """
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (batch, seq), got shape {tuple(idx.shape)}")
+        seq = idx.shape[1]
+        if seq > self.args.max_seq_len:
+            raise ValueError(f"{seq} tokens exceed max_seq_len {self.args.max_seq_len}")
+        if input_pos is None:
+            cos, sin = self.rope.cos[:seq], self.rope.sin[:seq]
+        else:
+            if self.layers[0].attention.kv_cache is None:
+                raise RuntimeError("forward with input_pos needs setup_caches() first")
+            if input_pos.shape != (seq,):
+                raise ValueError(f"input_pos must be ({seq},), got {tuple(input_pos.shape)}")
+            cos, sin = self.rope.cos[input_pos], self.rope.sin[input_pos]
+
+        x = self.tok_embeddings(idx)
+        for layer in self.layers:
+            x = layer(x, cos, sin, input_pos)
+        x = self.norm(x)
+        if targets is None:
+            return self.output(x)
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets {tuple(targets.shape)} must match idx {tuple(idx.shape)}")
+        return self.ops.linear_cross_entropy(
+            x.reshape(-1, self.args.dim), self.output.weight, targets.reshape(-1)
+        )
+
+    # -- accounting
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights once); ``non_embedding`` drops the input table."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and not self.args.tie_embeddings:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): ``6 N + 12 L d T`` (PaLM appendix B),
+        with N the parameters used in matmuls and the attention term for full (not causal)
+        score matrices, the usual convention for MFU."""
+        a = self.args
+        return 6 * self.num_params(non_embedding=True) + 12 * a.n_layers * a.dim * seq_len
+
+    # -- Hugging Face checkpoints
+
+    def _hf_names(self) -> dict[str, str]:
+        """Our parameter name -> HF ``LlamaForCausalLM`` name."""
+        names = {
+            "tok_embeddings.weight": "model.embed_tokens.weight",
+            "norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight",
+        }
+        per_layer = {
+            "attention_norm.weight": "input_layernorm.weight",
+            "attention.wq.weight": "self_attn.q_proj.weight",
+            "attention.wk.weight": "self_attn.k_proj.weight",
+            "attention.wv.weight": "self_attn.v_proj.weight",
+            "attention.wo.weight": "self_attn.o_proj.weight",
+            "ffn_norm.weight": "post_attention_layernorm.weight",
+            "feed_forward.w1.weight": "mlp.gate_proj.weight",
+            "feed_forward.w3.weight": "mlp.up_proj.weight",
+            "feed_forward.w2.weight": "mlp.down_proj.weight",
+        }
+        for i in range(self.args.n_layers):
+            for ours, theirs in per_layer.items():
+                names[f"layers.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
+        if self.args.tie_embeddings:
+            del names["output.weight"]
+        return names
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        backend: str | Backend | None = None,
+        vocab_size: int | None = None,
+    ) -> Transformer:
+        """Load a HF Llama checkpoint folder (``config.json`` + ``model.safetensors``, or
+        shards listed in ``model.safetensors.index.json``).
+
+        ``dtype`` defaults to the stored dtype. ``vocab_size``, when given (the tokenizer's),
+        must equal the checkpoint's. Every tensor is checked: missing, unexpected or wrongly
+        shaped ones raise ``ValueError`` naming them.
+        """
+        from safetensors import safe_open
+
+        folder = Path(path)
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no config.json in {folder}")
+        args = ModelArgs.from_hf_config(json.loads(config_path.read_text()))
+        if vocab_size is not None and vocab_size != args.vocab_size:
+            raise ValueError(
+                f"vocab mismatch: the tokenizer has {vocab_size} tokens but the checkpoint in "
+                f"{folder} has vocab_size {args.vocab_size}"
+            )
+
+        with torch.device("meta"):
+            model = cls(args, backend=backend)
+        expected = {theirs: ours for ours, theirs in model._hf_names().items()}
+        shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        state: dict[str, torch.Tensor] = {}
+        unexpected: list[str] = []
+        for file in _safetensors_files(folder):
+            with safe_open(str(file), framework="pt", device=str(device)) as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    if key not in expected:
+                        if key.endswith("rotary_emb.inv_freq") or (
+                            key == "lm_head.weight" and args.tie_embeddings
+                        ):
+                            continue  # recomputed / tied: HF ignores these too
+                        unexpected.append(key)
+                        continue
+                    ours = expected[key]
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != shapes[ours]:
+                        hint = ""
+                        if key in ("model.embed_tokens.weight", "lm_head.weight"):
+                            hint = f" (vocab mismatch: config.json vocab_size={args.vocab_size})"
+                        raise ValueError(
+                            f"{file.name}: tensor {key} has shape {shape}, expected "
+                            f"{shapes[ours]} from config.json{hint}"
+                        )
+                    state[ours] = f.get_tensor(key)
+        if unexpected:
+            raise ValueError(
+                f"checkpoint {folder} has tensors this Llama does not: {_first(unexpected)}"
+            )
+        missing = [theirs for theirs, ours in expected.items() if ours not in state]
+        if missing:
+            raise ValueError(f"checkpoint {folder} is missing tensors: {_first(missing)}")
+
+        dtype = dtype or state["tok_embeddings.weight"].dtype
+        state = {k: v.to(dtype) for k, v in state.items()}
+        if args.tie_embeddings:
+            state["output.weight"] = state["tok_embeddings.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        if args.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        model.rope.reset(device)  # the tables were built on meta
+        return model
+
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        max_shard_size: int = 5 * 2**30,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        """Write a HF Llama folder: ``config.json`` and ``model.safetensors`` (or shards of at
+        most ``max_shard_size`` bytes plus ``model.safetensors.index.json``), each atomically.
+
+        ``extra_config`` adds keys to ``config.json`` (e.g. ``bos_token_id``). Shards of an
+        earlier save with a different layout are removed afterwards.
+        """
+        from safetensors.torch import save as safetensors_save
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        dtype = dtype or self.output.weight.dtype
+        params = dict(self.named_parameters(remove_duplicate=False))
+        tensors = [(theirs, params[ours]) for ours, theirs in self._hf_names().items()]
+
+        shards: list[list[tuple[str, torch.Tensor]]] = [[]]
+        size = 0
+        for name, p in tensors:
+            nbytes = p.numel() * dtype.itemsize
+            if shards[-1] and size + nbytes > max_shard_size:
+                shards.append([])
+                size = 0
+            shards[-1].append((name, p))
+            size += nbytes
+        if len(shards) == 1:
+            names = ["model.safetensors"]
+        else:
+            n = len(shards)
+            names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+        weight_map: dict[str, str] = {}
+        total = 0
+        for file_name, shard in zip(names, shards):
+            data = {n: p.detach().to(device="cpu", dtype=dtype).contiguous() for n, p in shard}
+            total += sum(t.numel() * t.element_size() for t in data.values())
+            _io.atomic_write_bytes(folder / file_name, safetensors_save(data, {"format": "pt"}))
+            weight_map.update(dict.fromkeys(data, file_name))
+        index = folder / "model.safetensors.index.json"
+        if len(shards) > 1:
+            weight_map = dict(sorted(weight_map.items()))
+            body = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            _io.atomic_write_text(index, json.dumps(body, indent=2) + "\n")
+        config = {**self.args.to_hf_config(dtype), **(extra_config or {})}
+        _io.atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+
+        # Stale files of an earlier save with another shard layout would confuse loaders.
+        keep = set(names)
+        for stale in [*folder.glob("model-*-of-*.safetensors"), folder / "model.safetensors"]:
+            if stale.name not in keep and stale.is_file():
+                stale.unlink()
+        if len(shards) == 1 and index.exists():
+            index.unlink()
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index} has no weight_map")
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index} lists shards that do not exist: {_first(absent)}")
+        return files
+    pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+    if pickles:
+        raise ValueError(
+            f"{folder} has only pickle weights ({_first(pickles)}); they are not loaded (a pickle "
+            "can run code). Convert the checkpoint to safetensors first."
+        )
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
+
+
+def _first(names: list[str], n: int = 5) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more

@@ -1,0 +1,279 @@
+"""Sampling images from a JPEG-LM: unconditional generation and prefix completion.
+
+A sample is BOS + a canonical stream. ``generate`` starts from BOS alone; ``complete`` starts
+from BOS + the canonical stream of an image cut after its first ``rows`` rows of MCUs (the
+restart markers tell where rows end), as in the published inference code. Decoding uses the
+model's static KV cache: one prefill, then one-token steps, batched, with per-sample stop
+at EOS / EOI / ``max_tokens``. Temperature, top-k and top-p filter the logits on the model's
+device. With ``constrained=True`` (the default) a native automaton of the canonical scan
+masks every token that would make the stream undecodable (:mod:`jpeglm.grammar`), so every
+sample decodes; without it, samples are decoded tolerantly and may be partly grey.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from jpeglm import codec
+from jpeglm.grammar import TokenConstraint
+
+__all__ = ["Sample", "generate", "complete", "prompt_stream", "clean_stream", "sample_logits"]
+
+
+@dataclass
+class Sample:
+    """One generated image."""
+
+    tokens: list[int]  #: generated token ids (prompt excluded)
+    data: bytes  #: the cleaned canonical stream (SOI .. EOI), prompt included
+    image: np.ndarray  #: (size, size, 3) uint8, tolerant decode (grey where invalid)
+    clean: bool  #: decoded with every MCU valid
+    valid_mcus: int
+    total_mcus: int
+
+
+def prompt_stream(stream: bytes, rows: int, size: int = 256) -> bytes:
+    """The canonical ``stream`` cut after its first ``rows`` rows of MCUs (just after the
+    restart marker that ends row ``rows``); ``rows=0`` keeps only the header."""
+    per_row = size // 16
+    if not 0 <= rows < size // 16:
+        raise ValueError(f"rows must be in 0..{size // 16 - 1} for size {size}, got {rows}")
+    off = codec.header(stream)["scan_offset"]
+    if rows == 0:
+        return stream[:off]
+    need, seen, i = rows * per_row, 0, off
+    while i < len(stream) - 1:
+        if stream[i] == 0xFF and 0xD0 <= stream[i + 1] <= 0xD7:
+            seen += 1
+            if seen == need:
+                return stream[: i + 2]
+            i += 2
+        else:
+            i += 1
+    raise ValueError("stream has fewer restart markers than the requested rows")
+
+
+def clean_stream(data: bytes) -> bytes:
+    """The first SOI .. EOI span of ``data`` (or from SOI to the end when EOI is missing), as
+    the official code cuts generations; empty when there is no SOI."""
+    start = data.find(b"\xff\xd8")
+    if start < 0:
+        return b""
+    end = data.find(b"\xff\xd9", start + 2)
+    return data[start : end + 2] if end >= 0 else data[start:]
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = 0.9,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample one id per row of ``logits`` (batch, vocab) after temperature, top-k, top-p.
+
+    ``temperature == 0`` is greedy. Masked entries should be ``-inf`` already.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the first past top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+@torch.no_grad()
+def _run(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    prompt_bytes: list[bytes],
+    size: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    max_tokens: int,
+    generator: torch.Generator,
+    constrained: bool,
+) -> list[list[int]]:
+    """Generate for a batch of equal-length prompts; returns each sample's new tokens."""
+    b, plen = len(prompts), len(prompts[0])
+    device = next(model.parameters()).device
+    total = min(plen + max_tokens, model.args.max_seq_len)
+    model.setup_caches(b, total, device=device)
+    eos = tokenizer.eos_id
+    fill = tokenizer.pad_id if tokenizer.pad_id is not None else eos
+    constraint = None
+    if constrained:
+        constraint = TokenConstraint.from_tokenizer(tokenizer, size)
+        # prompts start after BOS; the grammar follows the bytes
+        constraint.start(b, prompts=prompt_bytes)
+        mask_np = np.empty((b, constraint.vocab_size), dtype=bool)
+    idx = torch.tensor(prompts, dtype=torch.long, device=device)
+    logits = model(idx, torch.arange(plen, device=device))[:, -1]
+    out: list[list[int]] = [[] for _ in range(b)]
+    finished = np.zeros(b, dtype=bool)
+    pieces = {i: t for t, i in tokenizer.mergeable_ranks.items()}  # id -> bytes (no specials)
+    tail = [p[-1:] for p in prompt_bytes]  # the last byte: an EOI may straddle two tokens
+    for pos in range(plen, total):
+        logits = logits[:, : tokenizer.vocab_size]
+        if constraint is not None:
+            constraint.mask(mask_np)
+            mask = torch.from_numpy(mask_np).to(device)
+            logits = logits.masked_fill(~mask, float("-inf"))
+        nxt = sample_logits(logits, temperature, top_k, top_p, generator)
+        nxt_np = nxt.cpu().numpy()
+        nxt_np[finished] = fill
+        if constraint is not None:
+            active = ~finished
+            ok = constraint.advance(np.where(active, nxt_np, eos))
+            if not ok[active].all():  # cannot happen: the mask allowed only legal tokens
+                raise RuntimeError("constrained sampler produced an illegal token")
+        for i in np.flatnonzero(~finished):
+            t = int(nxt_np[i])
+            if t == eos:
+                finished[i] = True
+                continue
+            out[i].append(t)
+            piece = pieces.get(t, b"")
+            if piece:
+                if b"\xff\xd9" in tail[i] + piece:  # EOI: the stream is complete
+                    finished[i] = True
+                tail[i] = piece[-1:]
+        if finished.all() or pos + 1 >= total:
+            break
+        logits = model(
+            torch.from_numpy(nxt_np).to(device).view(b, 1), torch.tensor([pos], device=device)
+        )[:, -1]
+    model.clear_caches()
+    return out
+
+
+def _finish(tokenizer, prompt: bytes, tokens: list[int], size: int, quality: int) -> Sample:
+    data = clean_stream(prompt + tokenizer.decode(tokens))
+    r = codec.decode(data, tolerant=True, quality=quality, size=size)
+    if r.image.shape != (size, size, 3):  # a header for another size: show grey, not garbage
+        r = codec.decode(b"", tolerant=True, quality=quality, size=size)
+    return Sample(tokens, data, r.image, r.clean, r.valid_mcus, r.total_mcus)
+
+
+def _generate_prompts(
+    model,
+    tokenizer,
+    prompt_bytes: list[bytes],
+    size: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    max_tokens: int | None,
+    seed: int | None,
+    batch_size: int | None,
+    constrained: bool,
+    quality: int,
+) -> list[Sample]:
+    _check(temperature, top_k, top_p)
+    size = codec._check_size(size)
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise ValueError("the tokenizer needs BOS and EOS tokens")
+    if max_tokens is None:
+        max_tokens = model.args.max_seq_len
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(0 if seed is None else int(seed))
+    prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
+    for p in prompts:
+        if len(p) >= model.args.max_seq_len:
+            raise ValueError(
+                f"prompt of {len(p)} tokens leaves no room (max_seq_len {model.args.max_seq_len})"
+            )
+    batch_size = batch_size or len(prompts)
+    results: list[Sample | None] = [None] * len(prompts)
+    # Prompts of equal token length share a batch (one KV cache position for all rows).
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    was_training = model.training
+    model.eval()
+    try:
+        for ids in by_len.values():
+            for s in range(0, len(ids), batch_size):
+                chunk = ids[s : s + batch_size]
+                new = _run(
+                    model, tokenizer, [prompts[i] for i in chunk], [prompt_bytes[i] for i in chunk],
+                    size, temperature, top_k, top_p, max_tokens, generator, constrained,
+                )  # fmt: skip
+                for i, toks in zip(chunk, new):
+                    results[i] = _finish(tokenizer, prompt_bytes[i], toks, size, quality)
+    finally:
+        model.train(was_training)
+    return [r for r in results if r is not None]
+
+
+def generate(
+    model,
+    tokenizer,
+    n: int = 1,
+    size: int = 256,
+    prompt: bytes | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = 0.9,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    constrained: bool = True,
+    quality: int = 25,
+) -> list[Sample]:
+    """``n`` unconditional samples (or continuations of the raw ``prompt`` bytes)."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    return _generate_prompts(
+        model, tokenizer, [prompt or b""] * n, size, temperature, top_k, top_p, max_tokens,
+        seed, batch_size, constrained, quality,
+    )  # fmt: skip
+
+
+def complete(
+    model,
+    tokenizer,
+    images: Sequence[codec.ImageLike],
+    rows: int = 8,
+    size: int = 256,
+    quality: int = 25,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = 0.9,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    constrained: bool = True,
+) -> list[Sample]:
+    """Complete each image from its first ``rows`` rows of MCUs."""
+    streams = codec.encode_batch(list(images), quality=quality, size=size)
+    prompts = [prompt_stream(s, rows, size) for s in streams]
+    return _generate_prompts(
+        model, tokenizer, prompts, size, temperature, top_k, top_p, max_tokens, seed,
+        batch_size, constrained, quality,
+    )  # fmt: skip

@@ -1,0 +1,237 @@
+"""The Triton kernels against their PyTorch references, forward and gradients, per dtype.
+
+Without a GPU the kernels run in Triton's interpreter: TRITON_INTERPRET=1 must be in the
+environment before Triton is first imported, so it is set here at import time (pytest imports
+this module before running any test). Shapes are tiny: the interpreter runs every program in
+Python. On a CUDA machine the same tests run the compiled kernels on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+import torch.nn.functional as F  # noqa: E402
+
+from jpeglm import backends  # noqa: E402
+from jpeglm.kernels import reference  # noqa: E402
+from jpeglm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy  # noqa: E402
+from jpeglm.kernels.rms_norm import rms_norm  # noqa: E402
+from jpeglm.kernels.rope import rope_  # noqa: E402
+from jpeglm.kernels.swiglu import swiglu  # noqa: E402
+from jpeglm.model import ModelArgs, Transformer  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
+# (atol, rtol) for outputs and gradients. Low-precision outputs differ by an ulp or two of
+# rounding order; gradients summed over rows (weights) accumulate a little more.
+TOL = {
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (5e-2, 2e-2),
+    torch.float16: (5e-3, 5e-3),
+}
+
+
+def close(actual, expected, dtype, scale: float = 1.0, msg: str = "") -> None:
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(
+        actual.float(), expected.float(), atol=atol * scale, rtol=rtol, msg=msg or None
+    )
+
+
+def leaf(*shape, dtype, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(*shape, generator=g) * scale
+    return t.to(DEVICE, dtype).requires_grad_()
+
+
+def grads(out, inputs, grad_out):
+    return torch.autograd.grad(out, inputs, grad_out)
+
+
+# ----------------------------------------------------------------------------------- RMSNorm
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 48), (7, 40)])
+def test_rms_norm(dtype, shape):
+    x = leaf(*shape, dtype=dtype, scale=2.0)
+    w = (1 + 0.1 * torch.randn(shape[-1])).to(DEVICE, dtype).requires_grad_()
+    y, y_ref = rms_norm(x, w, 1e-5), reference.rms_norm(x, w, 1e-5)
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    close(y, y_ref, dtype, msg="forward")
+    dy = torch.randn_like(y)
+    (dx, dw), (dx_ref, dw_ref) = grads(y, (x, w), dy), grads(y_ref, (x, w), dy)
+    close(dx, dx_ref, dtype, msg="dx")
+    close(dw, dw_ref, dtype, scale=4.0, msg="dweight")
+
+
+def test_rms_norm_matches_hf_formula():
+    x = leaf(4, 32, dtype=torch.float32)
+    w = torch.rand(32, device=DEVICE)
+    expected = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    close(rms_norm(x, w, 1e-6), expected, torch.float32)
+
+
+# -------------------------------------------------------------------------------------- RoPE
+
+
+def rope_tables(seq: int, head_dim: int, theta: float = 10000.0):
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(seq).float(), inv_freq)
+    return angles.cos().to(DEVICE), angles.sin().to(DEVICE)
+
+
+def rotate_half_hf(x, cos, sin):
+    """Hugging Face's formula, on (batch, seq, heads, head_dim)."""
+    cos = torch.cat([cos, cos], -1)[:, None, :]
+    sin = torch.cat([sin, sin], -1)[:, None, :]
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads, head_dim", [(4, 16), (3, 12)])
+def test_rope(dtype, heads, head_dim):
+    batch, seq = 2, 5
+    cos, sin = rope_tables(seq, head_dim)
+    # x is a view of a wider projection output, as q and k are in the model.
+    base = leaf(batch, seq, (heads + 2) * head_dim, dtype=dtype)
+    x_ref = base.view(batch, seq, heads + 2, head_dim)[:, :, 1 : heads + 1]
+    y_ref = reference.rope(x_ref, cos, sin)
+    x = (base * 1).view(batch, seq, heads + 2, head_dim)[:, :, 1 : heads + 1]
+    y = rope_(x, cos, sin)
+    assert y.data_ptr() == x.data_ptr()  # in place
+    close(y, y_ref, dtype, msg="forward")
+    if dtype == torch.float32:
+        close(y, rotate_half_hf(x_ref, cos, sin), dtype, msg="HF rotate_half")
+    dy = torch.randn_like(y)
+    close(grads(y, base, dy)[0], grads(y_ref, base, dy)[0], dtype, msg="grad")
+
+
+def test_rope_rejects_bad_tables():
+    x = torch.zeros(1, 4, 2, 8, device=DEVICE)
+    cos, sin = rope_tables(3, 8)
+    with pytest.raises(ValueError, match=r"cos/sin must have shape \(4, 4\)"):
+        rope_(x, cos, sin)
+
+
+# ------------------------------------------------------------------------------------ SwiGLU
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_swiglu(dtype):
+    gate, up = leaf(3, 5, 37, dtype=dtype, scale=2.0), leaf(3, 5, 37, dtype=dtype, seed=1)
+    out, out_ref = swiglu(gate, up), reference.swiglu(gate, up)
+    close(out, out_ref, dtype, msg="forward")
+    if dtype == torch.float32:
+        close(out, F.silu(gate) * up, dtype, msg="silu(gate) * up")
+    dout = torch.randn_like(out)
+    for got, want, name in zip(grads(out, (gate, up), dout), grads(out_ref, (gate, up), dout),
+                               ("dgate", "dup")):  # fmt: skip
+        close(got, want, dtype, msg=name)
+
+
+# ----------------------------------------------------------------- linear + cross-entropy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fused_linear_cross_entropy(dtype, reduction):
+    tokens, dim, vocab = 37, 16, 70  # vocab > dim: several row chunks
+    h = leaf(tokens, dim, dtype=dtype)
+    w = leaf(vocab, dim, dtype=dtype, scale=0.5, seed=1)
+    targets = torch.randint(0, vocab, (tokens,), generator=torch.Generator().manual_seed(2))
+    targets[[0, 5, 36]] = -100
+    targets = targets.to(DEVICE)
+    loss = fused_linear_cross_entropy(h, w, targets, reduction=reduction)
+    loss_ref = reference.fused_linear_cross_entropy(h, w, targets, reduction=reduction)
+    scale = tokens if reduction == "sum" else 1.0
+    close(loss, loss_ref, dtype, scale=scale, msg="loss")
+    if dtype == torch.float32:
+        expected = F.cross_entropy(h @ w.t(), targets, reduction=reduction)
+        close(loss, expected, dtype, scale=scale, msg="F.cross_entropy")
+    # An upstream gradient other than 1 must scale both gradients.
+    (dh, dw), (dh_ref, dw_ref) = (
+        grads(2.5 * loss, (h, w), None),
+        grads(2.5 * loss_ref, (h, w), None),
+    )
+    close(dh, dh_ref, dtype, scale=scale, msg="dh")
+    close(dw, dw_ref, dtype, scale=scale, msg="dweight")
+
+
+def test_fused_linear_cross_entropy_edges():
+    h, w = leaf(6, 8, dtype=torch.float32), leaf(10, 8, dtype=torch.float32, seed=1)
+    with torch.no_grad():  # forward-only path
+        t = torch.tensor([1, 2, 3, 4, 5, 6], device=DEVICE)
+        close(fused_linear_cross_entropy(h, w, t), reference.fused_linear_cross_entropy(h, w, t),
+              torch.float32)  # fmt: skip
+    ignored = torch.full((6,), -100, device=DEVICE)
+    loss = fused_linear_cross_entropy(h, w, ignored)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert h.grad.abs().max() == 0 and w.grad.abs().max() == 0
+    with pytest.raises(ValueError, match="targets must have shape"):
+        fused_linear_cross_entropy(h, w, t[:3])
+    with pytest.raises(ValueError, match="dtypes differ"):
+        fused_linear_cross_entropy(h, w.double(), t)
+    if DEVICE == "cpu":
+        with pytest.raises(IndexError, match="target 10 is out of range for vocab 10"):
+            fused_linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 10, 5, 6]))
+
+
+def test_fused_linear_cross_entropy_autocast():
+    h, w = leaf(12, 16, dtype=torch.float32), leaf(40, 16, dtype=torch.float32, seed=1)
+    t = torch.randint(0, 40, (12,), device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        loss = fused_linear_cross_entropy(h, w, t)
+        loss_ref = reference.fused_linear_cross_entropy(h, w, t)
+    close(loss, loss_ref, torch.bfloat16)
+    (dh, dw), (dh_ref, dw_ref) = grads(loss, (h, w), None), grads(loss_ref, (h, w), None)
+    assert dh.dtype == dw.dtype == torch.float32
+    close(dh, dh_ref, torch.bfloat16)
+    close(dw, dw_ref, torch.bfloat16)
+
+
+# ---------------------------------------------------------- the whole model, Triton backend
+
+
+def test_backend_forced_to_triton(monkeypatch):
+    monkeypatch.setenv("JPEGLM_BACKEND", "triton")
+    ops = backends.resolve_backend()
+    assert ops.name == "triton"
+    # Under the interpreter the kernels run on CPU tensors too: no silent fallback.
+    if DEVICE == "cpu":
+        assert ops.rms_norm is rms_norm and ops.swiglu is swiglu and ops.rope is rope_
+
+
+def test_model_triton_backend_matches_reference():
+    torch.manual_seed(0)
+    args = ModelArgs.from_name("tiny", max_seq_len=32)
+    ref = Transformer(args, backend="torch").to(DEVICE)
+    fast = Transformer(args, backend="triton").to(DEVICE)
+    fast.load_state_dict(ref.state_dict())
+    idx = torch.randint(0, args.vocab_size, (2, 12), device=DEVICE)
+    targets = idx.roll(-1, dims=1)
+    targets[:, -1] = -100
+
+    losses = []
+    for model in (ref, fast):
+        loss = model(idx, targets=targets)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    for (name, a), b in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(idx), ref(idx), atol=1e-5, rtol=1e-5)
+        fast.setup_caches(2, 16)
+        fast(idx[:, :8], input_pos=torch.arange(8, device=DEVICE))
+        step = fast(idx[:, 8:9], input_pos=torch.tensor([8], device=DEVICE))
+        torch.testing.assert_close(step[:, 0], ref(idx[:, :9])[:, 8], atol=1e-5, rtol=1e-5)

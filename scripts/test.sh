@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-ruff check python tests benchmarks
+ruff check python tests benchmarks kernels
 python -m pytest -q "$@"

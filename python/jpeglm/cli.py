@@ -160,6 +160,170 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def _load_tokenizer(path: Path):
+    from jpeglm.tokenizer import Tokenizer
+
+    if not path.is_file():
+        raise UserError(f"no such tokenizer file: {path}")
+    try:
+        if path.suffix == ".model":  # a sentencepiece model (the official JPEG-LM tokenizer)
+            return Tokenizer.from_sentencepiece(path)
+        return Tokenizer.load(path)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from e
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from jpeglm import codec
+    from jpeglm.tokenizer import Tokenizer
+
+    paths = _image_paths(args.images)
+    streams = codec.encode_batch(paths, quality=args.quality, size=args.size)
+    tok = Tokenizer.train(streams, vocab_size=args.vocab_size, progress=not args.quiet)
+    tok.save(args.out)
+    print(f"trained on {len(streams)} images -> {args.out} (vocab {tok.vocab_size})")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from jpeglm import codec
+
+    tok = _load_tokenizer(Path(args.tokenizer))
+    for src in _image_paths(args.images):
+        stream = codec.encode(src, quality=args.quality, size=args.size)
+        ids = tok.encode(stream)
+        print(f"{src}: {len(stream)} bytes -> {len(ids)} tokens")
+        if args.ids:
+            print(" ".join(map(str, ids)))
+    return 0
+
+
+def _image_paths(items: Sequence[str]) -> list[Path]:
+    """Files given directly, or every image file inside given folders."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+            )
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserError(f"no such image file or folder: {p}")
+    if not out:
+        raise UserError("no images found")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# model: sample / complete / eval
+
+
+def _load_model(args: argparse.Namespace):
+    """A HF Llama checkpoint folder + its tokenizer (``--tokenizer``, else tokenizer.jpeglm or
+    the official sentencepiece tokenizer.model inside the folder)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise UserError("sampling needs torch: pip install 'jpeglm[train]'") from e
+    from jpeglm.model import Transformer
+
+    folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a model folder (no config.json)")
+    if args.tokenizer:
+        tok = _load_tokenizer(Path(args.tokenizer))
+    else:
+        for name in ("tokenizer.jpeglm", "tokenizer.model"):
+            if (folder / name).is_file():
+                tok = _load_tokenizer(folder / name)
+                break
+        else:
+            raise UserError(f"no tokenizer in {folder}: pass --tokenizer")
+    try:
+        model = Transformer.from_pretrained(folder, device=args.device)
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot load {folder}: {e}") from e
+    if model.args.vocab_size < tok.vocab_size:
+        raise UserError(
+            f"tokenizer has {tok.vocab_size} tokens but the model only {model.args.vocab_size}"
+        )
+    return model, tok
+
+
+def _write_samples(out: Path, samples_, prefix: str) -> None:
+    import io
+
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(samples_):
+        buf = io.BytesIO()
+        Image.fromarray(s.image).save(buf, "PNG")
+        _atomic_write(out / f"{prefix}{i:03d}.png", buf.getvalue())
+        if s.data:
+            from jpeglm import codec
+
+            _atomic_write(out / f"{prefix}{i:03d}.jpg", codec.with_tables(s.data))
+        state = "clean" if s.clean else f"{s.valid_mcus}/{s.total_mcus} MCUs valid"
+        print(f"{out / f'{prefix}{i:03d}.png'}: {len(s.data)} bytes, {state}")
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        size=args.size,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        constrained=not args.unconstrained,
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from jpeglm.sample import generate
+
+    model, tok = _load_model(args)
+    out = generate(model, tok, n=args.n, **_sampling_kwargs(args))
+    _write_samples(Path(args.out), out, "sample_")
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from jpeglm.sample import complete
+
+    model, tok = _load_model(args)
+    out = complete(model, tok, _image_paths(args.images), rows=args.rows, **_sampling_kwargs(args))
+    _write_samples(Path(args.out), out, "completion_")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from jpeglm import codec
+    from jpeglm.eval import bits_per_byte, evaluate_completion
+
+    model, tok = _load_model(args)
+    paths = _image_paths(args.images)
+    kw = _sampling_kwargs(args)
+    res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, **kw)
+    streams = codec.encode_batch(paths, size=args.size)
+    res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
+    _atomic_write(Path(args.out) / "results.json", (json.dumps(res, indent=2) + "\n").encode())
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from jpeglm.reference.explain import explain
 
@@ -203,6 +367,54 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quality", type=int, default=25)
     x.add_argument("--size", type=int, default=256)
     x.set_defaults(func=cmd_explain)
+
+    t = sub.add_parser("train-tokenizer", help="train a byte-level BPE on canonical streams")
+    t.add_argument("images", nargs="+", help="image files or folders")
+    t.add_argument("-o", "--out", required=True, help="tokenizer file to write")
+    t.add_argument("--vocab-size", type=int, default=320)
+    t.add_argument("--quality", type=int, default=25)
+    t.add_argument("--size", type=int, default=256)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train_tokenizer)
+
+    k = sub.add_parser("tokenize", help="images -> canonical streams -> token counts (and ids)")
+    k.add_argument("images", nargs="+")
+    k.add_argument("--tokenizer", required=True)
+    k.add_argument("--quality", type=int, default=25)
+    k.add_argument("--size", type=int, default=256)
+    k.add_argument("--ids", action="store_true", help="print the token ids")
+    k.set_defaults(func=cmd_tokenize)
+
+    def sampling(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", required=True, help="HF Llama checkpoint folder")
+        sp.add_argument("--tokenizer", help="tokenizer file (default: inside --model)")
+        sp.add_argument("-o", "--out", required=True, help="output folder")
+        sp.add_argument("--size", type=int, default=256)
+        sp.add_argument("--temperature", type=float, default=1.0)
+        sp.add_argument("--top-k", type=int, default=50)
+        sp.add_argument("--top-p", type=float, default=0.9)
+        sp.add_argument("--max-tokens", type=int, default=None)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--batch-size", type=int, default=None)
+        sp.add_argument("--unconstrained", action="store_true", help="no grammar mask")
+        sp.add_argument("--device", default="cpu")
+
+    sa = sub.add_parser("sample", help="unconditional samples from a model")
+    sampling(sa)
+    sa.add_argument("-n", type=int, default=4)
+    sa.set_defaults(func=cmd_sample)
+
+    co = sub.add_parser("complete", help="complete images from their first rows of MCUs")
+    sampling(co)
+    co.add_argument("images", nargs="+")
+    co.add_argument("--rows", type=int, default=8)
+    co.set_defaults(func=cmd_complete)
+
+    ev = sub.add_parser("eval", help="bits/byte, decodability, completion PSNR/SSIM, grid")
+    sampling(ev)
+    ev.add_argument("images", nargs="+")
+    ev.add_argument("--rows", type=int, default=8)
+    ev.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("demo", help="encode + decode the bundled photos; side-by-side PNG")
     m.add_argument("--out", default="demo_out")

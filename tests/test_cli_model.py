@@ -1,0 +1,87 @@
+"""The model-facing CLI: train-tokenizer, tokenize, and sample / complete / eval from a local
+checkpoint folder in the official JPEG-LM layout (HF Llama config + safetensors +
+sentencepiece tokenizer.model mapping byte b to chr(b + 10240))."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jpeglm import codec, samples
+from jpeglm.cli import main
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+spm = pytest.importorskip("sentencepiece")
+
+
+@pytest.fixture(scope="module")
+def official_dir(tmp_path_factory):
+    """A tiny random checkpoint laid out like uwnlp/jpeg-lm-reimplementation."""
+    d = tmp_path_factory.mktemp("jpeg-lm")
+    docs = [codec.encode(p, quality=q, size=s) for p in samples.photo_paths() for q in (20, 25)
+            for s in (16, 32, 64)]  # fmt: skip
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["".join(chr(b + 10240) for b in doc) for doc in docs]),
+        model_writer=model, model_type="bpe", vocab_size=320, character_coverage=1.0,
+        add_dummy_prefix=False, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_by_whitespace=False, split_by_unicode_script=False,
+        split_by_number=False, max_sentence_length=1 << 16, hard_vocab_limit=False,
+        num_threads=2, minloglevel=2,
+    )  # fmt: skip
+    (d / "tokenizer.model").write_bytes(model.getvalue())
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
+    return d
+
+
+def test_sample_from_official_layout(official_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["sample", "--model", str(official_dir), "-o", str(out), "-n", "3", "--size", "16",
+            "--max-tokens", "1200", "--seed", "1"]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.count("clean") == 3
+    for i in range(3):
+        img = np.asarray(Image.open(out / f"sample_{i:03d}.png"))
+        assert img.shape == (16, 16, 3)
+        jpg = (out / f"sample_{i:03d}.jpg").read_bytes()
+        np.testing.assert_array_equal(codec.decode(jpg), img)
+
+
+def test_complete_and_eval(official_dir, tmp_path, capsys):
+    imgs = [str(p) for p in samples.photo_paths()[:2]]
+    common = ["--model", str(official_dir), "--size", "32", "--max-tokens", "1500", "--rows", "1"]
+    assert main(["complete", *common, "-o", str(tmp_path / "c"), *imgs]) == 0
+    assert (tmp_path / "c" / "completion_001.png").is_file()
+    assert main(["eval", *common, "-o", str(tmp_path / "e"), *imgs]) == 0
+    res = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert res["decodable"] == 1.0 and res["held_out"]["bits_per_byte"] > 0
+    assert (tmp_path / "e" / "grid.png").is_file()
+
+
+def test_tokenizer_commands(tmp_path, capsys):
+    tok = tmp_path / "tok.jpeglm"
+    folder = str(samples.IMAGE_DIR)
+    assert main(["train-tokenizer", folder, "-o", str(tok), "--vocab-size", "300", "--quiet"]) == 0
+    assert main(["tokenize", str(samples.photo_path("rocket")), "--tokenizer", str(tok)]) == 0
+    assert "tokens" in capsys.readouterr().out
+
+
+def test_model_cli_errors(tmp_path, capsys):
+    assert main(["sample", "--model", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    bad = tmp_path / "bad.jpeglm"
+    bad.write_text("not a tokenizer")
+    assert main(["tokenize", str(samples.photo_path("rocket")), "--tokenizer", str(bad)]) == 2
+    assert main(["tokenize", "nope.png", "--tokenizer", str(bad)]) == 2

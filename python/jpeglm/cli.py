@@ -324,6 +324,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from jpeglm import data
+
+    tok = _load_tokenizer(Path(args.tokenizer))
+    try:
+        index = data.prepare(
+            args.src, args.out, tok, size=args.size, quality=args.quality, seq_len=args.seq_len,
+            images_per_shard=args.images_per_shard, workers=args.workers, fast=args.fast,
+            progress=not args.quiet,
+        )  # fmt: skip
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from e
+    print(
+        f"{index['images']} images -> {index['sequences']} sequences of {args.seq_len} tokens "
+        f"in {len(index['shards'])} shards ({len(index['skipped'])} skipped, see report.json)"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jpeglm.train import main as train_main
+
+    return train_main([*([args.config] if args.config else []), *args.overrides])
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from jpeglm.reference.explain import explain
 
@@ -384,6 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--size", type=int, default=256)
     k.add_argument("--ids", action="store_true", help="print the token ids")
     k.set_defaults(func=cmd_tokenize)
+
+    pr = sub.add_parser("prepare", help="images -> packed uint16 token shards (resumable)")
+    pr.add_argument("src", help="image folder, .txt list of paths, or tar archive")
+    pr.add_argument("out", help="output folder")
+    pr.add_argument("--tokenizer", required=True)
+    pr.add_argument("--size", type=int, default=256)
+    pr.add_argument("--quality", type=int, default=25)
+    pr.add_argument("--seq-len", type=int, default=12288)
+    pr.add_argument("--images-per-shard", type=int, default=1024)
+    pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("--fast", action="store_true", help="libjpeg DCT scaling for big JPEGs")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_prepare)
+
+    tr = sub.add_parser("train", help="train a model (see jpeglm.train for the config keys)")
+    tr.add_argument("config", nargs="?", help="TOML config file")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides")
+    tr.set_defaults(func=cmd_train)
 
     def sampling(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", required=True, help="HF Llama checkpoint folder")

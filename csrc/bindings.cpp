@@ -659,7 +659,8 @@ void bind_bpe(py::module_& m) {
             }
             return make_bytes(size, [&](uint8_t* out) {
               visit_ids(v, [&](auto* p, std::size_t n) {
-                s.bpe->decode_into(p, n, skip_special, out);
+                if (s.bpe->decode_into(p, n, skip_special, out, size) != size)
+                  throw jpeglm::BpeError("the token ids changed while being decoded");
                 return 0;
               });
             });
@@ -691,7 +692,8 @@ void bind_bpe(py::module_& m) {
             }
             run_bpe_batch(n, threads, [&](std::size_t i) {
               visit_ids(views[i], [&](auto* p, std::size_t k) {
-                s.bpe->decode_into(p, k, skip_special, dsts[i]);
+                if (s.bpe->decode_into(p, k, skip_special, dsts[i], sizes[i]) != sizes[i])
+                  throw jpeglm::BpeError("the token ids changed while being decoded");
                 return 0;
               });
             });

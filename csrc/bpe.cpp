@@ -135,6 +135,7 @@ Bpe::Bpe(std::vector<BpeToken> tokens, uint32_t unk_id, bool fuse_unk, bool whol
   if (unk_id != kNoToken && (unk_id >= vocab || !tokens[unk_id].special))
     throw BpeError("unk id " + std::to_string(unk_id) + " is not a special token");
 
+  vocab_size_ = vocab;
   special_.resize(vocab);
   rank_.assign(vocab, kNoToken);
   offset_.assign(vocab + 1, 0);
@@ -253,6 +254,15 @@ Bpe::Bpe(std::vector<BpeToken> tokens, uint32_t unk_id, bool fuse_unk, bool whol
       byte_pair_[(a << 8) | c] = pair_result(x, y);
     }
   }
+}
+
+void Bpe::bad_id(int64_t value, bool huge, std::size_t pos, bool special) const {
+  if (special)
+    throw BpeError("token id " + std::to_string(value) + " at position " + std::to_string(pos) +
+                   " is a special token (it has no bytes)");
+  throw BpeError("token id " + (huge ? std::string("> 2**63") : std::to_string(value)) +
+                 " at position " + std::to_string(pos) + " is out of range for a vocabulary of " +
+                 std::to_string(vocab_size_));
 }
 
 inline uint32_t Bpe::pair_result(uint32_t left, uint32_t right) const {
@@ -630,11 +640,14 @@ class Trainer {
     parallel_for(nchunks, threads, [&](std::size_t c) {
       uint32_t* cursor = counts[c].data();
       std::size_t pos = chunk_pos[c];
+      // From the symbols, not the documents: a document changed since (by another thread)
+      // must not break the counts' bounds.
       for (std::size_t d = chunk_doc[c]; d < chunk_doc[c + 1]; ++d) {
-        const uint8_t* p = docs_[d].data;
         const std::size_t len = docs_[d].size;
-        for (std::size_t k = 0; k + 1 < len; ++k)
-          init_pos[cursor[(p[k] << 8) | p[k + 1]]++] = static_cast<uint32_t>(pos + k);
+        for (std::size_t k = 0; k + 1 < len; ++k) {
+          const uint32_t i = static_cast<uint32_t>(pos + k);
+          init_pos[cursor[(node[i].sym << 8) | node[i + 1].sym]++] = i;
+        }
         pos += len;
       }
     });

@@ -28,6 +28,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -104,9 +105,10 @@ class Bpe {
   // a special token when !skip_special). T: any integer type.
   template <class T>
   std::size_t decoded_size(const T* ids, std::size_t n, bool skip_special) const;
-  // Writes the bytes of ids (validated by decoded_size) to out.
+  // Writes the bytes of ids to out (at most `capacity`, else BpeError); returns their number.
   template <class T>
-  void decode_into(const T* ids, std::size_t n, bool skip_special, uint8_t* out) const;
+  std::size_t decode_into(const T* ids, std::size_t n, bool skip_special, uint8_t* out,
+                          std::size_t capacity) const;
 
  private:
   uint32_t pair_result(uint32_t left, uint32_t right) const;
@@ -116,6 +118,8 @@ class Bpe {
   Id* encode_long(const uint8_t* data, std::size_t n, Id* o) const;
   template <class T>
   uint32_t checked_id(T value, std::size_t pos, bool skip_special) const;
+  [[noreturn]] void bad_id(int64_t value, bool huge, std::size_t pos, bool special) const;
+  std::size_t vocab_size_ = 0;
 
   std::vector<uint8_t> special_;       // per id
   std::vector<uint32_t> rank_;         // per id: dense rank 0..num_ranks_-1 (kNoToken: none)
@@ -145,40 +149,48 @@ inline uint32_t Bpe::checked_id(T value, std::size_t pos, bool skip_special) con
   static_assert(std::is_integral<T>::value, "token ids must be integers");
   bool negative = false;
   if constexpr (std::is_signed<T>::value) negative = value < 0;
-  if (negative || static_cast<uint64_t>(value) >= special_.size())
-    throw BpeError("token id " + std::to_string(value) + " at position " + std::to_string(pos) +
-                   " is out of range for a vocabulary of " + std::to_string(special_.size()));
-  uint32_t id = static_cast<uint32_t>(value);
-  if (special_[id] && !skip_special)
-    throw BpeError("token id " + std::to_string(id) + " at position " + std::to_string(pos) +
-                   " is a special token (it has no bytes)");
+  if (__builtin_expect(negative || static_cast<uint64_t>(value) >= vocab_size_, 0))
+    bad_id(static_cast<int64_t>(value), !negative && static_cast<uint64_t>(value) > INT64_MAX,
+           pos, false);
+  const uint32_t id = static_cast<uint32_t>(value);
+  if (__builtin_expect(!skip_special && special_[id], 0)) bad_id(id, false, pos, true);
   return id;
 }
 
 template <class T>
 std::size_t Bpe::decoded_size(const T* ids, std::size_t n, bool skip_special) const {
+  const uint64_t* offset = offset_.data();
   std::size_t total = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    uint32_t id = checked_id(ids[i], i, skip_special);
-    total += static_cast<std::size_t>(offset_[id + 1] - offset_[id]);
+    const uint32_t id = checked_id(ids[i], i, skip_special);
+    total += static_cast<std::size_t>(offset[id + 1] - offset[id]);
   }
   return total;
 }
 
+// Every id is checked again, and the output bounded: the caller may not hold the ids still
+// (another thread could change a numpy array between the two passes).
 template <class T>
-void Bpe::decode_into(const T* ids, std::size_t n, bool skip_special, uint8_t* out) const {
-  const char* base = bytes_.data();
+std::size_t Bpe::decode_into(const T* ids, std::size_t n, bool skip_special, uint8_t* out,
+                             std::size_t capacity) const {
+  // Locals, not members: writes through uint8_t* could alias them and force reloads.
+  const uint64_t* offset = offset_.data();
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(bytes_.data());
+  std::size_t written = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    uint32_t id = checked_id(ids[i], i, skip_special);
-    std::size_t len = static_cast<std::size_t>(offset_[id + 1] - offset_[id]);
-    const char* src = base + offset_[id];
+    const uint32_t id = checked_id(ids[i], i, skip_special);
+    const uint64_t begin = offset[id];
+    const std::size_t len = static_cast<std::size_t>(offset[id + 1] - begin);
+    if (__builtin_expect(len > capacity - written, 0))
+      throw BpeError("the token ids changed while being decoded");
     if (len == 1) {
-      *out++ = static_cast<uint8_t>(*src);
-    } else {
-      for (std::size_t k = 0; k < len; ++k) out[k] = static_cast<uint8_t>(src[k]);
-      out += len;
+      out[written] = bytes[begin];
+    } else if (len != 0) {  // a skipped special: out may be null when capacity is 0
+      std::memcpy(out + written, bytes + begin, len);
     }
+    written += len;
   }
+  return written;
 }
 
 }  // namespace jpeglm

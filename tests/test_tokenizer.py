@@ -280,6 +280,16 @@ def test_sentencepiece_parity_random(sp_pair, data):
     assert sp.encode(bytes_to_braille(data)) == t.encode(data)
 
 
+def test_sentencepiece_model_to_hf(sp_pair, held_out, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    t, sp = sp_pair
+    t.save_hf(tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    rng = random.Random(1)
+    for d in held_out + [rng.randbytes(2000) for _ in range(5)]:
+        assert hf.encode(bytes_to_braille(d)).ids == t.encode(d) == sp.encode(bytes_to_braille(d))
+
+
 # ------------------------------------------------------------------------------------------------
 # sentencepiece models built by hand (no sentencepiece needed)
 

@@ -286,7 +286,8 @@ def run_cpu(repeats: int) -> str:
         rows.append(f"| {case.op} | {case.shape} | {case.tokens / rate * 1e3:.3f} | {rate:,.0f} |")
     header = (
         f"Machine: {machine()}, no GPU. Date: {today()}. torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads).\n"
+        f"({torch.get_num_threads()} torch threads; 1-min load average at the end "
+        f"{os.getloadavg()[0]:.1f}: a shared, busy machine).\n"
         "**CPU run: reference path only.** Triton kernels run on CPU only in Triton's "
         "interpreter, whose timings mean nothing, and Liger-Kernel needs CUDA; so this table "
         "times the eager PyTorch reference ops (`jpeglm.kernels.reference`, what the model runs "
@@ -316,8 +317,11 @@ def main() -> None:
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ap.add_argument("--tokens", type=int, default=8192, help="tokens per op on GPU")
     ap.add_argument("--repeats", type=int, default=5, help="round-robin repeats on CPU")
+    ap.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: all)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     t0 = time.perf_counter()
     body = run_gpu(args.tokens) if gpu else run_cpu(args.repeats)

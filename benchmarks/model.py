@@ -149,8 +149,11 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=None, help="default: 12288 (GPU), 256 (CPU)")
     ap.add_argument("--batch", type=int, default=None, help="default: 2 for base, else 1")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10 GPU, 5 CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: all)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = "cuda" if gpu else "cpu"
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -187,7 +190,8 @@ def main() -> None:
     else:
         header = (
             f"Machine: {machine()}, no GPU. Date: {today()}. torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads).\n"
+            f"({torch.get_num_threads()} torch threads; 1-min load average at the end "
+            f"{os.getloadavg()[0]:.1f}: a shared, busy machine).\n"
             "**CPU run: reference path only** (eager PyTorch, fp32, small models): Triton runs on "
             "CPU only in its interpreter and flash-attn needs CUDA, so kernels, torch.compile "
             f"and MFU are not measured here. Training step = forward + backward + AdamW, median "

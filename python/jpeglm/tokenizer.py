@@ -47,7 +47,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from jpeglm import _core
+from jpeglm._io import atomic_write_bytes
 
 __all__ = [
     "Tokenizer",
@@ -171,32 +171,8 @@ def _check_int(value: Any, name: str) -> int:
 
 
 def _write_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync,
-    ``os.replace``; the folder is fsynced too where the OS allows it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """Write ``data`` to ``path`` atomically (the package's one crash-safe writer)."""
+    atomic_write_bytes(path, data)
 
 
 def _read_limited(path: PathLike, what: str) -> bytes:

@@ -778,7 +778,11 @@ void bind_grammar(py::module_& m) {
              std::vector<std::string> t;
              t.reserve(tokens.size());
              for (const auto& b : tokens) t.emplace_back(b);
-             return std::make_shared<jpeglm::TokenGrammar>(g, t, eos_id);
+             try {
+               return std::make_shared<jpeglm::TokenGrammar>(g, t, eos_id);
+             } catch (const std::invalid_argument& e) {
+               throw py::value_error(e.what());
+             }
            }),
            "grammar"_a, "tokens"_a, "eos_id"_a)
       .def_property_readonly("vocab_size", &jpeglm::TokenGrammar::vocab_size)
@@ -833,9 +837,9 @@ void bind_grammar(py::module_& m) {
             {
               py::gil_scoped_release release;
               for (std::size_t i = 0; i < b.states.size(); ++i) {
-                int64_t id = t[i];
-                o[i] = id >= 0 && id <= INT32_MAX &&
-                       b.grammar->advance(b.states[i], static_cast<int>(id));
+                int64_t id = t[i];  // any id outside int range is illegal, like any unknown id
+                int tid = (id >= 0 && id <= INT32_MAX) ? static_cast<int>(id) : -1;
+                o[i] = b.grammar->advance(b.states[i], tid);
               }
             }
             return ok;

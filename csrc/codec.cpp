@@ -844,7 +844,10 @@ DecodeResult decode_tolerant(const uint8_t* data, std::size_t n, int quality, in
   check_quality(quality);
   auto fallback = [&](const std::string& why) {
     if (fallback_size <= 0) throw JpegError(why);
-    if (fallback_size > kMaxDimension) throw JpegError("fallback size too large");
+    if (fallback_size > kMaxDimension ||
+        std::size_t(fallback_size) * std::size_t(fallback_size) > kMaxPixels)
+      throw JpegError("fallback size " + std::to_string(fallback_size) +
+                      " too large (the pixel limit is " + std::to_string(kMaxPixels) + ")");
     DecodeResult r = grey_image(fallback_size, fallback_size);
     int m = (fallback_size + 15) / 16;
     r.total_mcus = m * m;

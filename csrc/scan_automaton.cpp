@@ -240,6 +240,10 @@ TokenGrammar::TokenGrammar(const ScanGrammar& grammar, const std::vector<std::st
   trie_.emplace_back();
   for (std::size_t id = 0; id < tokens_.size(); ++id) {
     const std::string& t = tokens_[id];
+    // walk() recurses once per byte of a token: bound the depth (BPE tokens are short).
+    if (t.size() > kMaxTokenBytes)
+      throw std::invalid_argument("token " + std::to_string(id) + " is longer than " +
+                                  std::to_string(kMaxTokenBytes) + " bytes");
     if (t.empty()) continue;  // special tokens
     int32_t node = 0;
     for (unsigned char c : t) {

@@ -86,6 +86,7 @@ class ScanGrammar {
 // Token masks: which token ids may come next, given a vocabulary of byte strings.
 class TokenGrammar {
  public:
+  static constexpr std::size_t kMaxTokenBytes = 4096;
   // tokens[i] = the bytes of token i ("" for special tokens). eos_id: allowed only once the
   // stream is complete (and then it is the only token allowed); other empty tokens never.
   TokenGrammar(const ScanGrammar& grammar, const std::vector<std::string>& tokens, int eos_id);

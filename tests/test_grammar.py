@@ -209,6 +209,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         tc.advance([1, 2, 3])
     assert not tc.advance([-5, 10**12]).any()  # out-of-range ids are illegal, not a crash
+    assert tc.phases() == ["reject", "reject"]  # ... and end the stream alike
+    with pytest.raises(ValueError, match="longer than"):
+        TokenConstraint([b"\x00" * 5000, b""], eos_id=1)
     a = ScanAutomaton(16)
     b = a.copy()
     a.feed(b"\xff\xd8")

@@ -192,7 +192,10 @@ def _demo_model(out: Path, args: argparse.Namespace) -> None:
     model = Transformer.from_pretrained(DEMO_CHECKPOINT, dtype=torch.float32).eval()
     tok = Tokenizer.load(DEMO_CHECKPOINT / "tokenizer.jpeglm")
     size, n = 32, args.samples
-    kw = dict(size=size, temperature=1.0, top_k=50, top_p=0.9, max_tokens=600, seed=args.seed)
+    # A 0.9M-parameter model trained for minutes: sample conservatively (the paper's settings,
+    # temperature 1 / top-k 50 / top-p 0.9, are for a 7B model; pass --temperature to change).
+    kw = dict(size=size, temperature=args.temperature, top_k=8, top_p=0.9, max_tokens=600,
+              seed=args.seed)  # fmt: skip
     gen = generate(model, tok, n=n, **kw)
     gen_u = generate(model, tok, n=n, constrained=False, **kw)
     digits, _ = samples.mnist()
@@ -563,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", type=int, default=256)
     m.add_argument("--samples", type=int, default=16, help="model samples and completions")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--temperature", type=float, default=0.4, help="model sampling temperature")
     m.add_argument("--codec-only", action="store_true", help="skip the model part")
     m.set_defaults(func=cmd_demo)
     return p

@@ -307,6 +307,22 @@ Decoder& thread_decoder() {
 
 uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
 
+// Reads the image header into d.cinfo; for a stripped stream (load_tables) the tables stream of
+// `quality` is read first, once per decoder (libjpeg keeps tables across images of one object).
+// Must be called inside the caller's setjmp frame: it holds no objects with destructors, so a
+// longjmp out of libjpeg through it skips nothing.
+void read_header(Decoder& d, const uint8_t* data, std::size_t n, int quality, bool load_tables) {
+  if (load_tables && d.tables_quality != quality) {
+    const auto& t = tables_stream(quality);
+    jpeg_mem_src(&d.cinfo, t.data(), static_cast<unsigned long>(t.size()));
+    jpeg_read_header(&d.cinfo, FALSE);  // JPEG_HEADER_TABLES_ONLY
+    d.tables_quality = quality;
+  }
+  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(n));
+  jpeg_read_header(&d.cinfo, TRUE);
+  if (!load_tables) d.tables_quality = -1;  // the stream's own tables replaced ours
+}
+
 // Runs header + full decompression in one setjmp frame. out->pixels is sized by the caller
 // after the header is read via the `alloc` step inside (resize happens before any libjpeg
 // call that can fail later, and the vector lives in the caller's frame).
@@ -318,15 +334,7 @@ bool run_decompress(Decoder& d, const uint8_t* data, std::size_t n, int quality,
     d.tables_quality = -1;
     return false;
   }
-  if (load_tables && d.tables_quality != quality) {
-    const auto& t = tables_stream(quality);
-    jpeg_mem_src(&d.cinfo, t.data(), static_cast<unsigned long>(t.size()));
-    jpeg_read_header(&d.cinfo, FALSE);  // JPEG_HEADER_TABLES_ONLY
-    d.tables_quality = quality;
-  }
-  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(n));
-  jpeg_read_header(&d.cinfo, TRUE);
-  if (!load_tables) d.tables_quality = -1;  // the stream's own tables replaced ours
+  read_header(d, data, n, quality, load_tables);
   if (d.cinfo.num_components != 1 && d.cinfo.num_components != 3) {
     std::snprintf(d.err.message, sizeof(d.err.message),
                   "unsupported JPEG: %d components (only grayscale and YCbCr/RGB)",
@@ -483,15 +491,7 @@ bool read_scan_info(Decoder& d, const uint8_t* data, std::size_t n, int quality,
     d.tables_quality = -1;
     return false;
   }
-  if (load_tables && d.tables_quality != quality) {
-    const auto& t = tables_stream(quality);
-    jpeg_mem_src(&d.cinfo, t.data(), static_cast<unsigned long>(t.size()));
-    jpeg_read_header(&d.cinfo, FALSE);
-    d.tables_quality = quality;
-  }
-  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(n));
-  jpeg_read_header(&d.cinfo, TRUE);
-  if (!load_tables) d.tables_quality = -1;
+  read_header(d, data, n, quality, load_tables);
   auto& c = d.cinfo;
   si->usable = !c.progressive_mode && !c.arith_code && c.data_precision == 8 &&
                c.comps_in_scan == c.num_components && (c.num_components == 1 || c.num_components == 3);
@@ -943,15 +943,7 @@ bool run_read_coefficients(Decoder& d, const uint8_t* data, std::size_t n, int q
     d.tables_quality = -1;
     return false;
   }
-  if (load_tables && d.tables_quality != quality) {
-    const auto& t = tables_stream(quality);
-    jpeg_mem_src(&d.cinfo, t.data(), static_cast<unsigned long>(t.size()));
-    jpeg_read_header(&d.cinfo, FALSE);
-    d.tables_quality = quality;
-  }
-  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(n));
-  jpeg_read_header(&d.cinfo, TRUE);
-  if (!load_tables) d.tables_quality = -1;
+  read_header(d, data, n, quality, load_tables);
   jvirt_barray_ptr* arrays = jpeg_read_coefficients(&d.cinfo);
   // Resizing here is safe: no libjpeg frame is below us, so a bad_alloc simply propagates.
   out->resize(static_cast<std::size_t>(d.cinfo.num_components));

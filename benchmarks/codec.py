@@ -39,19 +39,7 @@ from _common import machine, round_robin, today, write_section  # noqa: E402
 
 def corpus(n: int, seed: int = 0) -> list[np.ndarray]:
     """n prepared 256x256 images: random crops, flips and scales of the bundled photos."""
-    rng = np.random.default_rng(seed)
-    photos = [samples.photo(p).convert("RGB") for p in samples.PHOTOS]
-    out = []
-    for i in range(n):
-        im = photos[i % len(photos)]
-        w, h = im.size
-        s = int(min(w, h) * rng.uniform(0.4, 1.0))
-        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-        crop = im.crop((x, y, x + s, y + s))
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        out.append(codec.prepare(crop))
-    return out
+    return [codec.prepare(c) for c in samples.random_crops(n, seed, flip=True)]
 
 
 def c_ceiling(arrs: list[np.ndarray], full: list[bytes], repeats: int) -> dict[str, float]:

@@ -83,15 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     b = args.batch
 
-    rng = np.random.default_rng(0)
-    photos = [samples.photo(p).convert("RGB") for p in samples.PHOTOS]
-    crops = []
-    for i in range(96):
-        im = photos[i % len(photos)]
-        w, h = im.size
-        s = int(min(w, h) * rng.uniform(0.4, 1.0))
-        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-        crops.append(im.crop((x, y, x + s, y + s)))
+    crops = samples.random_crops(96, seed=0)
     streams = codec.encode_batch(crops)
     train, held = streams[:80], streams[80:]
     tok = Tokenizer.train(train, vocab_size=320, progress=False)

@@ -24,16 +24,7 @@ from jpeglm.train import TrainConfig, _checkpoints  # noqa: E402
 
 
 def _crops(n: int, size: int, seed: int) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    photos = [samples.photo(p).convert("RGB") for p in samples.PHOTOS]
-    out = []
-    for i in range(n):
-        im = photos[i % len(photos)]
-        w, h = im.size
-        s = int(min(w, h) * rng.uniform(0.2, 0.6))
-        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-        out.append(im.crop((x, y, x + s, y + s)).resize((size, size)))
-    return out
+    return [c.resize((size, size)) for c in samples.random_crops(n, seed, scale=(0.2, 0.6))]
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,27 @@ def photo(name: str) -> Image.Image:
         return im.copy()
 
 
+def random_crops(
+    n: int, seed: int = 0, scale: tuple[float, float] = (0.4, 1.0), flip: bool = False
+) -> list[Image.Image]:
+    """``n`` random square crops of the colour-converted bundled photos (cycling through them),
+    each side ``scale`` x the photo's short side, optionally mirrored at random: a small,
+    deterministic corpus for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    photos = [photo(p).convert("RGB") for p in PHOTOS]
+    out = []
+    for i in range(n):
+        im = photos[i % len(photos)]
+        w, h = im.size
+        s = int(min(w, h) * rng.uniform(*scale))
+        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+        crop = im.crop((x, y, x + s, y + s))
+        if flip and rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append(crop)
+    return out
+
+
 def synthetic(kind: str, size: int = 256, seed: int = 0) -> np.ndarray:
     """A deterministic synthetic RGB image (``size`` x ``size`` x 3 uint8).
 

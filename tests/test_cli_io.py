@@ -68,6 +68,18 @@ def test_explain(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "missing.png"), "-o", str(tmp_path)]) == 2
 
 
+def test_bench_and_help(capsys):
+    assert main(["bench", "--images", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "jpeglm batch (all cores)" in out and "Pillow" in out
+    for cmd in ("encode", "decode", "demo", "explain", "train-tokenizer", "tokenize", "prepare",
+                "train", "sample", "complete", "eval", "bench"):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage: jpeglm" in capsys.readouterr().out
+
+
 def test_atomic_write_replaces_or_keeps(tmp_path):
     p = tmp_path / "f.bin"
     _io.atomic_write_bytes(p, b"one")

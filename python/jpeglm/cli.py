@@ -450,6 +450,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main([*([args.config] if args.config else []), *args.overrides])
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """A quick, installed-package check of the headline speeds against the peers present
+    (the full harnesses with RESULTS.md are in the repository's benchmarks/)."""
+    import io
+
+    from PIL import Image
+
+    from jpeglm import codec, samples
+    from jpeglm.tokenizer import Tokenizer
+
+    imgs = [codec.prepare(c) for c in samples.random_crops(args.images, flip=True)]
+    pil = [Image.fromarray(a) for a in imgs]
+    streams = codec.encode_batch(imgs)
+    full = [codec.with_tables(x) for x in streams]
+
+    def rate(fn, n: int) -> float:
+        fn()
+        best = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            best = max(best, n / (time.perf_counter() - t0))
+        return best
+
+    def pil_enc() -> None:
+        for im in pil:
+            im.save(io.BytesIO(), "JPEG", quality=25, subsampling="4:2:0", streamtype=2,
+                    restart_marker_blocks=1)  # fmt: skip
+
+    n = len(imgs)
+    rows = [
+        ("encode", "Pillow", rate(pil_enc, n)),
+        ("encode", "jpeglm (1 thread)", rate(lambda: [codec.encode(a) for a in imgs], n)),
+        ("encode", "jpeglm batch (all cores)", rate(lambda: codec.encode_batch(np.stack(imgs)), n)),
+        ("decode", "Pillow",
+         rate(lambda: [np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in full], n)),
+        ("decode", "jpeglm (1 thread)", rate(lambda: [codec.decode(x) for x in streams], n)),
+        ("decode", "jpeglm batch (all cores)", rate(lambda: codec.decode_batch(streams), n)),
+    ]  # fmt: skip
+    tok = Tokenizer.train(streams, vocab_size=320, progress=False)
+    mb = sum(map(len, streams)) / 1e6
+    rows.append(("tokenize MB/s", "jpeglm", rate(lambda: [tok.encode(x) for x in streams], mb)))
+    try:
+        import tiktoken
+
+        enc = tiktoken.Encoding("j", pat_str=r"[\s\S]+", mergeable_ranks=tok.mergeable_ranks,
+                                special_tokens={})  # fmt: skip
+        rows.append(("tokenize MB/s", "tiktoken",
+                     rate(lambda: [enc._encode_bytes(x) for x in streams], mb)))  # fmt: skip
+    except ImportError:
+        pass
+    print(f"{'task':<14} {'implementation':<26} {'rate':>10}  (images/s unless noted)")
+    for task, name, r in rows:
+        print(f"{task:<14} {name:<26} {r:>10,.1f}")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from jpeglm.reference.explain import explain
 
@@ -486,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quality", type=int, default=25, help="quality of the tables to splice")
     d.add_argument("--tolerant", action="store_true", help="decode what is valid, grey elsewhere")
     d.set_defaults(func=cmd_decode)
+
+    b = sub.add_parser("bench", help="quick codec / tokenizer speed check against the peers")
+    b.add_argument("--images", type=int, default=64)
+    b.set_defaults(func=cmd_bench)
 
     x = sub.add_parser("explain", help="pictures of every JPEG step for one image + a page")
     x.add_argument("image")

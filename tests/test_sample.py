@@ -53,6 +53,12 @@ def test_constrained_samples_all_decode(model, tok):
     assert [s.data for s in again] == [s.data for s in out]
 
 
+def test_compiled_decode_step_gives_the_same_samples(model, tok):
+    eager = generate(model, tok, n=4, size=16, max_tokens=300, seed=5)
+    compiled = generate(model, tok, n=4, size=16, max_tokens=300, seed=5, compile=True)
+    assert [s.data for s in compiled] == [s.data for s in eager]
+
+
 def test_unconstrained_is_tolerated(model, tok):
     out = generate(model, tok, n=4, size=16, max_tokens=50, seed=0, constrained=False)
     for s in out:

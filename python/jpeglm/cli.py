@@ -387,6 +387,7 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         seed=args.seed,
         batch_size=args.batch_size,
         constrained=not args.unconstrained,
+        compile=args.compile,
     )
 
 
@@ -603,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch-size", type=int, default=None)
         sp.add_argument("--unconstrained", action="store_true", help="no grammar mask")
         sp.add_argument("--device", default="cpu")
+        sp.add_argument("--compile", action="store_true", help="torch.compile the decode step")
 
     sa = sub.add_parser("sample", help="unconditional samples from a model")
     sampling(sa)

@@ -116,6 +116,7 @@ def _run(
     max_tokens: int,
     generator: torch.Generator,
     constrained: bool,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Generate for a batch of equal-length prompts; returns each sample's new tokens."""
     b, plen = len(prompts), len(prompts[0])
@@ -132,6 +133,10 @@ def _run(
         mask_np = np.empty((b, constraint.vocab_size), dtype=bool)
     idx = torch.tensor(prompts, dtype=torch.long, device=device)
     logits = model(idx, torch.arange(plen, device=device))[:, -1]
+    step = model
+    if compile:  # the one-token step has static shapes: compile it (CUDA graphs on GPU)
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+        step = torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
     out: list[list[int]] = [[] for _ in range(b)]
     finished = np.zeros(b, dtype=bool)
     pieces = {i: t for t, i in tokenizer.mergeable_ranks.items()}  # id -> bytes (no specials)
@@ -163,7 +168,7 @@ def _run(
                 tail[i] = piece[-1:]
         if finished.all() or pos + 1 >= total:
             break
-        logits = model(
+        logits = step(
             torch.from_numpy(nxt_np).to(device).view(b, 1), torch.tensor([pos], device=device)
         )[:, -1]
     model.clear_caches()
@@ -191,6 +196,7 @@ def _generate_prompts(
     batch_size: int | None,
     constrained: bool,
     quality: int,
+    compile: bool = False,
 ) -> list[Sample]:
     _check(temperature, top_k, top_p)
     size = codec._check_size(size)
@@ -223,6 +229,7 @@ def _generate_prompts(
                 new = _run(
                     model, tokenizer, [prompts[i] for i in chunk], [prompt_bytes[i] for i in chunk],
                     size, temperature, top_k, top_p, max_tokens, generator, constrained,
+                    compile,
                 )  # fmt: skip
                 for i, toks in zip(chunk, new):
                     results[i] = _finish(tokenizer, prompt_bytes[i], toks, size, quality)
@@ -245,13 +252,18 @@ def generate(
     batch_size: int | None = None,
     constrained: bool = True,
     quality: int = 25,
+    compile: bool = False,
 ) -> list[Sample]:
-    """``n`` unconditional samples (or continuations of the raw ``prompt`` bytes)."""
+    """``n`` unconditional samples (or continuations of the raw ``prompt`` bytes).
+
+    ``compile``: ``torch.compile`` the one-token decode step (CUDA graphs on GPU); pays off
+    for long generations, costs a compilation first.
+    """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     return _generate_prompts(
         model, tokenizer, [prompt or b""] * n, size, temperature, top_k, top_p, max_tokens,
-        seed, batch_size, constrained, quality,
+        seed, batch_size, constrained, quality, compile,
     )  # fmt: skip
 
 
@@ -269,11 +281,12 @@ def complete(
     seed: int | None = None,
     batch_size: int | None = None,
     constrained: bool = True,
+    compile: bool = False,
 ) -> list[Sample]:
     """Complete each image from its first ``rows`` rows of MCUs."""
     streams = codec.encode_batch(list(images), quality=quality, size=size)
     prompts = [prompt_stream(s, rows, size) for s in streams]
     return _generate_prompts(
         model, tokenizer, prompts, size, temperature, top_k, top_p, max_tokens, seed,
-        batch_size, constrained, quality,
+        batch_size, constrained, quality, compile,
     )  # fmt: skip

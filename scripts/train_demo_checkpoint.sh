@@ -7,11 +7,23 @@ cd "$(dirname "$0")/.."
 W=demo_work
 mkdir -p $W/img_train $W/img_held
 python - <<'P'
+# 4,500 training digits, each also shifted by up to 2 pixels three times (18,000 images);
+# the last 500 digits are held out, unshifted.
+import numpy as np
 from PIL import Image
 from jpeglm import samples
 x, _ = samples.mnist()
+rng = np.random.default_rng(0)
 for i, im in enumerate(x):
-    Image.fromarray(im).save(f"demo_work/{'img_held' if i >= 4500 else 'img_train'}/{i:04d}.png")
+    if i >= 4500:
+        Image.fromarray(im).save(f"demo_work/img_held/{i:04d}.png")
+        continue
+    for k in range(4):
+        dy, dx = (0, 0) if k == 0 else rng.integers(-2, 3, 2)
+        sh = np.zeros_like(im)
+        src = im[max(0, -dy) : 28 - max(0, dy), max(0, -dx) : 28 - max(0, dx)]
+        sh[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+        Image.fromarray(sh).save(f"demo_work/img_train/{i:04d}_{k}.png")
 P
 jpeglm train-tokenizer $W/img_train -o $W/tokenizer.jpeglm --size 32 --vocab-size 320 --quiet
 jpeglm prepare $W/img_train $W/train --tokenizer $W/tokenizer.jpeglm --size 32 --seq-len 512 --quiet

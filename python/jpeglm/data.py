@@ -165,6 +165,8 @@ def prepare(
         "eos_id": tokenizer.eos_id,
         "sources": len(sources),
     }
+    for stale in out.glob(".*.tmp"):  # temp files of a run killed mid-write
+        stale.unlink(missing_ok=True)
     index_path = out / INDEX
     old = {}
     if index_path.exists():

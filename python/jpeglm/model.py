@@ -522,7 +522,7 @@ class Transformer(nn.Module):
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"no config.json in {folder}")
-        args = ModelArgs.from_hf_config(json.loads(config_path.read_text()))
+        args = ModelArgs.from_hf_config(_read_json(config_path))
         if vocab_size is not None and vocab_size != args.vocab_size:
             raise ValueError(
                 f"vocab mismatch: the tokenizer has {vocab_size} tokens but the checkpoint in "
@@ -635,13 +635,26 @@ class Transformer(nn.Module):
             index.unlink()
 
 
+def _read_json(path: Path, limit: int = 16 << 20) -> dict:
+    """A checkpoint's JSON file, refused when oversized or not a JSON object (hostile files)."""
+    if path.stat().st_size > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes: not a checkpoint config")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return obj
+
+
 def _safetensors_files(folder: Path) -> list[Path]:
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if single.is_file():
         return [single]
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index} has no weight_map")
         files = [folder / name for name in sorted(set(weight_map.values()))]

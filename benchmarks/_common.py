@@ -32,25 +32,6 @@ def today() -> str:
     return _dt.date.today().isoformat()
 
 
-def best_rate(fn: Callable[[], int], repeats: int = 5, min_time: float = 0.2) -> float:
-    """Items per second of ``fn`` (which returns how many items it processed), best of repeats.
-
-    Each repeat runs ``fn`` until ``min_time`` seconds have passed.
-    """
-    fn()  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        n = 0
-        t0 = time.perf_counter()
-        while True:
-            n += fn()
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        best = max(best, n / dt)
-    return best
-
-
 def round_robin(
     fns: dict[str, Callable[[], int]], repeats: int = 5, min_time: float = 0.2
 ) -> dict[str, float]:

@@ -323,15 +323,31 @@ void read_header(Decoder& d, const uint8_t* data, std::size_t n, int quality, bo
   if (!load_tables) d.tables_quality = -1;  // the stream's own tables replaced ours
 }
 
-// Runs header + full decompression in one setjmp frame. out->pixels is sized by the caller
-// after the header is read via the `alloc` step inside (resize happens before any libjpeg
-// call that can fail later, and the vector lives in the caller's frame).
+// Returns a decoder to idle after a failure; the tables it held are no longer trusted.
+void reset_decoder(Decoder& d) {
+  jpeg_abort_decompress(&d.cinfo);
+  d.tables_quality = -1;
+}
+
+// Runs fn (one of the run_* functions below) and turns an allocation failure of ours into a
+// JpegError, leaving the decoder reusable.
+template <class Fn>
+bool guarded(Decoder& d, const char* what, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    reset_decoder(d);
+    throw JpegError(std::string("out of memory while ") + what);
+  }
+}
+
+// Runs header + full decompression in one setjmp frame. out->pixels is allocated here, in our
+// own frame, once the header gave the size; `out` lives in the caller's frame.
 bool run_decompress(Decoder& d, const uint8_t* data, std::size_t n, int quality,
                     bool load_tables, DecodeResult* out, bool warnings_fatal) {
   reset_error_state(d.err, warnings_fatal);
   if (setjmp(d.err.jb)) {
-    jpeg_abort_decompress(&d.cinfo);
-    d.tables_quality = -1;
+    reset_decoder(d);
     return false;
   }
   read_header(d, data, n, quality, load_tables);
@@ -487,8 +503,7 @@ bool read_scan_info(Decoder& d, const uint8_t* data, std::size_t n, int quality,
                     bool load_tables, ScanInfo* si) {
   reset_error_state(d.err, false);
   if (setjmp(d.err.jb)) {
-    jpeg_abort_decompress(&d.cinfo);
-    d.tables_quality = -1;
+    reset_decoder(d);
     return false;
   }
   read_header(d, data, n, quality, load_tables);
@@ -815,14 +830,8 @@ DecodeResult decode(const uint8_t* data, std::size_t n, int quality) {
                     std::to_string(h.height));
   Decoder& d = thread_decoder();
   DecodeResult r;
-  bool ok;
-  try {
-    ok = run_decompress(d, data, n, quality, !has_tables(h), &r, true);
-  } catch (const std::bad_alloc&) {
-    jpeg_abort_decompress(&d.cinfo);
-    d.tables_quality = -1;
-    throw JpegError("out of memory while decoding");
-  }
+  bool ok = guarded(d, "decoding",
+                    [&] { return run_decompress(d, data, n, quality, !has_tables(h), &r, true); });
   if (!ok) throw JpegError(std::string("libjpeg: ") + d.err.message);
   r.valid_mcus = r.total_mcus;
   return r;
@@ -895,14 +904,9 @@ DecodeResult decode_tolerant(const uint8_t* data, std::size_t n, int quality, in
       stream.push_back(iv == n_intervals - 1 ? 0xD9 : static_cast<uint8_t>(0xD0 + (iv & 7)));
     }
     DecodeResult r;
-    bool ok;
-    try {
-      ok = run_decompress(d, stream.data(), stream.size(), quality, load_tables, &r, true);
-    } catch (const std::bad_alloc&) {
-      jpeg_abort_decompress(&d.cinfo);
-      d.tables_quality = -1;
-      throw JpegError("out of memory while decoding");
-    }
+    bool ok = guarded(d, "decoding", [&] {
+      return run_decompress(d, stream.data(), stream.size(), quality, load_tables, &r, true);
+    });
     if (!ok) return fallback(std::string("libjpeg: ") + d.err.message);
     r.total_mcus = total;
     r.valid_mcus = n_valid;
@@ -912,14 +916,8 @@ DecodeResult decode_tolerant(const uint8_t* data, std::size_t n, int quality, in
 
   // Other streams: libjpeg's own recovery (warnings are not fatal).
   DecodeResult r;
-  bool ok;
-  try {
-    ok = run_decompress(d, data, n, quality, load_tables, &r, false);
-  } catch (const std::bad_alloc&) {
-    jpeg_abort_decompress(&d.cinfo);
-    d.tables_quality = -1;
-    throw JpegError("out of memory while decoding");
-  }
+  bool ok = guarded(d, "decoding",
+                    [&] { return run_decompress(d, data, n, quality, load_tables, &r, false); });
   if (!ok) return fallback(std::string("libjpeg: ") + d.err.message);
   const bool damaged = d.err.warnings > 0;
   if (si.usable) {
@@ -939,8 +937,7 @@ bool run_read_coefficients(Decoder& d, const uint8_t* data, std::size_t n, int q
                            bool load_tables, std::vector<ComponentCoefficients>* out) {
   reset_error_state(d.err, true);
   if (setjmp(d.err.jb)) {
-    jpeg_abort_decompress(&d.cinfo);
-    d.tables_quality = -1;
+    reset_decoder(d);
     return false;
   }
   read_header(d, data, n, quality, load_tables);
@@ -981,14 +978,9 @@ std::vector<ComponentCoefficients> read_coefficients(const uint8_t* data, std::s
                     std::to_string(h.height));
   Decoder& d = thread_decoder();
   std::vector<ComponentCoefficients> out;
-  bool ok;
-  try {
-    ok = run_read_coefficients(d, data, n, quality, !has_tables(h), &out);
-  } catch (const std::bad_alloc&) {
-    jpeg_abort_decompress(&d.cinfo);
-    d.tables_quality = -1;
-    throw JpegError("out of memory while reading coefficients");
-  }
+  bool ok = guarded(d, "reading coefficients", [&] {
+    return run_read_coefficients(d, data, n, quality, !has_tables(h), &out);
+  });
   if (!ok) throw JpegError(std::string("libjpeg: ") + d.err.message);
   return out;
 }

@@ -33,6 +33,7 @@ def decodability_and_bits(tok: Tokenizer, crops: list) -> list[str]:
     the plain and the constrained (renormalised over allowed tokens) distributions."""
     import torch
 
+    from jpeglm.eval import bits_per_byte
     from jpeglm.model import ModelArgs, Transformer
     from jpeglm.sample import generate
 
@@ -48,30 +49,14 @@ def decodability_and_bits(tok: Tokenizer, crops: list) -> list[str]:
     rate_c = sum(s.clean for s in con) / n
     rate_u = sum(s.clean for s in unc) / n
 
-    bits_plain = bits_con = 0.0
-    n_bytes = 0
-    with torch.no_grad():
-        for stream in small[80:]:
-            ids = [tok32.bos_id, *tok32.encode(stream), tok32.eos_id]
-            logits = model(torch.tensor([ids[:-1]]))[0, :, : tok32.vocab_size].float()
-            target = torch.tensor(ids[1:])
-            lp = torch.log_softmax(logits, -1)
-            bits_plain += -lp[torch.arange(len(target)), target].sum().item() / np.log(2)
-            tc = TokenConstraint.from_tokenizer(tok32, size)
-            tc.start(1)
-            masks = []
-            for t in ids[1:]:
-                masks.append(tc.mask()[0].copy())
-                tc.advance([t])
-            m = torch.from_numpy(np.stack(masks))
-            lpc = torch.log_softmax(logits.masked_fill(~m, float("-inf")), -1)
-            bits_con += -lpc[torch.arange(len(target)), target].sum().item() / np.log(2)
-            n_bytes += len(stream)
+    held = small[80:]
+    bits_plain = bits_per_byte(model, tok32, held, size=size)["bits_per_byte"]
+    bits_con = bits_per_byte(model, tok32, held, constrained=True, size=size)["bits_per_byte"]
     return [
         f"| tiny random model, {size}x{size}: clean decodes, constrained | {rate_c:.0%} of {n} |",
         f"| same model and seeds, unconstrained | {rate_u:.0%} of {n} |",
-        f"| bits/byte on {len(small) - 80} held-out streams, plain | {bits_plain / n_bytes:.3f} |",
-        f"| bits/byte, constrained (renormalised) | {bits_con / n_bytes:.3f} |",
+        f"| bits/byte on {len(held)} held-out streams, plain | {bits_plain:.3f} |",
+        f"| bits/byte, constrained (renormalised) | {bits_con:.3f} |",
     ]
 
 

@@ -85,6 +85,7 @@ def bits_per_byte(
         raise ValueError("no streams to evaluate")
     device = next(model.parameters()).device
     total_bits, n_bytes, n_tokens = 0.0, 0, 0
+    tc = TokenConstraint.from_tokenizer(tokenizer, size) if constrained else None
     was_training = model.training
     model.eval()
     try:
@@ -96,8 +97,7 @@ def bits_per_byte(
                 x = torch.tensor([ids[:-1]], device=device)
                 logits = model(x)[0, :, : tokenizer.vocab_size].float()
                 target = torch.tensor(ids[1:], device=device)
-                if constrained:
-                    tc = TokenConstraint.from_tokenizer(tokenizer, size)
+                if tc is not None:
                     tc.start(1)
                     masks = []
                     for t in ids[1:]:

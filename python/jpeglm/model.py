@@ -30,11 +30,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from jpeglm import _io
 from jpeglm.backends import Backend, resolve_backend
 
-__all__ = ["CONFIGS", "KVCache", "ModelArgs", "Transformer"]
+__all__ = ["ACTIVATION_CHECKPOINT_MODES", "CONFIGS", "KVCache", "ModelArgs", "Transformer", "copy_full_"]
 
 
 def _find_multiple(n: int, k: int) -> int:
@@ -339,6 +340,70 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+# ------------------------------------------------------------------ activation checkpointing
+
+ACTIVATION_CHECKPOINT_MODES = ("none", "full", "selective")
+
+
+def _saved_ops() -> set:
+    """Ops whose outputs selective checkpointing keeps: matmuls and attention."""
+    aten = torch.ops.aten
+    names = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+             "_scaled_dot_product_flash_attention_for_cpu")  # fmt: skip
+    ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
+    flash = getattr(torch.ops, "flash_attn", None)  # flash-attn's custom op, when installed
+    for n in ("_flash_attn_forward",):
+        try:
+            ops.add(getattr(flash, n).default)
+        except (AttributeError, RuntimeError):
+            pass
+    return ops
+
+
+def _selective_policy(ctx, op, *args, **kwargs):  # noqa: ANN001 - torch's policy signature
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    if op in _SAVED_OPS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_SAVED_OPS: set = set()
+
+
+def _ac_context(model: Transformer):
+    if model.activation_checkpoint != "selective":
+        from torch.utils.checkpoint import noop_context_fn
+
+        return noop_context_fn
+    from functools import partial
+
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    if not _SAVED_OPS:
+        _SAVED_OPS.update(_saved_ops())
+    return partial(create_selective_checkpoint_contexts, _selective_policy)
+
+
+@torch.no_grad()
+def copy_full_(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy the full-size tensor ``full`` into ``param``: all of it, or for a sharded DTensor
+    (FSDP2) just this rank's slice, cut locally -- no communication."""
+    try:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+    except ImportError:  # torch built without distributed
+        DTensor = ()  # noqa: N806
+    if isinstance(param, DTensor):
+        local = distribute_tensor(
+            full.to(param.device, param.dtype), param.device_mesh, param.placements,
+            src_data_rank=None,
+        )  # fmt: skip
+        param.to_local().copy_(local.to_local())
+    else:
+        param.copy_(full)
+
+
 # ------------------------------------------------------------------------------------- model
 
 
@@ -358,7 +423,9 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.rope = RotaryEmbedding(args.head_dim, args.max_seq_len, args.rope_theta)
-        self.reset_parameters()
+        self.activation_checkpoint = "none"
+        if self.output.weight.device.type != "meta":  # on meta: init after sharding / to_empty
+            self.reset_parameters()
 
     @property
     def backend(self) -> Backend:
@@ -371,18 +438,42 @@ class Transformer(nn.Module):
             if hasattr(module, "ops"):
                 module.ops = ops
 
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """Recompute activations in the backward pass instead of keeping them (training only).
+
+        * ``"none"``: keep everything (fastest, most memory).
+        * ``"full"``: keep only each block's input; the whole block runs again in backward.
+        * ``"selective"``: keep the outputs of the matmuls and of attention, recompute the
+          cheap element-wise ops (norms, RoPE, SiLU, products) -- most of the saving of
+          ``"full"`` on the element-wise tensors at a fraction of its recompute cost.
+        """
+        if mode not in ACTIVATION_CHECKPOINT_MODES:
+            raise ValueError(
+                f"activation_checkpoint must be one of {', '.join(ACTIVATION_CHECKPOINT_MODES)}, "
+                f"got {mode!r}"
+            )
+        self.activation_checkpoint = mode
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Llama / GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers),
-        norm weights 1."""
+        norm weights 1.
+
+        Each full parameter is drawn in turn from the default CPU generator, in
+        ``named_parameters`` order, and copied in -- for a sharded (DTensor) parameter only its
+        local slice. So a model on any device, sharded over any number of ranks, starts from
+        the same weights for the same ``torch.manual_seed``.
+        """
         std = 0.02
         for name, p in self.named_parameters():
+            full = torch.empty(p.shape, dtype=torch.float32)
             if p.ndim == 1:
-                p.fill_(1.0)
+                full.fill_(1.0)
             elif name.endswith(("wo.weight", "w2.weight")):
-                p.normal_(0.0, std / math.sqrt(2 * self.args.n_layers))
+                full.normal_(0.0, std / math.sqrt(2 * self.args.n_layers))
             else:
-                p.normal_(0.0, std)
+                full.normal_(0.0, std)
+            copy_full_(p, full)
 
     # -- generation
 
@@ -445,8 +536,16 @@ class Transformer(nn.Module):
             cos, sin = self.rope.cos[input_pos], self.rope.sin[input_pos]
 
         x = self.tok_embeddings(idx)
+        recompute = (
+            self.activation_checkpoint != "none" and input_pos is None and torch.is_grad_enabled()
+        )
         for layer in self.layers:
-            x = layer(x, cos, sin, input_pos)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(
+                    layer, x, cos, sin, use_reentrant=False, context_fn=_ac_context(self)
+                )
+            else:
+                x = layer(x, cos, sin, input_pos)
         x = self.norm(x)
         if targets is None:
             return self.output(x)

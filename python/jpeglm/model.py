@@ -35,7 +35,14 @@ import torch.utils.checkpoint
 from jpeglm import _io
 from jpeglm.backends import Backend, resolve_backend
 
-__all__ = ["ACTIVATION_CHECKPOINT_MODES", "CONFIGS", "KVCache", "ModelArgs", "Transformer", "copy_full_"]
+__all__ = [
+    "ACTIVATION_CHECKPOINT_MODES",
+    "CONFIGS",
+    "KVCache",
+    "ModelArgs",
+    "Transformer",
+    "copy_full_",
+]
 
 
 def _find_multiple(n: int, k: int) -> int:

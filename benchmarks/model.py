@@ -75,7 +75,7 @@ def measure(
     backend = "triton" if mode == "jpeglm" else "torch"
     with torch.device(device):  # initialise in place: a 1B model would not fit twice
         model = Transformer(args, backend=backend).to(dtype)
-    flops_per_token = model.flops_per_token(seq)
+    flops_per_token = model.flops_per_token(seq, causal=False)
     attention = model.backend.attention_impl
     fused = device == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)

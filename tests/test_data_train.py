@@ -4,7 +4,6 @@ resume, kill -9 safety, 2-process DDP equivalence, and bad input."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,35 +12,19 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from jpeglm import codec, data, samples
 from jpeglm.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
 
-from jpeglm.train import TrainConfig, _checkpoints  # noqa: E402
+from trainutil import cfg as _cfg  # noqa: E402
+from trainutil import crops as _crops  # noqa: E402
+from trainutil import losses as _losses  # noqa: E402
+from trainutil import run as _run  # noqa: E402
 
-
-def _crops(n: int, size: int, seed: int) -> list[Image.Image]:
-    return [c.resize((size, size)) for c in samples.random_crops(n, seed, scale=(0.2, 0.6))]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Image folders (train / held-out), a tokenizer and prepared shards, at 32x32."""
-    root = tmp_path_factory.mktemp("data")
-    for split, n, seed in (("train", 96, 0), ("held", 24, 1)):
-        (root / split).mkdir()
-        for i, im in enumerate(_crops(n, 48, seed)):
-            im.save(root / split / f"{i:03d}.png")
-    streams = [codec.encode(p, size=32) for p in sorted((root / "train").iterdir())]
-    tok = Tokenizer.train(streams, vocab_size=300, progress=False)
-    tok.save(root / "tok.jpeglm")
-    for split in ("train", "held"):
-        data.prepare(root / split, root / f"{split}_shards", tok, size=32, seq_len=128,
-                     images_per_shard=32, progress=False)  # fmt: skip
-    return root, tok
+from jpeglm.checkpoint import list_checkpoints as _checkpoints  # noqa: E402
+from jpeglm.train import TrainConfig  # noqa: E402
 
 
 def test_prepare_packs_streams(world):
@@ -125,34 +108,6 @@ def test_dataset_sharding(world):
     assert a != [x.tolist() for x in full]  # a new order every epoch
 
 
-def _cfg(root, out, **kw) -> list[str]:
-    base = {
-        "train_data": [str(root / "train_shards")], "eval_data": [str(root / "held_shards")],
-        "tokenizer": str(root / "tok.jpeglm"), "batch_size": 4, "max_steps": 12,
-        "warmup_steps": 2, "eval_every": 6, "ckpt_every": 4, "out": str(out), "progress": False,
-        "lr": 3e-3, "min_lr": 3e-4,
-    }  # fmt: skip
-    base.update(kw)
-    return [f"{k}={json.dumps(v)}" for k, v in base.items()]
-
-
-def _run(args: list[str], nproc: int = 1, popen: dict | None = None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "jpeglm.train", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--master_port=29531", "-m", "jpeglm.train", *args]  # fmt: skip
-    if popen is not None:
-        return subprocess.Popen(cmd, env=env, **popen)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _losses(out) -> list[float]:
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows]
-
-
 def test_training_learns(world, tmp_path):
     root, tok = world
     r = _run(_cfg(root, tmp_path / "run", max_steps=120, eval_every=60, ckpt_every=120,
@@ -195,7 +150,8 @@ def test_kill_and_resume(world, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for ck in _checkpoints(out):  # whatever is on disk is complete
-            assert (ck / "model.safetensors").is_file() and (ck / "state.pt").is_file()
+            assert (ck / ".metadata").is_file() and (ck / "train_state.json").is_file()
+            assert (ck / "__0_0.distcp").is_file() and (ck / "rng_rank0.pt").is_file()
     done = _run(_cfg(root, out, max_steps=16, resume=True))
     assert done.returncode == 0, done.stderr[-2000:]
     # the metrics log may repeat steps redone after a kill; the last 16-step pass matches
@@ -234,7 +190,7 @@ def test_bad_configs(world, tmp_path):
     ok = _run(_cfg(root, tmp_path / "c", max_steps=4))
     assert ok.returncode == 0
     ck = _checkpoints(tmp_path / "c")[-1]
-    (ck / "state.pt").write_bytes(b"garbage")
+    (ck / "__0_0.distcp").write_bytes(b"garbage")
     r = _run(_cfg(root, tmp_path / "c", max_steps=8, resume=True))
     assert r.returncode == 2 and "corrupt checkpoint" in r.stderr
 

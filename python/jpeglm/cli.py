@@ -451,6 +451,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main([*([args.config] if args.config else []), *args.overrides])
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A trainer checkpoint (DCP, any number of ranks) -> an HF folder with the tokenizer."""
+    try:
+        import torch
+    except ImportError as e:
+        raise UserError("export needs torch: pip install 'jpeglm[train]'") from e
+    from jpeglm import checkpoint
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if args.max_shard_size <= 0:
+        raise UserError("--max-shard-size must be positive")
+    dest = checkpoint.export(args.checkpoint, args.out, dtype=dtypes[args.dtype],
+                             max_shard_size=args.max_shard_size)  # fmt: skip
+    print(f"{dest}: HF folder (config.json, safetensors, tokenizer, jpeglm.json)")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from jpeglm.plan import report
+
+    try:
+        print(report(args))
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from e
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """A quick, installed-package check of the headline speeds against the peers present
     (the full harnesses with RESULTS.md are in the repository's benchmarks/)."""
@@ -590,6 +617,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", nargs="?", help="TOML config file")
     tr.add_argument("overrides", nargs="*", help="key=value overrides")
     tr.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("plan", help="per-GPU training memory: DDP / FSDP x checkpointing")
+    from jpeglm.plan import add_arguments as plan_arguments
+
+    plan_arguments(pl)
+    pl.set_defaults(func=cmd_plan)
+
+    ex = sub.add_parser("export", help="trainer checkpoint (step_N or run folder) -> HF folder")
+    ex.add_argument("checkpoint", help="OUT/step_N, or a run folder (its newest checkpoint)")
+    ex.add_argument("out", help="new folder for the HF checkpoint (must not exist)")
+    ex.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ex.add_argument("--max-shard-size", type=int, default=5 * 2**30, help="bytes per file")
+    ex.set_defaults(func=cmd_export)
 
     def sampling(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", required=True, help="HF Llama checkpoint folder")

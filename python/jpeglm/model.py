@@ -20,11 +20,9 @@ loaded.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from jpeglm import _io
 from jpeglm.backends import Backend, resolve_backend
 
 __all__ = [
@@ -571,39 +568,23 @@ class Transformer(nn.Module):
             n -= self.tok_embeddings.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward): ``6 N + 12 L d T`` (PaLM appendix B),
-        with N the parameters used in matmuls and the attention term for full (not causal)
-        score matrices, the usual convention for MFU."""
+    def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
+        """Training FLOPs per token (forward + backward): ``6 N + 12 L d T`` (PaLM appendix B)
+        with N the parameters used in matmuls, the attention term halved for ``causal``
+        attention (only the lower triangle of the score matrix is computed by flash kernels:
+        ``6 N + 6 L d T``); ``causal=False`` gives the full-matrix convention of PaLM / nanoGPT
+        MFU figures."""
         a = self.args
-        return 6 * self.num_params(non_embedding=True) + 12 * a.n_layers * a.dim * seq_len
+        attn = 12 * a.n_layers * a.dim * seq_len
+        return 6 * self.num_params(non_embedding=True) + (attn / 2 if causal else attn)
 
-    # -- Hugging Face checkpoints
+    # -- Hugging Face checkpoints (the I/O lives in jpeglm.checkpoint)
 
     def _hf_names(self) -> dict[str, str]:
         """Our parameter name -> HF ``LlamaForCausalLM`` name."""
-        names = {
-            "tok_embeddings.weight": "model.embed_tokens.weight",
-            "norm.weight": "model.norm.weight",
-            "output.weight": "lm_head.weight",
-        }
-        per_layer = {
-            "attention_norm.weight": "input_layernorm.weight",
-            "attention.wq.weight": "self_attn.q_proj.weight",
-            "attention.wk.weight": "self_attn.k_proj.weight",
-            "attention.wv.weight": "self_attn.v_proj.weight",
-            "attention.wo.weight": "self_attn.o_proj.weight",
-            "ffn_norm.weight": "post_attention_layernorm.weight",
-            "feed_forward.w1.weight": "mlp.gate_proj.weight",
-            "feed_forward.w3.weight": "mlp.up_proj.weight",
-            "feed_forward.w2.weight": "mlp.down_proj.weight",
-        }
-        for i in range(self.args.n_layers):
-            for ours, theirs in per_layer.items():
-                names[f"layers.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
-        if self.args.tie_embeddings:
-            del names["output.weight"]
-        return names
+        from jpeglm.checkpoint import hf_names
+
+        return hf_names(self.args)
 
     @classmethod
     def from_pretrained(
@@ -622,54 +603,11 @@ class Transformer(nn.Module):
         must equal the checkpoint's. Every tensor is checked: missing, unexpected or wrongly
         shaped ones raise ``ValueError`` naming them.
         """
-        from safetensors import safe_open
+        from jpeglm.checkpoint import load_hf_state
 
-        folder = Path(path)
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"no config.json in {folder}")
-        args = ModelArgs.from_hf_config(_read_json(config_path))
-        if vocab_size is not None and vocab_size != args.vocab_size:
-            raise ValueError(
-                f"vocab mismatch: the tokenizer has {vocab_size} tokens but the checkpoint in "
-                f"{folder} has vocab_size {args.vocab_size}"
-            )
-
+        args, state = load_hf_state(path, device=device, vocab_size=vocab_size)
         with torch.device("meta"):
             model = cls(args, backend=backend)
-        expected = {theirs: ours for ours, theirs in model._hf_names().items()}
-        shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-        state: dict[str, torch.Tensor] = {}
-        unexpected: list[str] = []
-        for file in _safetensors_files(folder):
-            with safe_open(str(file), framework="pt", device=str(device)) as f:
-                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    if key not in expected:
-                        if key.endswith("rotary_emb.inv_freq") or (
-                            key == "lm_head.weight" and args.tie_embeddings
-                        ):
-                            continue  # recomputed / tied: HF ignores these too
-                        unexpected.append(key)
-                        continue
-                    ours = expected[key]
-                    shape = tuple(f.get_slice(key).get_shape())
-                    if shape != shapes[ours]:
-                        hint = ""
-                        if key in ("model.embed_tokens.weight", "lm_head.weight"):
-                            hint = f" (vocab mismatch: config.json vocab_size={args.vocab_size})"
-                        raise ValueError(
-                            f"{file.name}: tensor {key} has shape {shape}, expected "
-                            f"{shapes[ours]} from config.json{hint}"
-                        )
-                    state[ours] = f.get_tensor(key)
-        if unexpected:
-            raise ValueError(
-                f"checkpoint {folder} has tensors this Llama does not: {_first(unexpected)}"
-            )
-        missing = [theirs for theirs, ours in expected.items() if ours not in state]
-        if missing:
-            raise ValueError(f"checkpoint {folder} is missing tensors: {_first(missing)}")
-
         dtype = dtype or state["tok_embeddings.weight"].dtype
         state = {k: v.to(dtype) for k, v in state.items()}
         if args.tie_embeddings:
@@ -694,89 +632,8 @@ class Transformer(nn.Module):
         ``extra_config`` adds keys to ``config.json`` (e.g. ``bos_token_id``). Shards of an
         earlier save with a different layout are removed afterwards.
         """
-        from safetensors.torch import save as safetensors_save
+        from jpeglm.checkpoint import save_hf_files
 
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        dtype = dtype or self.output.weight.dtype
-        params = dict(self.named_parameters(remove_duplicate=False))
-        tensors = [(theirs, params[ours]) for ours, theirs in self._hf_names().items()]
-
-        shards: list[list[tuple[str, torch.Tensor]]] = [[]]
-        size = 0
-        for name, p in tensors:
-            nbytes = p.numel() * dtype.itemsize
-            if shards[-1] and size + nbytes > max_shard_size:
-                shards.append([])
-                size = 0
-            shards[-1].append((name, p))
-            size += nbytes
-        if len(shards) == 1:
-            names = ["model.safetensors"]
-        else:
-            n = len(shards)
-            names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-
-        weight_map: dict[str, str] = {}
-        total = 0
-        for file_name, shard in zip(names, shards):
-            data = {n: p.detach().to(device="cpu", dtype=dtype).contiguous() for n, p in shard}
-            total += sum(t.numel() * t.element_size() for t in data.values())
-            _io.atomic_write_bytes(folder / file_name, safetensors_save(data, {"format": "pt"}))
-            weight_map.update(dict.fromkeys(data, file_name))
-        index = folder / "model.safetensors.index.json"
-        if len(shards) > 1:
-            weight_map = dict(sorted(weight_map.items()))
-            body = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            _io.atomic_write_text(index, json.dumps(body, indent=2) + "\n")
-        config = {**self.args.to_hf_config(dtype), **(extra_config or {})}
-        _io.atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
-
-        # Stale files of an earlier save with another shard layout would confuse loaders.
-        keep = set(names)
-        for stale in [*folder.glob("model-*-of-*.safetensors"), folder / "model.safetensors"]:
-            if stale.name not in keep and stale.is_file():
-                stale.unlink()
-        if len(shards) == 1 and index.exists():
-            index.unlink()
-
-
-def _read_json(path: Path, limit: int = 16 << 20) -> dict:
-    """A checkpoint's JSON file, refused when oversized or not a JSON object (hostile files)."""
-    if path.stat().st_size > limit:
-        raise ValueError(f"{path} is larger than {limit} bytes: not a checkpoint config")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return obj
-
-
-def _safetensors_files(folder: Path) -> list[Path]:
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} has no weight_map")
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        absent = [f.name for f in files if not f.is_file()]
-        if absent:
-            raise FileNotFoundError(f"{index} lists shards that do not exist: {_first(absent)}")
-        return files
-    pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
-    if pickles:
-        raise ValueError(
-            f"{folder} has only pickle weights ({_first(pickles)}); they are not loaded (a pickle "
-            "can run code). Convert the checkpoint to safetensors first."
-        )
-    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
-
-
-def _first(names: list[str], n: int = 5) -> str:
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
+        state = dict(self.named_parameters(remove_duplicate=False))
+        save_hf_files(path, self.args, state, dtype=dtype or self.output.weight.dtype,
+                      max_shard_size=max_shard_size, extra_config=extra_config)  # fmt: skip

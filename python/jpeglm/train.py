@@ -7,10 +7,25 @@ The config (TOML; see :class:`TrainConfig` for every key) names the model, the p
 shards (``jpeglm prepare``), the tokenizer, and the optimisation: AdamW (fused on CUDA),
 linear warm-up then cosine decay, gradient accumulation and clipping, bf16 autocast on GPU
 and fp32 on CPU. Every ``eval_every`` steps the held-out shards give a loss and bits per byte;
-every ``ckpt_every`` steps a checkpoint is written atomically (HF-loadable safetensors
-weights + optimizer / scheduler / RNG / data position) and only the last ``keep`` are kept;
-``resume=true`` continues from the newest one exactly as if never stopped. Rank 0 logs
-(tqdm, ``metrics.jsonl``, ``loss.png``) and writes checkpoints.
+every ``ckpt_every`` steps a checkpoint ``OUT/step_N`` is written atomically (a
+torch.distributed.checkpoint folder: every rank writes its shard of model + optimizer, plus
+step / data position / RNG; see :mod:`jpeglm.checkpoint`) and only the last ``keep`` are
+kept; ``resume=true`` continues from the newest one exactly as if never stopped, on the same
+or (where the data position maps exactly) another number of ranks. At the end the weights
+are gathered into an HF folder ``OUT/final`` (with the tokenizer) that transformers and
+``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit.
+
+Scale: ``fsdp=true`` shards with FSDP2 (per block, then the root; bf16 compute and fp32
+gradient reduction on CUDA; the model is built on the meta device and each rank materialises
+only its shard), ``activation_checkpoint="full"|"selective"`` trades compute for activation
+memory, ``compile=true`` compiles each block. ``jpeglm plan`` tells what fits. Rank 0 logs
+(tqdm, ``metrics.jsonl``, TensorBoard in ``OUT/tb`` when installed, ``loss.png``): loss,
+tokens/s, model FLOP/s and MFU (FLOPs per token 6N + 6 L d T: causal attention counted as
+half).
+
+Multi-node: the same command under torchrun on every node, e.g.
+``torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500
+-m jpeglm.train CONFIG fsdp=true`` (all nodes see one shared file system for OUT).
 """
 
 from __future__ import annotations
@@ -20,7 +35,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +46,7 @@ import tomllib
 import torch
 import torch.distributed as dist
 
-from jpeglm._io import atomic_open, atomic_write_text
+from jpeglm._io import atomic_open
 from jpeglm.data import ShardDataset, read_index
 from jpeglm.model import ModelArgs, Transformer
 
@@ -70,6 +84,12 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     fsdp: bool = False  #: shard parameters (FSDP2 fully_shard) instead of DDP
+    activation_checkpoint: str = "none"  #: "none" | "full" | "selective" (recompute in backward)
+    init_from: str = ""  #: an HF folder: initial weights (and architecture); no optimizer state
+    export_dtype: str = "float32"  #: dtype of the HF export written into OUT/final
+    export_shard_size: int = 5 * 2**30  #: bytes per safetensors file of the export
+    tensorboard: bool = True  #: also log to OUT/tb when tensorboard is installed
+    peak_flops: float = 0.0  #: per-device peak FLOP/s for MFU; 0: by GPU name (none on CPU)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
@@ -111,6 +131,16 @@ class TrainConfig:
                 raise ValueError(f"{k} must be positive")
         if self.warmup_steps < 0 or self.lr <= 0 or self.min_lr < 0:
             raise ValueError("lr, min_lr and warmup_steps must be non-negative (lr > 0)")
+        from jpeglm.model import ACTIVATION_CHECKPOINT_MODES
+
+        if self.activation_checkpoint not in ACTIVATION_CHECKPOINT_MODES:
+            raise ValueError(
+                f"activation_checkpoint must be one of {', '.join(ACTIVATION_CHECKPOINT_MODES)}"
+            )
+        if self.export_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError("export_dtype must be float32, bfloat16 or float16")
+        if self.export_shard_size <= 0:
+            raise ValueError("export_shard_size must be positive")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,79 +154,24 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def _rng_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1].tolist(),
-        "python": list(random.getstate()[1]),
-    }
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    return sorted(out.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-
-
-def save_checkpoint(out: Path, step: int, model: Transformer, opt, cfg: TrainConfig,
-                    data_pos: dict) -> Path:  # fmt: skip
-    """Write ``out/step_N`` atomically: a temp folder renamed into place, keep-last-k."""
-    final = out / f"step_{step:08d}"
-    tmp = out / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    state = {"step": step, "optimizer": opt.state_dict(), "rng": _rng_state(), "data": data_pos}
-    with atomic_open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
-    atomic_write_text(tmp / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
-    fd = os.open(tmp, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in _checkpoints(out)[: -cfg.keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, model: Transformer, opt) -> dict:
-    """Restore weights, optimizer and RNG; returns the state (step, data position)."""
-    from safetensors.torch import load_file
-
-    try:
-        state = torch.load(path / "state.pt", weights_only=True)
-        weights = load_file(path / "model.safetensors")
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: one clear message
-        raise ValueError(f"corrupt checkpoint {path}: {e}") from e
-    params = dict(model.named_parameters(remove_duplicate=False))
-    names = model._hf_names()
-    missing = sorted(set(names.values()) - set(weights))
-    if missing:
-        raise ValueError(f"corrupt checkpoint {path}: missing tensors {missing[:5]}")
-    with torch.no_grad():
-        for ours, theirs in names.items():
-            if params[ours].shape != weights[theirs].shape:
-                raise ValueError(
-                    f"checkpoint {path}: {theirs} has shape {tuple(weights[theirs].shape)}"
-                )
-            params[ours].copy_(weights[theirs])
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(("MT19937", np.array(state["rng"]["numpy"], dtype=np.uint32), 624, 0, 0.0))
-    random.setstate((3, tuple(state["rng"]["python"]), None))
-    return state
-
-
 # ------------------------------------------------------------------------------------------------
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world, device) -- from torchrun's environment, else one process. Multi-node
+    launches are plain torchrun (``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``):
+    only the environment it sets is read here."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
         rank, world = dist.get_rank(), dist.get_world_size()
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", 0))
+            if local >= torch.cuda.device_count():
+                raise ValueError(
+                    f"local rank {local} but only {torch.cuda.device_count()} GPU(s) visible: "
+                    "start fewer processes per node (or CUDA_VISIBLE_DEVICES='' for CPU)"
+                )
             torch.cuda.set_device(local)
             return rank, world, torch.device("cuda", local)
         return rank, world, torch.device("cpu")
@@ -221,6 +196,8 @@ def _batches(ds: ShardDataset, micro: int, start_epoch: int, skip: int):
 @torch.no_grad()
 def evaluate(model, ds: ShardDataset, micro: int, n_batches: int, device, bytes_per_token: float,
              autocast) -> dict:  # fmt: skip
+    """Mean held-out loss over ``n_batches`` micro-batches per rank, averaged over ranks (every
+    rank runs the same number of forwards, as FSDP's collectives need)."""
     model.eval()
     losses = []
     ds.set_epoch(0)
@@ -228,20 +205,208 @@ def evaluate(model, ds: ShardDataset, micro: int, n_batches: int, device, bytes_
     it = iter(ds)
     for _ in range(n_batches):
         seqs = [s for _, s in zip(range(micro), it)]
-        if not seqs:
+        if len(seqs) < micro:
             break
         x = torch.stack(seqs).to(device)
         with autocast:
-            losses.append(model(x[:, :-1], targets=x[:, 1:]).float().item())
+            losses.append(model(x[:, :-1], targets=x[:, 1:]).float())
     model.train()
-    loss = float(np.mean(losses))
+    t = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t = t / dist.get_world_size()
+    loss = float(t)
     return {"eval_loss": loss, "eval_bits_per_byte": loss / math.log(2) / bytes_per_token}
+
+
+# ------------------------------------------------------------------------------------------------
+# the parallelize step: one place that builds the model for 1 process, DDP or FSDP2
+
+
+def build_model(args: ModelArgs, cfg: TrainConfig, device: torch.device, world: int):
+    """The model, ready to train: built on the meta device (no memory), activation
+    checkpointing set, each block compiled (before sharding, as torchtitan does), sharded with
+    FSDP2 per block then the root (``fsdp=true``, bf16 compute / fp32 gradient reduction on
+    CUDA), materialised on ``device`` and initialised -- each rank drawing every full parameter
+    and keeping its slice, so the weights equal the unsharded model's for the same seed --
+    then wrapped in DDP where that is the strategy. Returns ``(model, forward_module)``."""
+    with torch.device("meta"):
+        model = Transformer(args, backend=cfg.backend)
+    model.set_activation_checkpointing(cfg.activation_checkpoint)
+    if cfg.compile:
+        for layer in model.layers:
+            layer.compile()
+    sharded = cfg.fsdp and world > 1
+    if sharded:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy()
+        if device.type == "cuda":
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for layer in model.layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    model.to_empty(device=device)
+    torch.manual_seed(cfg.seed)
+    model.reset_parameters()
+    if cfg.init_from:
+        from jpeglm.checkpoint import load_hf_into
+
+        load_hf_into(cfg.init_from, model)
+    fwd = model
+    if world > 1 and not sharded:
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return model, fwd
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW over the model's (possibly sharded) parameters -- created after sharding, so it
+    holds the DTensors FSDP trains; weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]  # matrices; not norms
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda",
+    )  # fmt: skip
+
+
+def clip_grad_norm_(model: torch.nn.Module, max_norm: float) -> float:
+    """Clip the gradients' global norm (sharded DTensor gradients included); returns it."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
+    if hasattr(total, "full_tensor"):  # a DTensor: the norm of every rank's shard together
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+# ------------------------------------------------------------------------------------------------
+# data position: where the stream of sequences stands, in terms that survive a new world size
+
+
+def epoch_sequences(per_rank: int, micro: int, world: int) -> int:
+    """Sequences one epoch feeds the model over all ranks: each rank's share cut to whole
+    micro-batches (``_batches`` drops the rest)."""
+    return per_rank // micro * micro * world
+
+
+def data_position(state: dict, cfg: TrainConfig, per_rank: int, micro: int, world: int) -> dict:
+    """``(epoch, skip)`` for this rank after the checkpointed step. Step ``s`` consumes the
+    global sequences ``[s B, (s+1) B)`` of the epoch order whatever the world size (rank ``r``
+    takes every world-th one), so a checkpoint resumes exactly on another world size when the
+    global batch is the same, an epoch holds as many sequences, and the position in the epoch
+    is a whole number of micro-batches on every rank. Otherwise: ``ValueError``, one line."""
+    e_new = epoch_sequences(per_rank, micro, world)
+    if state["batch_size"] != cfg.batch_size:
+        raise ValueError(
+            f"cannot resume: the checkpoint was trained with batch_size {state['batch_size']}, "
+            f"the config says {cfg.batch_size}"
+        )
+    if state["epoch_sequences"] != e_new:
+        raise ValueError(
+            f"cannot resume exactly on {world} rank(s) with micro_batch_size {micro}: an epoch "
+            f"would hold {e_new} sequences instead of {state['epoch_sequences']}; resume with "
+            f"{state['world']} rank(s) and micro_batch_size {state['micro_batch_size']}"
+        )
+    consumed = state["step"] * cfg.batch_size
+    epoch, offset = divmod(consumed, e_new)
+    if offset % (world * micro):
+        raise ValueError(
+            f"cannot resume exactly on {world} rank(s) with micro_batch_size {micro}: step "
+            f"{state['step']} ends mid-micro-batch; resume with {state['world']} rank(s)"
+        )
+    return {"epoch": epoch, "skip": offset // world}
+
+
+# ------------------------------------------------------------------------------------------------
+# throughput: tokens/s and MFU
+
+#: dense bf16 peak FLOP/s of the cards MFU is usually quoted for (per GPU, no sparsity)
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "A10G": 125e12, "L4": 121e12, "V100": 125e12}  # fmt: skip
+
+
+def peak_flops(device: torch.device, override: float = 0.0) -> float:
+    """The device's peak FLOP/s for MFU: ``override`` when given, else looked up by the GPU's
+    name; 0 (MFU not reported) for a CPU or an unknown card."""
+    if override > 0:
+        return override
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0.0)
+
+
+class _Stop:
+    """SIGINT / SIGTERM during training: finish the step, checkpoint, exit with one line."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> _Stop:
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001
+        if self.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> bool:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    def requested(self, device: torch.device) -> bool:
+        """True on every rank when any rank got a signal (so all checkpoint together)."""
+        flag = self.signal is not None
+        if dist.is_initialized():
+            t = torch.tensor([int(flag)], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+
+def _metadata(index: dict, tok, seq_len: int) -> dict:
+    """What a checkpoint says about the data it was trained on (the self-describing record
+    that sampling reads): image size, quality, sequence length, special ids, fingerprint."""
+    c = index["config"]
+    return {
+        "format": "jpeglm-model",
+        "version": 1,
+        "image_size": c.get("size"),
+        "quality": c.get("quality"),
+        "seq_len": seq_len,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.eos_id,
+        "tokenizer_fingerprint": c.get("tokenizer"),
+        "bytes_per_token": index["bytes"] / max(1, index["tokens"]),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns the final metrics (rank 0)."""
     from tqdm.auto import tqdm
 
+    from jpeglm import checkpoint as ckpt
+    from jpeglm.data import tokenizer_fingerprint
     from jpeglm.tokenizer import Tokenizer
 
     rank, world, device = _setup_distributed()
@@ -251,8 +416,6 @@ def train(cfg: TrainConfig) -> dict:
 
     # -- check everything before any long work
     tok = Tokenizer.load(cfg.tokenizer)
-    from jpeglm.data import tokenizer_fingerprint
-
     index = read_index(cfg.train_data[0])
     if index["config"]["tokenizer"] != tokenizer_fingerprint(tok):
         raise ValueError(
@@ -276,112 +439,156 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(
             f"{len(train_ds)} training sequences per rank: fewer than one micro-batch of {micro}"
         )
-    args = ModelArgs.from_name(
-        cfg.model, vocab_size=tok.vocab_size, max_seq_len=seq_len, **cfg.model_args
-    )
+    if cfg.init_from:
+        args = ckpt.hf_model_args(cfg.init_from, vocab_size=tok.vocab_size)
+        args = dataclasses.replace(args, max_seq_len=max(seq_len, args.max_seq_len))
+    else:
+        args = ModelArgs.from_name(
+            cfg.model, vocab_size=tok.vocab_size, max_seq_len=seq_len, **cfg.model_args
+        )
     bytes_per_token = index["bytes"] / max(1, index["tokens"])
-
-    model = Transformer(args, backend=cfg.backend).to(device)
-    decay = [p for p in model.parameters() if p.ndim >= 2]  # matrices; not norms
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda",
-    )  # fmt: skip
     out = Path(cfg.out)
+    resume_from = (
+        ckpt.list_checkpoints(out)[-1] if cfg.resume and ckpt.list_checkpoints(out) else None
+    )
+    if resume_from is not None:
+        saved = ckpt.read_train_state(resume_from)
+        if saved.get("model_args") != dataclasses.asdict(args):
+            raise ValueError(f"cannot resume from {resume_from}: the model's shape differs")
+
+    model, fwd = build_model(args, cfg, device, world)
+    opt = build_optimizer(model, cfg, device)
     step, epoch, skip = 0, 0, 0
-    if cfg.resume and _checkpoints(out):
-        state = load_checkpoint(_checkpoints(out)[-1], model, opt)
-        step, epoch, skip = state["step"], state["data"]["epoch"], state["data"]["skip"]
-    fwd = model
-    if world > 1:
-        if cfg.fsdp:
-            from torch.distributed.fsdp import fully_shard
+    if resume_from is not None:
+        state = ckpt.load_train_checkpoint(resume_from, model, opt)
+        step = state["step"]
+        pos = data_position(state, cfg, len(train_ds), micro, world)
+        epoch, skip = pos["epoch"], pos["skip"]
+    sharded = cfg.fsdp and world > 1
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and not sharded
+    )  # FSDP casts parameters itself (MixedPrecisionPolicy)
 
-            for layer in model.layers:
-                fully_shard(layer)
-            fully_shard(model)
-        else:
-            fwd = torch.nn.parallel.DistributedDataParallel(model)
-    if cfg.compile:
-        fwd = torch.compile(fwd)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
+    meta = _metadata(index, tok, seq_len)
+    train_state = {
+        "batch_size": cfg.batch_size, "micro_batch_size": micro, "world": world,
+        "epoch_sequences": epoch_sequences(len(train_ds), micro, world),
+        "model_args": dataclasses.asdict(args), "config": dataclasses.asdict(cfg),
+        "metadata": meta,
+    }  # fmt: skip
+    writer = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         log = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed at the end
+        writer = _tensorboard(out, cfg)
     batches = _batches(train_ds, micro, epoch, skip)
-    flops_per_token = model.flops_per_token(seq_len - 1)
+    flops_per_token = model.flops_per_token(seq_len - 1)  # causal attention counted as half
+    peak = peak_flops(device, cfg.peak_flops)
     bar = tqdm(
         total=cfg.max_steps, initial=step, desc="train", disable=rank != 0 or not cfg.progress
     )
     metrics: dict = {}
-    t0, tokens_done = time.perf_counter(), 0
-    while step < cfg.max_steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        loss_sum = 0.0
-        for a in range(accum):
-            epoch, x = next(batches)
-            x = x.to(device, non_blocking=True)
-            sync = a == accum - 1 or world == 1 or cfg.fsdp
-            ctx = fwd.no_sync() if not sync and hasattr(fwd, "no_sync") else _null()
-            with ctx, autocast:
-                loss = fwd(x[:, :-1], targets=x[:, 1:]) / accum
-            loss.backward()
-            loss_sum += loss.item()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        tokens_done += cfg.batch_size * (seq_len - 1)
-        if world > 1:
-            t = torch.tensor([loss_sum], device=device)
-            dist.all_reduce(t)
-            loss_sum = t.item() / world
-        if rank == 0:
-            dt = time.perf_counter() - t0
-            metrics = {"step": step, "loss": loss_sum, "lr": lr_at(step - 1, cfg),
-                       "grad_norm": float(norm), "tokens_per_s": tokens_done / dt}  # fmt: skip
-            metrics["model_flops_per_s"] = tokens_done / dt * flops_per_token  # / peak = MFU
-            bar.set_postfix(loss=f"{loss_sum:.3f}")
-            bar.update(1)
-        if eval_ds is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            ev = evaluate(
-                model, eval_ds, micro, cfg.eval_batches, device, bytes_per_token, autocast
-            )
-            metrics.update(ev)
-        if rank == 0:
-            log.write(json.dumps(metrics) + "\n")
-            log.flush()
-        stopping = cfg.stop_at > 0 and step >= cfg.stop_at
-        if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
-            data_pos = _data_position(step, accum, micro, len(train_ds))
-            if rank == 0:
-                save_checkpoint(out, step, model, opt, cfg, data_pos)
+    t_last = time.perf_counter()
+    stop = _Stop()
+    with stop:
+        while step < cfg.max_steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            loss_sum = torch.zeros((), device=device)
+            for a in range(accum):
+                epoch, x = next(batches)
+                x = x.to(device, non_blocking=True)
+                last = a == accum - 1
+                if sharded:  # reduce-scatter only after the last micro-batch
+                    model.set_requires_gradient_sync(last)
+                ctx = fwd.no_sync() if not last and hasattr(fwd, "no_sync") else _null()
+                with ctx, autocast:
+                    loss = fwd(x[:, :-1], targets=x[:, 1:]) / accum
+                loss.backward()
+                loss_sum += loss.detach()
+            norm = clip_grad_norm_(model, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
             if world > 1:
-                dist.barrier()
-        if stopping:
-            break
+                dist.all_reduce(loss_sum)
+                loss_sum = loss_sum / world
+            loss_value = float(loss_sum)  # one host sync per step
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            if rank == 0:
+                tokens_per_s = cfg.batch_size * (seq_len - 1) / dt
+                metrics = {"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg),
+                           "grad_norm": norm, "tokens_per_s": tokens_per_s,
+                           "model_flops_per_s": tokens_per_s * flops_per_token}  # fmt: skip
+                if peak:
+                    metrics["mfu"] = tokens_per_s * flops_per_token / (peak * world)
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+                bar.update(1)
+            if eval_ds is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                ev = evaluate(fwd, eval_ds, micro, cfg.eval_batches, device, bytes_per_token,
+                              autocast)  # fmt: skip
+                metrics.update(ev)
+                t_last = time.perf_counter()  # evaluation is not training throughput
+            if rank == 0:
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+                if writer is not None:
+                    for k, v in metrics.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+            interrupted = stop.requested(device)
+            stopping = interrupted or (cfg.stop_at > 0 and step >= cfg.stop_at)
+            if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
+                ckpt.save_train_checkpoint(out, step, model, opt, train_state, keep=cfg.keep,
+                                           tokenizer=cfg.tokenizer)  # fmt: skip
+                t_last = time.perf_counter()
+            if stopping:
+                break
     bar.close()
+    if step == cfg.max_steps and not stop.signal:
+        # the run's result as an HF folder: what transformers and `jpeglm sample` load
+        full = ckpt.gather_full_state(model)
+        if rank == 0:
+            ckpt.save_hf(out / "final", args, full, dtype=_dtype(cfg.export_dtype),
+                         max_shard_size=cfg.export_shard_size, tokenizer=cfg.tokenizer,
+                         metadata=meta, replace=True)  # fmt: skip
+        if world > 1:
+            dist.barrier()
     if rank == 0:
         log.close()
+        if writer is not None:
+            writer.close()
         _plot(out)
     if world > 1:
         dist.destroy_process_group()
+    if stop.signal is not None:
+        import signal
+
+        name = signal.Signals(stop.signal).name
+        raise Interrupted(
+            f"{name}: stopped at step {step}, checkpoint written; resume=true goes on"
+        )
     return metrics
 
 
-def _data_position(step: int, accum: int, micro: int, per_epoch: int) -> dict:
-    """Where the data stream is after ``step`` optimizer steps. ``_batches`` yields only whole
-    micro-batches and starts each epoch afresh (a partial one at the end is dropped): mirror
-    that exactly, so a resumed run sees the very same batches."""
-    consumed = step * accum  # micro-batches
-    per_epoch_mb = per_epoch // micro
-    return {"epoch": consumed // per_epoch_mb, "skip": (consumed % per_epoch_mb) * micro}
+class Interrupted(Exception):
+    """Training was stopped by SIGINT / SIGTERM after writing a checkpoint."""
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _tensorboard(out: Path, cfg: TrainConfig):
+    """A TensorBoard ``SummaryWriter`` into ``out/tb`` when tensorboard is installed."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
 
 
 class _null:
@@ -425,7 +632,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = TrainConfig.load(path, overrides)
         m = train(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except Interrupted as e:
+        print(f"jpeglm train: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("jpeglm train: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"jpeglm train: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(m))

@@ -30,14 +30,14 @@ jpeglm prepare $W/img_train $W/train --tokenizer $W/tokenizer.jpeglm --size 32 -
 jpeglm prepare $W/img_held $W/held --tokenizer $W/tokenizer.jpeglm --size 32 --seq-len 512 --quiet
 jpeglm train configs/mnist_demo.toml "$@"
 python - <<'P'
-import shutil, torch
+# the run's HF export (OUT/final: weights, tokenizer, jpeglm.json), stored in bf16
+import json, torch
 from pathlib import Path
-from jpeglm.model import Transformer
-from jpeglm.train import _checkpoints
-last = _checkpoints(Path("demo_work/run"))[-1]
+from jpeglm import checkpoint
+src = Path("demo_work/run/final")
+args, state = checkpoint.load_hf_state(src)
 dst = Path("python/jpeglm/data/checkpoints/mnist32")
-dst.mkdir(parents=True, exist_ok=True)
-Transformer.from_pretrained(last).save_pretrained(dst, dtype=torch.bfloat16)
-shutil.copy("demo_work/tokenizer.jpeglm", dst / "tokenizer.jpeglm")
-print("wrote", dst, "from", last)
+checkpoint.save_hf(dst, args, state, dtype=torch.bfloat16, tokenizer=src / "tokenizer.jpeglm",
+                   metadata=json.loads((src / "jpeglm.json").read_text()), replace=True)
+print("wrote", dst, "from", src)
 P

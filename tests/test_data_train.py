@@ -123,6 +123,9 @@ def test_training_learns(world, tmp_path):
     assert final["eval_loss"] < unigram - 0.5, (final, unigram)
     assert final["eval_bits_per_byte"] > 0
     assert (tmp_path / "run" / "loss.png").is_file()
+    pytest.importorskip("tensorboard")
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))  # TensorBoard too
+    assert final["tokens_per_s"] > 0 and "mfu" not in final  # no MFU without a known peak
 
 
 def test_resume_is_exact(world, tmp_path):

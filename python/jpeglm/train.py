@@ -256,7 +256,9 @@ def build_model(args: ModelArgs, cfg: TrainConfig, device: torch.device, world: 
     fwd = model
     if world > 1 and not sharded:
         fwd = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # no second fp32 copy of every gradient in buckets
         )
     return model, fwd
 
@@ -567,13 +569,17 @@ def train(cfg: TrainConfig) -> dict:
 
         name = signal.Signals(stop.signal).name
         raise Interrupted(
-            f"{name}: stopped at step {step}, checkpoint written; resume=true goes on"
+            stop.signal, f"{name}: stopped at step {step}, checkpoint written; resume=true goes on"
         )
     return metrics
 
 
 class Interrupted(Exception):
     """Training was stopped by SIGINT / SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -634,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         m = train(cfg)
     except Interrupted as e:
         print(f"jpeglm train: {e}", file=sys.stderr)
-        return 130
+        return 128 + e.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     except KeyboardInterrupt:
         print("jpeglm train: interrupted", file=sys.stderr)
         return 130

@@ -31,10 +31,10 @@ none / selective / full, the per-GPU bytes of:
   is larger; plus, under DDP, the largest weight's gradient (bf16, then its fp32 cast), under
   FSDP one block's unsharded gradient (bf16, then fp32 for the reduce-scatter).
 
-DDP (``gradient_as_bucket_view=False``, the default) also keeps its all-reduce buckets: a
-second fp32 copy of every gradient. FSDP with gradient accumulation (``accum > 1``) skips the
+The trainer's DDP uses ``gradient_as_bucket_view=True``: the all-reduce buckets are the
+gradients, not a second copy. FSDP with gradient accumulation (``accum > 1``) skips the
 reduce-scatter on non-final micro-batches, so the whole model's unsharded fp32 gradients
-stay resident. Both are counted in the grads column and footnoted.
+stay resident: counted in the grads column and footnoted.
 
 The measurement runs the PyTorch reference ops (the CPU backend) in the trainer's dtypes:
 fp32 weights under bf16 autocast (DDP) and bf16 weights (FSDP mixed precision). On GPU the
@@ -361,9 +361,6 @@ def plan(
         n = gpus if sharded else 1
         notes: list[str] = []
         grads = 4.0 * total / n
-        if strategy == "DDP" and gpus > 1:
-            grads += 4.0 * total
-            notes.append("ddp-buckets")
         if sharded and accum > 1:
             grads += 4.0 * total
             notes.append("fsdp-accum")
@@ -388,8 +385,6 @@ def plan(
 
 
 NOTES = {
-    "ddp-buckets": "DDP's all-reduce buckets (gradient_as_bucket_view=False, the default) hold "
-    "a second fp32 copy of every gradient: 4 B/param; gradient_as_bucket_view=True saves it.",
     "fsdp-accum": "accum > 1: the non-final micro-batches skip the reduce-scatter "
     "(set_requires_gradient_sync(False)), so the whole model's unsharded fp32 gradients stay "
     "resident: 4 B/param, not divided by the GPU count.",

@@ -230,3 +230,113 @@ def test_kill_prepare_and_resume(world, tmp_path):
     assert data.read_index(out)["sequences"] == data.read_index(ref)["sequences"]
     for f in sorted(ref.glob("shard_*.npy")):
         np.testing.assert_array_equal(np.load(out / f.name), np.load(f))
+
+
+# ------------------------------------------------------------------ bad configs, owned run folders
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("batch_size=abc", "batch_size"), ("model_args=3", "model_args"),
+     ("eval_every=0", "eval_every"), ("ckpt_every=0", "ckpt_every"), ("lr=inf", "lr"),
+     ("lr=nan", "lr"), ("grad_clip=-1", "grad_clip"),
+     ("micro_batch_size=-2", "micro_batch_size"), ("stop_at=-5", "stop_at"),
+     ("warmup_steps=5000", "warmup_steps"), ("model=huge", "model"),
+     ("model_args={foo=1}", "model_args"), ("model_args={dim=65}", "model_args"),
+     ("backend=cuda", "backend"), ("beta2=1.5", "beta2"), ("resume=3", "resume"),
+     ("activation_checkpoint=some", "activation_checkpoint")],
+)  # fmt: skip
+def test_every_config_field_is_checked(world, tmp_path, override, field):
+    root, _ = world
+    with pytest.raises(ValueError, match=field):
+        TrainConfig.load(None, [*_cfg(root, tmp_path / "x"), override])
+
+
+def test_bad_config_on_the_command_line_is_one_line(world, tmp_path):
+    root, _ = world
+    r = _run([*_cfg(root, tmp_path / "x"), "lr=inf"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "lr" in r.stderr, r.stderr
+    r = _run([])
+    assert r.returncode == 2 and "config" in r.stderr and "Traceback" not in r.stderr
+    h = _run(["--help"])
+    assert h.returncode == 0 and "micro_batch_size = 0" in h.stdout and "grad_clip" in h.stdout
+
+
+def test_a_run_folder_is_never_restarted_over(world, tmp_path):
+    root, _ = world
+    out = tmp_path / "c"
+    assert _run(_cfg(root, out, max_steps=4)).returncode == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    r = _run(_cfg(root, out, max_steps=8))  # no resume=true
+    assert r.returncode == 2 and "already holds a run" in r.stderr and "resume=true" in r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
+
+
+def test_resume_falls_back_when_the_newest_checkpoint_is_unreadable(world, tmp_path):
+    root, _ = world
+    ref = tmp_path / "ref"
+    assert _run(_cfg(root, ref, keep=5)).returncode == 0
+    out = tmp_path / "b"
+    assert _run(_cfg(root, out, stop_at=8, keep=5)).returncode == 0
+    newest = _checkpoints(out)[-1]
+    assert newest.name == "step_00000008"
+    (newest / "__0_0.distcp").write_bytes(b"torn")
+    r = _run(_cfg(root, out, resume=True, keep=5))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step_00000008" in r.stderr and "resuming from step_00000004 instead" in r.stderr
+    assert _losses(out) == _losses(ref)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))  # redone steps are not listed twice
+
+
+def test_keep_counts_only_this_runs_checkpoints(world, tmp_path):
+    from jpeglm import checkpoint
+
+    root, _ = world
+    out = tmp_path / "k"
+    assert _run(_cfg(root, out, max_steps=12, keep=2)).returncode == 0
+    assert [p.name for p in _checkpoints(out)] == ["step_00000008", "step_00000012"]
+    # a stranger's folder that looks like a checkpoint is never removed
+    (out / "step_00000001").mkdir()
+    (out / "step_00000001" / "notes.txt").write_text("mine")
+    assert _run(_cfg(root, out, max_steps=16, keep=2, resume=True)).returncode == 0
+    names = [p.name for p in _checkpoints(out)]
+    assert names == ["step_00000001", "step_00000012", "step_00000016"]
+    assert (out / "step_00000001" / "notes.txt").read_text() == "mine"
+    assert checkpoint.read_train_state(out / "step_00000016")["step"] == 16
+
+
+def test_shard_folders_are_checked_up_front(world, tmp_path):
+    root, tok = world
+    data.prepare(root / "held", tmp_path / "short", tok, size=32, seq_len=64, progress=False)
+    r = _run(_cfg(root, tmp_path / "x", train_data=[str(root / "train_shards"),
+                                                    str(tmp_path / "short")]))  # fmt: skip
+    assert r.returncode == 2 and "different sequence lengths" in r.stderr
+    other = Tokenizer.train([b"\x01\x02" * 100], vocab_size=260, progress=False)
+    data.prepare(root / "held", tmp_path / "other", other, size=32, seq_len=128, progress=False)
+    r = _run(_cfg(root, tmp_path / "x", eval_data=[str(tmp_path / "other")]))
+    assert r.returncode == 2 and "eval_data" in r.stderr and "another tokenizer" in r.stderr
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_a_model_that_cannot_fit_is_refused_up_front(world, tmp_path):
+    root, _ = world
+    t0 = time.time()
+    r = _run([*_cfg(root, tmp_path / "x", model="7B"), "model_args={n_layers=512}"])
+    assert r.returncode == 2 and "needs at least" in r.stderr and "GiB" in r.stderr, r.stderr
+    assert time.time() - t0 < 60
+
+
+def test_a_diverging_run_stops_without_a_nan_checkpoint(world, tmp_path):
+    from jpeglm import checkpoint
+
+    root, _ = world
+    out = tmp_path / "nan"
+    r = _run(_cfg(root, out, lr=1e30, min_lr=0.0, warmup_steps=0, grad_clip=0.0, ckpt_every=1,
+                  max_steps=20, eval_every=1000))  # fmt: skip
+    assert r.returncode == 2 and "the loss is" in r.stderr, (r.returncode, r.stderr[-1500:])
+    for ck in _checkpoints(out):
+        export = tmp_path / f"e{ck.name}"
+        checkpoint.export(ck, export)
+        for t in checkpoint.load_hf_state(export)[1].values():
+            assert torch.isfinite(t).all()

@@ -154,7 +154,7 @@ def test_sharded_hf_folder_loads_exactly_and_starts_a_run(world, tmp_path):
     for nproc, extra in ((1, {}), (2, {"fsdp": True})):
         out = tmp_path / f"run{nproc}"
         _ok(run(cfg(root, out, init_from=str(folder), max_steps=1, lr=1e-9, min_lr=0.0,
-                    eval_every=1000, **extra), nproc=nproc))  # fmt: skip
+                    warmup_steps=0, eval_every=1000, **extra), nproc=nproc))  # fmt: skip
         after = checkpoint.load_hf_state(out / "final")[1]
         for n, p in model.named_parameters():
             torch.testing.assert_close(after[n], p.detach(), rtol=0, atol=1e-6)

@@ -126,8 +126,12 @@ def _param_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
 
 
 def safetensors_files(folder: Path) -> list[Path]:
-    """The weight files of an HF folder: the single file, or the shards its index lists (only
-    plain names inside the folder are accepted)."""
+    """The weight files of an HF folder: the single file, or the shards its index lists.
+
+    The index is untrusted: its ``weight_map`` must be a non-empty object of tensor name ->
+    file name strings, and every file name a plain ``*.safetensors`` name inside the folder (no
+    directories, ``..`` or absolute paths); anything else is refused before any file is
+    opened."""
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if single.is_file():
@@ -135,11 +139,21 @@ def safetensors_files(folder: Path) -> list[Path]:
     if index.is_file():
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} has no weight_map")
-        names = sorted({str(v) for v in weight_map.values()})
-        bad = [n for n in names if Path(n).name != n or not n.endswith(".safetensors")]
+            raise ValueError(f"{index} has no weight_map (an object of tensor name -> file name)")
+        odd = [repr(k) for k, v in weight_map.items() if not isinstance(v, str)]
+        if odd:
+            raise ValueError(f"{index}: weight_map file names must be strings (see {_first(odd)})")
+        names = sorted(set(weight_map.values()))
+        bad = [
+            repr(n)[:80]
+            for n in names
+            if Path(n).name != n or n.startswith(".") or not n.endswith(".safetensors")
+        ]
         if bad:
-            raise ValueError(f"{index} lists shard files outside the folder: {_first(bad)}")
+            raise ValueError(
+                f"{index} lists shard files that are not plain *.safetensors names in the "
+                f"folder: {_first(bad)}"
+            )
         files = [folder / n for n in names]
         absent = [f.name for f in files if not f.is_file()]
         if absent:
@@ -159,11 +173,19 @@ def safetensors_files(folder: Path) -> list[Path]:
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
 
 
+_WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")  #: safetensors dtypes accepted for weights
+
+
 def _hf_index(
     folder: Path, vocab_size: int | None
 ) -> tuple[ModelArgs, dict[str, tuple[Path, str]]]:
     """Check an HF folder without reading its weights: its :class:`ModelArgs`, and for each of
-    our parameter names the (file, key) that holds it, with names and shapes validated."""
+    our parameter names the (file, key) that holds it, with names, shapes and dtypes validated.
+
+    Everything in the folder is untrusted: ``config.json`` is bounded by
+    :meth:`ModelArgs.from_hf_config` before any shape is built from it, the index by
+    :func:`safetensors_files`, and a truncated, garbage or inconsistent safetensors file (or
+    one whose header claims more data than the file holds) is one ``ValueError`` naming it."""
     from safetensors import safe_open
 
     config_path = folder / "config.json"
@@ -193,7 +215,13 @@ def _hf_index(
                         unexpected.append(key)
                         continue
                     ours = expected[key]
-                    shape = tuple(f.get_slice(key).get_shape())
+                    tensor = f.get_slice(key)
+                    if tensor.get_dtype() not in _WEIGHT_DTYPES:
+                        raise ValueError(
+                            f"{file.name}: tensor {key} has dtype {tensor.get_dtype()}; weights "
+                            f"must be floating point ({', '.join(_WEIGHT_DTYPES)})"
+                        )
+                    shape = tuple(tensor.get_shape())
                     if shape != shapes[ours]:
                         hint = ""
                         if key in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -473,11 +501,24 @@ def save_train_checkpoint(
         _io.atomic_write_text(tmp / CHECKPOINT_STATE, json.dumps(body, indent=1) + "\n")
         _fsync_dir(tmp)
         _swap_into_place(tmp, final)
-        for old in list_checkpoints(out)[:-keep]:
-            if (old / CHECKPOINT_STATE).is_file():  # ours: remove; anything else: leave it
-                shutil.rmtree(old, ignore_errors=True)
+        _prune(out, final, keep, train_state.get("run_id"))
     _barrier()
     return final
+
+
+def _prune(out: Path, newest: Path, keep: int, run_id: str | None) -> None:
+    """Keep the newest ``keep`` checkpoints of this run (same ``run_id``); never the one just
+    written, never a folder that is not one of this run's checkpoints."""
+    mine = []
+    for p in list_checkpoints(out):
+        try:
+            if read_json(p / CHECKPOINT_STATE).get("run_id") == run_id:
+                mine.append(p)
+        except (OSError, ValueError):
+            continue  # not ours, or unreadable: leave it
+    for old in mine[:-keep]:
+        if old != newest:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def read_train_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -12,16 +12,27 @@ sample decodes; without it, samples are decoded tolerantly and may be partly gre
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from jpeglm import codec
 from jpeglm.grammar import TokenConstraint
 
-__all__ = ["Sample", "generate", "complete", "prompt_stream", "clean_stream", "sample_logits"]
+__all__ = [
+    "Sample",
+    "check_device",
+    "clean_stream",
+    "complete",
+    "generate",
+    "prompt_stream",
+    "sample_logits",
+]
 
 
 @dataclass
@@ -94,13 +105,103 @@ def sample_logits(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _check(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 or None, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _positive_int(name: str, value: object, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if not _is_int(value) or value <= 0:  # type: ignore[operator]
+        allowed = "a positive integer or None" if optional else "a positive integer"
+        raise ValueError(f"{name} must be {allowed}, got {_show(value)}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def _check(
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    constrained: bool = True,
+    compile: bool = False,
+) -> tuple[float, int | None, float | None, int | None, int | None, int | None]:
+    """Refuse a bad sampling option with one ``ValueError`` line naming it, before any work;
+    returns the options as plain Python numbers."""
+    real = (int, float, np.integer, np.floating)
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, real):
+        raise ValueError(f"temperature must be a number >= 0, got {_show(temperature)}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off) or None, got {_show(top_k)}")
+    if top_p is not None:
+        if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, real):
+            raise ValueError(f"top_p must be a number in (0, 1] or None, got {_show(top_p)}")
+        if not 0 < top_p <= 1:  # NaN fails too
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    max_tokens = _positive_int("max_tokens", max_tokens, optional=True)
+    batch_size = _positive_int("batch_size", batch_size, optional=True)
+    if seed is not None and (not _is_int(seed) or not -(2**63) <= seed < 2**64):
+        raise ValueError(
+            f"seed must be an integer in -2**63 .. 2**64 - 1 or None, got {_show(seed)}"
+        )
+    for name, value in (("constrained", constrained), ("compile", compile)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {_show(value)}")
+    return (
+        float(temperature),
+        None if top_k is None else int(top_k),
+        None if top_p is None else float(top_p),
+        max_tokens,
+        None if seed is None else int(seed),
+        batch_size,
+    )
+
+
+def check_device(device: str | torch.device | int) -> torch.device:
+    """``device`` as a :class:`torch.device` that exists on this machine, or one ``ValueError``
+    line: an unknown name (``"foo"``), ``"cuda"`` without CUDA, ``"cuda:3"`` past the visible
+    GPUs, ``"mps"`` without MPS, ``"meta"`` (holds no data). An int is a CUDA ordinal."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, (str, int)) and not isinstance(device, bool):
+        try:
+            dev = torch.device(device.strip() if isinstance(device, str) else device)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"unknown device {_show(device)} (expected cpu, cuda, cuda:N, mps, ...)"
+            ) from None
+    else:
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {_show(device)}")
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise ValueError(f"device {_show(device)}: there is one cpu device (cpu or cpu:0)")
+        return dev
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no data: use cpu or cuda")
+    if dev.type == "mps":
+        available, count = bool(torch.backends.mps.is_available()), 1
+    else:
+        module = getattr(torch, dev.type, None)  # torch.cuda, torch.xpu, ...
+        is_available = getattr(module, "is_available", None)
+        available = bool(is_available()) if callable(is_available) else False
+        count = int(module.device_count()) if available and hasattr(module, "device_count") else 0
+    if not available:
+        raise ValueError(f"device {_show(device)}: no {dev.type} device is available here")
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(
+            f"device {_show(device)}: only {count} {dev.type} device(s) visible "
+            f"({dev.type}:0..{dev.type}:{count - 1})"
+        )
+    return dev
 
 
 @torch.no_grad()
@@ -198,14 +299,15 @@ def _generate_prompts(
     quality: int,
     compile: bool = False,
 ) -> list[Sample]:
-    _check(temperature, top_k, top_p)
+    temperature, top_k, top_p, max_tokens, seed, batch_size = _check(
+        temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile
+    )
     size = codec._check_size(size)
+    quality = codec._check_quality(quality)
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError("the tokenizer needs BOS and EOS tokens")
     if max_tokens is None:
         max_tokens = model.args.max_seq_len
-    if max_tokens <= 0:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     generator = torch.Generator(device=next(model.parameters()).device)
     generator.manual_seed(0 if seed is None else int(seed))
     prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
@@ -259,10 +361,13 @@ def generate(
     ``compile``: ``torch.compile`` the one-token decode step (CUDA graphs on GPU); pays off
     for long generations, costs a compilation first.
     """
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+    n = _positive_int("n", n)
+    _check(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile)
+    if prompt is not None and not isinstance(prompt, (bytes, bytearray, memoryview)):
+        raise ValueError(f"prompt must be bytes or None, got {type(prompt).__name__}")
+    prompt = bytes(prompt or b"")
     return _generate_prompts(
-        model, tokenizer, [prompt or b""] * n, size, temperature, top_k, top_p, max_tokens,
+        model, tokenizer, [prompt] * n, size, temperature, top_k, top_p, max_tokens,
         seed, batch_size, constrained, quality, compile,
     )  # fmt: skip
 
@@ -284,6 +389,12 @@ def complete(
     compile: bool = False,
 ) -> list[Sample]:
     """Complete each image from its first ``rows`` rows of MCUs."""
+    _check(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile)
+    size, quality = codec._check_size(size), codec._check_quality(quality)
+    if not _is_int(rows) or not 0 <= rows < size // 16:
+        raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {_show(rows)}")
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):
+        raise ValueError("complete expects a sequence of images (a list of one for one image)")
     streams = codec.encode_batch(list(images), quality=quality, size=size)
     prompts = [prompt_stream(s, rows, size) for s in streams]
     return _generate_prompts(

@@ -73,7 +73,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  #: clip the global gradient norm to this; 0: no clipping
     seed: int = 0
     # evaluation, checkpoints, logs
     eval_every: int = 200
@@ -81,7 +81,7 @@ class TrainConfig:
     ckpt_every: int = 500
     keep: int = 2
     out: str = "runs/jpeglm"
-    resume: bool = False
+    resume: bool = False  #: continue the run in OUT from its newest readable checkpoint
     progress: bool = True
     fsdp: bool = False  #: shard parameters (FSDP2 fully_shard) instead of DDP
     activation_checkpoint: str = "none"  #: "none" | "full" | "selective" (recompute in backward)
@@ -121,26 +121,103 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
+    @classmethod
+    def keys_help(cls) -> str:
+        """Every key with its type, default and meaning (for ``--help``)."""
+        import inspect
+
+        comments: dict[str, str] = {}
+        for line in inspect.getsource(cls).splitlines():
+            line = line.strip()
+            if "#:" in line and ":" in line.split("#:")[0]:
+                comments[line.split(":", 1)[0].strip()] = line.split("#:", 1)[1].strip()
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append(
+                f"  {f.name} = {json.dumps(default)}  ({f.type})  {comments.get(f.name, '')}"
+            )
+        return "\n".join(rows)
+
     def validate(self) -> None:
+        """Check every field's type and range; ``ValueError`` naming the first bad one."""
+        from jpeglm.model import ACTIVATION_CHECKPOINT_MODES, CONFIGS, ModelArgs
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type)
+            ok = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "bool": isinstance(value, bool),
+                "str": isinstance(value, str),
+                "str | None": value is None or isinstance(value, str),
+                "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+                "dict[str, Any]": isinstance(value, dict),
+            }[kind]
+            if not ok:
+                raise ValueError(f"{f.name} must be {_KIND_NAMES[kind]}, got {value!r}")
+            if kind == "float":
+                if not math.isfinite(value):
+                    raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+                setattr(self, f.name, float(value))
         if not self.train_data:
             raise ValueError("train_data: give at least one prepared shard folder")
         if not self.tokenizer:
             raise ValueError("tokenizer: give the tokenizer file the shards were made with")
-        for k in ("batch_size", "max_steps", "eval_batches", "keep"):
+        for k in ("batch_size", "max_steps", "eval_every", "eval_batches", "ckpt_every", "keep",
+                  "export_shard_size"):  # fmt: skip
             if getattr(self, k) <= 0:
-                raise ValueError(f"{k} must be positive")
-        if self.warmup_steps < 0 or self.lr <= 0 or self.min_lr < 0:
-            raise ValueError("lr, min_lr and warmup_steps must be non-negative (lr > 0)")
-        from jpeglm.model import ACTIVATION_CHECKPOINT_MODES
-
+                raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
+        for k in ("micro_batch_size", "stop_at", "warmup_steps", "seed", "weight_decay",
+                  "min_lr", "grad_clip", "peak_flops"):  # fmt: skip
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps})"
+            )
+        for k in ("beta1", "beta2"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"{k} must be in [0, 1), got {getattr(self, k)}")
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) exceeds batch_size ({self.batch_size})"
+            )
+        if self.model not in CONFIGS:
+            raise ValueError(f"model must be one of {', '.join(CONFIGS)}, got {self.model!r}")
+        fields = {f.name for f in dataclasses.fields(ModelArgs)} - {"vocab_size", "max_seq_len"}
+        unknown = sorted(set(self.model_args) - fields)
+        if unknown:
+            raise ValueError(
+                f"model_args: unknown field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(fields))}"
+            )
+        try:
+            ModelArgs.from_name(self.model, **self.model_args)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model_args: {e}") from e
+        if self.backend not in (None, "auto", "torch", "triton"):
+            raise ValueError(f"backend must be auto, torch or triton, got {self.backend!r}")
         if self.activation_checkpoint not in ACTIVATION_CHECKPOINT_MODES:
             raise ValueError(
                 f"activation_checkpoint must be one of {', '.join(ACTIVATION_CHECKPOINT_MODES)}"
             )
         if self.export_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError("export_dtype must be float32, bfloat16 or float16")
-        if self.export_shard_size <= 0:
-            raise ValueError("export_shard_size must be positive")
+        if not self.out:
+            raise ValueError("out: give the run folder")
+
+
+_KIND_NAMES = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+    "str | None": "a string", "list[str]": "a list of strings (or one string)",
+    "dict[str, Any]": "a table of key = value",
+}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,7 +360,8 @@ def clip_grad_norm_(model: torch.nn.Module, max_norm: float) -> float:
     total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
     if hasattr(total, "full_tensor"):  # a DTensor: the norm of every rank's shard together
         total = total.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    if max_norm > 0:  # 0: clipping off (the norm is still reported)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return float(total)
 
 
@@ -383,6 +461,103 @@ class _Stop:
         return flag
 
 
+def _check_shards(folders: list[str], fingerprint: str, tokenizer: str, key: str) -> int:
+    """Every folder prepared with ``tokenizer`` and one sequence length; returns it."""
+    lengths = {}
+    for f in folders:
+        config = read_index(f)["config"]
+        if config.get("tokenizer") != fingerprint:
+            raise ValueError(f"{key}: {f} was prepared with another tokenizer than {tokenizer}")
+        lengths[f] = int(config.get("seq_len", 0))
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{f}: {n}" for f, n in lengths.items())
+        raise ValueError(f"{key}: the folders have different sequence lengths ({detail})")
+    return next(iter(lengths.values()))
+
+
+def _available_memory(device: torch.device) -> tuple[float, str]:
+    """(bytes this process may use, what they are) on ``device``."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return float(total), f"{torch.cuda.get_device_name(device)} memory"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024, "available RAM"
+    except OSError:
+        pass
+    return math.inf, "RAM"
+
+
+def check_memory(args: ModelArgs, cfg: TrainConfig, device: torch.device, world: int) -> None:
+    """Refuse up front a model whose fp32 weights, gradients and AdamW state alone (16 bytes
+    per parameter, divided over the ranks under FSDP) cannot fit this device's memory -- a
+    lower bound: activations come on top (``jpeglm plan`` gives the full picture)."""
+    from jpeglm.plan import _param_counts
+
+    total = _param_counts(args)[0]
+    shards = world if cfg.fsdp and world > 1 else 1
+    need = 16.0 * total / shards
+    procs = 1
+    if device.type == "cpu":  # the processes of this node share its RAM
+        procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    have, what = _available_memory(device)
+    if need * procs > have:
+        gib = 2.0**30
+        raise ValueError(
+            f"model {cfg.model} ({total / 1e9:.2f}B parameters) needs at least "
+            f"{need * procs / gib:.1f} GiB for weights, gradients and AdamW state "
+            f"({procs} process(es) here) but {what} is {have / gib:.1f} GiB: use fsdp=true over "
+            "more GPUs or a smaller model (`jpeglm plan` shows what fits)"
+        )
+
+
+def _run_id(rank: int) -> str:
+    """A fresh run's id, the same on every rank (rank 0's, broadcast)."""
+    import uuid
+
+    ids = [uuid.uuid4().hex[:12] if rank == 0 else ""]
+    if dist.is_initialized():
+        dist.broadcast_object_list(ids, src=0)
+    return ids[0]
+
+
+def resume(checkpoints: list[Path], model, opt, args: ModelArgs, rank: int) -> dict:
+    """Load the newest readable checkpoint; an unreadable newest one is reported and the one
+    before it taken (every rank reads the same files, and DCP fails on all ranks together)."""
+    from jpeglm import checkpoint as ckpt
+
+    errors = []
+    for path in reversed(checkpoints):
+        try:
+            saved = ckpt.read_train_state(path)
+            if saved.get("model_args") != dataclasses.asdict(args):
+                raise ValueError(f"cannot resume from {path}: the model's shape differs")
+            state = ckpt.load_train_checkpoint(path, model, opt)
+        except ValueError as e:
+            if "the model's shape differs" in str(e) or "older jpeglm" in str(e):
+                raise
+            errors.append(str(e))
+            continue
+        if errors and rank == 0:
+            print(f"jpeglm train: {errors[0]}; resuming from {path.name} instead", file=sys.stderr)
+        return state
+    raise ValueError(f"cannot resume: no readable checkpoint in {checkpoints[0].parent} "
+                     f"({errors[0]})")  # fmt: skip
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records of steps after the resumed checkpoint (they are done again)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        from jpeglm._io import atomic_write_text
+
+        atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
 def _metadata(index: dict, tok, seq_len: int) -> dict:
     """What a checkpoint says about the data it was trained on (the self-describing record
     that sampling reads): image size, quality, sequence length, special ids, fingerprint."""
@@ -418,18 +593,22 @@ def train(cfg: TrainConfig) -> dict:
 
     # -- check everything before any long work
     tok = Tokenizer.load(cfg.tokenizer)
+    fingerprint = tokenizer_fingerprint(tok)
     index = read_index(cfg.train_data[0])
-    if index["config"]["tokenizer"] != tokenizer_fingerprint(tok):
-        raise ValueError(
-            f"{cfg.train_data[0]} was prepared with another tokenizer than {cfg.tokenizer}"
-        )
+    seq_len = _check_shards(cfg.train_data, fingerprint, cfg.tokenizer, "train_data")
+    if cfg.eval_data:
+        eval_len = _check_shards(cfg.eval_data, fingerprint, cfg.tokenizer, "eval_data")
+        if eval_len > seq_len:
+            raise ValueError(
+                f"eval_data has sequences of {eval_len} tokens, longer than the model's context "
+                f"({seq_len}, from train_data)"
+            )
     train_ds = ShardDataset(cfg.train_data, seed=cfg.seed, rank=rank, world=world)
     eval_ds = (
         ShardDataset(cfg.eval_data, shuffle=False, rank=rank, world=world)
         if cfg.eval_data
         else None
     )
-    seq_len = train_ds.seq_len
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
     per_rank = cfg.batch_size // world
@@ -448,24 +627,32 @@ def train(cfg: TrainConfig) -> dict:
         args = ModelArgs.from_name(
             cfg.model, vocab_size=tok.vocab_size, max_seq_len=seq_len, **cfg.model_args
         )
+    check_memory(args, cfg, device, world)
     bytes_per_token = index["bytes"] / max(1, index["tokens"])
     out = Path(cfg.out)
-    resume_from = (
-        ckpt.list_checkpoints(out)[-1] if cfg.resume and ckpt.list_checkpoints(out) else None
-    )
-    if resume_from is not None:
-        saved = ckpt.read_train_state(resume_from)
-        if saved.get("model_args") != dataclasses.asdict(args):
-            raise ValueError(f"cannot resume from {resume_from}: the model's shape differs")
+    existing = ckpt.list_checkpoints(out)
+    if existing and not cfg.resume:
+        raise ValueError(
+            f"{out} already holds a run ({existing[-1].name}): pass resume=true to continue it, "
+            "or choose a new out"
+        )
+    if not cfg.resume and (out / "metrics.jsonl").is_file():
+        raise ValueError(
+            f"{out} already holds a run's metrics.jsonl: pass resume=true to continue it, or "
+            "choose a new out"
+        )
 
     model, fwd = build_model(args, cfg, device, world)
     opt = build_optimizer(model, cfg, device)
     step, epoch, skip = 0, 0, 0
-    if resume_from is not None:
-        state = ckpt.load_train_checkpoint(resume_from, model, opt)
-        step = state["step"]
+    run_id = _run_id(rank)
+    if cfg.resume and existing:
+        state = resume(existing, model, opt, args, rank)
+        step, run_id = state["step"], state.get("run_id", run_id)
         pos = data_position(state, cfg, len(train_ds), micro, world)
         epoch, skip = pos["epoch"], pos["skip"]
+        if rank == 0:
+            _truncate_metrics(out / "metrics.jsonl", step)
     sharded = cfg.fsdp and world > 1
     autocast = torch.autocast(
         device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and not sharded
@@ -473,7 +660,7 @@ def train(cfg: TrainConfig) -> dict:
 
     meta = _metadata(index, tok, seq_len)
     train_state = {
-        "batch_size": cfg.batch_size, "micro_batch_size": micro, "world": world,
+        "run_id": run_id, "batch_size": cfg.batch_size, "micro_batch_size": micro, "world": world,
         "epoch_sequences": epoch_sequences(len(train_ds), micro, world),
         "model_args": dataclasses.asdict(args), "config": dataclasses.asdict(cfg),
         "metadata": meta,
@@ -508,14 +695,20 @@ def train(cfg: TrainConfig) -> dict:
                     loss = fwd(x[:, :-1], targets=x[:, 1:]) / accum
                 loss.backward()
                 loss_sum += loss.detach()
-            norm = clip_grad_norm_(model, cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
             if world > 1:
                 dist.all_reduce(loss_sum)
                 loss_sum = loss_sum / world
             loss_value = float(loss_sum)  # one host sync per step
+            norm = clip_grad_norm_(model, cfg.grad_clip)
+            if not (math.isfinite(loss_value) and math.isfinite(norm)):
+                raise ValueError(
+                    f"step {step + 1}: the loss is {loss_value} (gradient norm {norm}); "
+                    "nothing of this step is kept -- lower lr, or resume=true from the last "
+                    "checkpoint"
+                )
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
             now = time.perf_counter()
             dt, t_last = now - t_last, now
             if rank == 0:
@@ -631,9 +824,15 @@ def _plot(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
+        print("Config keys (TOML file and/or key=value overrides):")
+        print(TrainConfig.keys_help())
         return 0
+    if not argv:
+        print("jpeglm train: error: give a config file and/or key=value overrides (see --help)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     path, overrides = (None, argv) if "=" in argv[0] else (argv[0], argv[1:])
     try:
         cfg = TrainConfig.load(path, overrides)

@@ -37,7 +37,9 @@ from jpeglm import checkpoint
 src = Path("demo_work/run/final")
 args, state = checkpoint.load_hf_state(src)
 dst = Path("python/jpeglm/data/checkpoints/mnist32")
+meta = json.loads((src / "jpeglm.json").read_text())
+meta["sampling"] = {"temperature": 0.4, "top_k": 8, "top_p": 0.9}  # a 0.9M model: conservative
 checkpoint.save_hf(dst, args, state, dtype=torch.bfloat16, tokenizer=src / "tokenizer.jpeglm",
-                   metadata=json.loads((src / "jpeglm.json").read_text()), replace=True)
+                   metadata=meta, replace=True)
 print("wrote", dst, "from", src)
 P

@@ -572,6 +572,8 @@ def _metadata(index: dict, tok, seq_len: int) -> dict:
         "eos_token_id": tok.eos_id,
         "tokenizer_fingerprint": c.get("tokenizer"),
         "bytes_per_token": index["bytes"] / max(1, index["tokens"]),
+        "tokens_per_image": index["tokens"] / max(1, index["images"]),
+        "sampling": {"temperature": 1.0, "top_k": 50, "top_p": 0.9},
     }
 
 

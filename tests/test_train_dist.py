@@ -202,3 +202,25 @@ def test_sigterm_checkpoints_then_exits_with_one_line(world, tmp_path):
     assert len(cks) == 1
     step = json.loads((cks[0] / "train_state.json").read_text())["step"]
     assert step == len(losses(out)) >= 3
+
+
+def test_load_model_takes_any_folder_a_run_writes(world, fsdp_ref, tmp_path):
+    root, _ = world
+    run_dir = checkpoint.load_model(fsdp_ref)  # the run folder: its final/ export
+    assert run_dir.folder == fsdp_ref / "final" and run_dir.image_size == 32
+    step = checkpoint.load_model(checkpoint.list_checkpoints(fsdp_ref)[-1])  # DCP shards
+    assert step.image_size == 32 and step.quality == 25 and step.info["seq_len"] == 128
+    a, b = dict(run_dir.model.named_parameters()), dict(step.model.named_parameters())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert run_dir.tokenizer.vocab_size == step.tokenizer.vocab_size
+    # a run stopped early has no export: its newest checkpoint is used
+    out = tmp_path / "early"
+    _ok(run(cfg(root, out, fsdp=True, stop_at=4, **LONG), nproc=2))
+    early = checkpoint.load_model(out)
+    assert early.folder.name == "step_00000004"
+    # images whose streams cannot fit the 128-token context are refused up front
+    checkpoint.check_context(early, 16, 25)
+    with pytest.raises(ValueError, match="context is 128"):
+        checkpoint.check_context(early, 256, 25)
+    with pytest.raises(FileNotFoundError, match="not a model"):
+        checkpoint.load_model(tmp_path)

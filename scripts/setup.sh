@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libjpeg62-turbo-dev libturbojpeg0 cmake g++ make; do
+for pkg in libjpeg62-turbo-dev libturbojpeg0 cmake g++ make ffmpeg; do  # ffmpeg: video tests
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,194 @@
+"""AVC-LM's canonical clips: the paper's H.264 settings through PyAV, strict and tolerant
+decoding, prompts, and agreement with Debian's ffmpeg command line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+from jpeglm import samples, video  # noqa: E402
+
+
+def _moving_digits(frames: int = 15, h: int = 144, w: int = 256) -> np.ndarray:
+    """Two bundled digits moving across a dark background (a Moving-MNIST-like clip)."""
+    x, _ = samples.mnist()
+    clip = np.full((frames, h, w, 3), 20, np.uint8)
+    for t in range(frames):
+        for d, (y0, x0, vy, vx) in enumerate(((10, 20, 4, 9), (90, 200, -3, -7))):
+            y, xx = y0 + vy * t, x0 + vx * t
+            clip[t, y : y + 28, xx : xx + 28] = np.maximum(clip[t, y : y + 28, xx : xx + 28],
+                                                          x[d + 3][:, :, None])  # fmt: skip
+    return clip
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return _moving_digits()
+
+
+@pytest.fixture(scope="module")
+def stream(clip):
+    return video.encode(clip)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return 10 * np.log10(255**2 / max(mse, 1e-12))
+
+
+def test_a_clip_encodes_with_the_papers_settings(clip, stream):
+    s = video.structure(stream)
+    assert s["annexb"] and stream[:4] == b"\x00\x00\x00\x01"
+    assert s["profile_idc"] == 66  # baseline
+    assert (s["mb_width"], s["mb_height"]) == (16, 9)
+    assert s["frames"] == 15 and s["slices_per_frame"] == [144] * 15  # one macroblock per slice
+    assert set(s["slice_types"]) <= {0, 2}  # P and I slices only: no B-frames
+    x = s["x264"]
+    assert (x["qp"], x["rc"], x["bframes"], x["slice_max_mbs"]) == ("37", "cqp", "0", "1")
+    assert (x["ref"], x["me"], x["subme"], x["trellis"], x["psy"]) == ("3", "dia", "0", "0", "0")
+    assert (x["mixed_ref"], x["fast_pskip"], x["threads"]) == ("0", "0", "1")
+    frames = video.decode(stream)
+    assert frames.shape == (15, 144, 256, 3) and frames.dtype == np.uint8
+    assert _psnr(frames, clip) > 25
+
+
+def test_prepare_resamples_scales_and_pads(tmp_path):
+    """An 8 s, 25 fps, 320x240 file -> 15 frames at 3 fps of 256x144, letterboxed."""
+    path = tmp_path / "in.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        for i in range(200):  # frame i is uniformly 50 + i: its index can be read back
+            img = np.full((240, 320, 3), 50 + i, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    clip = video.prepare(path)
+    assert clip.shape == (15, 144, 256, 3)
+    # 4:3 into 16:9: scaled to 192x144, 32 black columns either side
+    assert clip[:, :, :31].max() == 0 and clip[:, :, -31:].max() == 0
+    assert clip[:, :, 34:222].min() >= 45
+    # frame k is the source frame shown at k/3 s: frame floor(25 k / 3) of 25 fps
+    got = clip[:, 72, 128, 0].astype(int) - 50
+    want = [25 * k // 3 for k in range(15)]
+    assert np.abs(got - want).max() <= 3, (got, want)
+    # frames in memory are taken as already at 3 fps (or resampled from source_fps)
+    frames = np.zeros((30, 100, 100, 3), np.uint8)
+    assert video.prepare(frames).shape == (15, 144, 256, 3)
+    assert video.prepare(frames, source_fps=6).shape == (15, 144, 256, 3)
+    assert video.prepare(frames[:4]).shape == (4, 144, 256, 3)
+
+
+def test_prompt_stream_cuts_after_whole_frames(stream):
+    full = video.decode(stream)
+    for k in (1, 10, 15):
+        p = video.prompt_stream(stream, k)
+        assert stream.startswith(p)
+        np.testing.assert_array_equal(video.decode(p), full[:k])
+    assert video.decode(video.prompt_stream(stream, 0), tolerant=True, frames=15).valid_frames == 0
+    with pytest.raises(ValueError):
+        video.prompt_stream(stream, 16)
+
+
+def test_tolerant_decode_of_truncated_and_corrupt_streams(stream):
+    full = video.decode(stream)
+    rng = np.random.default_rng(0)
+    last = -1
+    for cut in sorted(rng.integers(0, len(stream), 25)):
+        r = video.decode(stream[:cut], tolerant=True, frames=15)
+        assert r.frames.shape == (15, 144, 256, 3) and 0 <= r.valid_frames <= 15
+        assert r.valid_frames >= last  # more bytes never give fewer frames
+        last = r.valid_frames
+        np.testing.assert_array_equal(r.frames[: r.valid_frames], full[: r.valid_frames])
+        if r.valid_frames:  # the rest repeats the last good frame
+            assert (r.frames[r.valid_frames :] == full[r.valid_frames - 1]).all()
+        with pytest.raises(video.VideoError):
+            video.decode(stream[:cut])
+    assert video.decode(stream, tolerant=True).clean
+    for _ in range(25):  # flipped bytes: never an exception
+        bad = bytearray(stream)
+        for i in rng.integers(0, len(bad), 3):
+            bad[i] ^= 1 << int(rng.integers(0, 8))
+        r = video.decode(bytes(bad), tolerant=True, frames=15)
+        assert r.frames.shape == (15, 144, 256, 3)
+    for junk in (b"", b"garbage" * 50, bytes(1000), b"\x00\x00\x01" * 100):
+        r = video.decode(junk, tolerant=True, frames=15)
+        assert r.valid_frames == 0 and (r.frames == 128).all()
+        with pytest.raises(video.VideoError):
+            video.decode(junk)
+
+
+def test_bad_clips_are_refused():
+    with pytest.raises(TypeError):
+        video.encode(np.zeros((2, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError):
+        video.encode(np.zeros((2, 15, 16, 3), np.uint8))  # odd height
+    with pytest.raises(ValueError):
+        video.encode(np.zeros((0, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError):
+        video.encode(np.zeros((2, 16, 16, 3), np.uint8), qp=60)
+    with pytest.raises(FileNotFoundError):
+        video.prepare("/no/such/clip.mp4")
+
+
+def _yuv(frames_rgb: np.ndarray) -> bytes:
+    """The yuv420p planes PyAV's encoder is fed (its own RGB -> YUV conversion)."""
+    out = []
+    for f in frames_rgb:
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+        out.append(vf.reformat(format="yuv420p").to_ndarray().tobytes())
+    return b"".join(out)
+
+
+def _decode_yuv_pyav(stream: bytes) -> bytes:
+    import io
+
+    with av.open(io.BytesIO(stream), format="h264") as c:
+        return b"".join(f.to_ndarray(format="yuv420p").tobytes() for f in c.decode(video=0))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="Debian's ffmpeg is not installed")
+def test_ffmpeg_command_line_agrees(clip, stream):
+    """Debian's ffmpeg decodes our streams to the same pictures as our decoder, and its
+    libx264 run with the paper's command line on the same YUV input makes a stream of the same
+    settings -- the same bytes when both libx264 builds are the same version."""
+    dec = ["ffmpeg", "-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo", "-pix_fmt",
+           "yuv420p", "-"]  # fmt: skip
+    ref = subprocess.run(dec, input=stream, capture_output=True)
+    assert ref.returncode == 0, ref.stderr
+    assert ref.stdout == _decode_yuv_pyav(stream)  # bit-exact pictures
+
+    cmd = ["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", "256x144",
+           "-r", "3", "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-profile:v",
+           "baseline", "-qp", "37", "-bf", "0", "-an", "-sn", "-x264opts", "slice-max-mbs=1",
+           "-trellis", "0", "-me_method", "dia", "-threads", "1", "-subq", "0", "-psy", "0",
+           "-mixed-refs", "0", "-fast-pskip", "0", "-partitions", "none", "-refs", "3",
+           "-bsf:v", "h264_mp4toannexb", "-f", "h264", "-"]  # fmt: skip
+    cli = subprocess.run(cmd, input=_yuv(clip), capture_output=True)
+    if cli.returncode != 0 and b"me_method" in cli.stderr:  # newer ffmpeg spells it -motion-est
+        cmd[cmd.index("-me_method")] = "-motion-est"
+        cli = subprocess.run(cmd, input=_yuv(clip), capture_output=True)
+    assert cli.returncode == 0, cli.stderr
+    ours, theirs = video.structure(stream), video.structure(cli.stdout)
+    assert theirs["slices_per_frame"] == ours["slices_per_frame"]
+    assert theirs["profile_idc"] == ours["profile_idc"]
+    same_version = ours.get("x264_core") == theirs.get("x264_core")
+    ignore = {"threads", "lookahead_threads"}
+    diff = {k: (ours["x264"].get(k), v) for k, v in theirs["x264"].items()
+            if k not in ignore and ours["x264"].get(k) != v}  # fmt: skip
+    assert not diff, (
+        f"settings differ (x264 core {ours.get('x264_core')} vs {theirs.get('x264_core')}): {diff}"
+    )
+    if same_version:
+        assert cli.stdout == stream
+    else:  # different encoder builds: same settings, same pictures within coding noise
+        a = np.frombuffer(_decode_yuv_pyav(cli.stdout), np.uint8).astype(np.float64)
+        b = np.frombuffer(_decode_yuv_pyav(stream), np.uint8)
+        mse = np.mean((a - b) ** 2)
+        assert a.shape == b.shape and (mse == 0 or 10 * np.log10(255**2 / mse) > 30)

@@ -224,3 +224,21 @@ def test_load_model_takes_any_folder_a_run_writes(world, fsdp_ref, tmp_path):
         checkpoint.check_context(early, 256, 25)
     with pytest.raises(FileNotFoundError, match="not a model"):
         checkpoint.load_model(tmp_path)
+
+
+def test_compiled_blocks_and_activation_checkpointing_train_the_same(world, tmp_path):
+    """compile=true (each block compiled before sharding) and activation checkpointing under
+    FSDP give the losses of the plain run."""
+    root, _ = world
+    kw = {**LONG, "max_steps": 4}
+    plain = tmp_path / "plain"
+    _ok(run(cfg(root, plain, **kw)))
+    compiled = tmp_path / "compiled"
+    _ok(run(cfg(root, compiled, compile=True, **kw)))
+    np.testing.assert_allclose(losses(compiled), losses(plain), rtol=1e-4)
+    ref = tmp_path / "fsdp"
+    _ok(run(cfg(root, ref, fsdp=True, **kw), nproc=2))
+    for mode in ("full", "selective"):
+        ac = tmp_path / mode
+        _ok(run(cfg(root, ac, fsdp=True, activation_checkpoint=mode, **kw), nproc=2))
+        np.testing.assert_allclose(losses(ac), losses(ref), rtol=1e-5)

@@ -192,3 +192,16 @@ def test_ffmpeg_command_line_agrees(clip, stream):
         b = np.frombuffer(_decode_yuv_pyav(stream), np.uint8)
         mse = np.mean((a - b) ** 2)
         assert a.shape == b.shape and (mse == 0 or 10 * np.log10(255**2 / mse) > 30)
+
+
+def test_moving_mnist_clips():
+    a = samples.moving_mnist(3, frames=15, size=64, seed=1)
+    assert a.shape == (3, 15, 64, 64) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, samples.moving_mnist(3, frames=15, size=64, seed=1))
+    assert not np.array_equal(a, samples.moving_mnist(3, frames=15, size=64, seed=2))
+    assert (a.reshape(3, 15, -1).max(axis=2) > 200).all()  # digits in every frame
+    assert (np.abs(np.diff(a.astype(int), axis=1)).sum(axis=(2, 3)) > 0).all()  # they move
+    s = video.encode(np.repeat(a[0][..., None], 3, axis=-1))
+    assert video.structure(s)["slices_per_frame"] == [16] * 15
+    with pytest.raises(ValueError):
+        samples.moving_mnist(1, size=20)

@@ -3,14 +3,20 @@
 A write goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
 the target (atomic on POSIX), and the folder is fsynced so the rename itself is durable. A
 reader therefore sees either the old file or the complete new one, never a torn write.
+
+The guards of the user's files live here too: :func:`refuse_overwriting` (an output never
+replaces an input), :func:`writable_folder` (fail before the work, not after it) and
+:func:`remove_own_temps` (clean up only the temporary files :func:`atomic_open` makes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -25,17 +31,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"atomic_open supports 'wb' and 'w', got {mode!r}")
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = ""
     try:
-        os.chmod(tmp, _target_mode(path))  # mkstemp makes 0600; give the usual permissions
+        # The name is chosen before the file is created, inside the try: a Ctrl-C arriving
+        # while it is being created (mkstemp would raise it before returning the name) still
+        # finds the name to remove.
+        while True:
+            tmp = os.path.join(folder, f".{path.name}.{_random_tag()}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_EXTRA, 0o600)
+                break
+            except FileExistsError:
+                continue
+        os.chmod(tmp, _target_mode(path))  # created 0600 like mkstemp; give the usual permissions
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     with contextlib.suppress(OSError):  # make the rename durable
         dfd = os.open(folder, os.O_RDONLY)
@@ -43,6 +60,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+_O_EXTRA = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows
+_TAG_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # as tempfile.mkstemp
+
+
+def _random_tag() -> str:
+    return "".join(random.SystemRandom().choice(_TAG_CHARS) for _ in range(8))
 
 
 def _target_mode(path: Path) -> int:
@@ -65,3 +90,83 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+# ------------------------------------------------------------------------------------------------
+# Guarding the user's files
+
+
+def temp_target(name: str) -> str | None:
+    """The target a temporary file of :func:`atomic_open` is for (``.{target}.XXXXXXXX.tmp``,
+    ``XXXXXXXX`` eight of ``a-z0-9_``), or None when ``name`` is not such a file."""
+    m = _TEMP_NAME.fullmatch(name)
+    return m.group(1) if m else None
+
+
+_TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_own_temps(folder: str | os.PathLike, is_target: Callable[[str], bool]) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_open` left in ``folder`` (a killed run)
+    for the targets ``is_target`` accepts; every other file, ``.notes.tmp`` included, stays.
+    Returns the removed paths."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        target = temp_target(p.name)
+        if target is not None and is_target(target) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def show(path: str | os.PathLike) -> str:
+    """A path as printable text: bytes that are not UTF-8 appear as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def refuse_overwriting(
+    targets: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]
+) -> None:
+    """Raise ValueError when a file about to be written is one of the inputs (the same file:
+    device and inode, so links and ``..`` spellings count). Targets that do not exist yet
+    cannot be inputs (call it once the output folder exists), so the inputs are only looked
+    at when some target exists."""
+    existing: dict[tuple[int, int], str | os.PathLike] = {}
+    for t in targets:
+        try:
+            st = os.stat(t)
+        except (OSError, ValueError):
+            continue
+        existing[(st.st_dev, st.st_ino)] = t
+    if not existing:
+        return
+    for i in inputs:
+        try:
+            st = os.stat(i)
+        except (OSError, ValueError):
+            continue
+        hit = existing.get((st.st_dev, st.st_ino))
+        if hit is not None:
+            raise ValueError(
+                f"refusing to overwrite the input {show(i)} with the output {show(hit)}: "
+                "choose another output folder"
+            )
+
+
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents) if needed and check a file can be written in it,
+    before any work; ValueError with one clear line otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise ValueError(f"output folder {show(folder)} exists and is not a folder") from e
+    except OSError as e:
+        raise ValueError(f"cannot create output folder {show(folder)}: {e.strerror}") from e
+    try:  # an unnamed file (O_TMPFILE) where the OS has them: nothing to clean up
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"output folder {show(folder)} is not writable: {e.strerror}") from e
+    return folder

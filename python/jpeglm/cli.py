@@ -1,17 +1,28 @@
 """The ``jpeglm`` command line: thin subcommands over the library modules.
 
-User mistakes (bad paths, corrupt files, bad options) print one clear line and exit non-zero.
+User mistakes (bad paths, corrupt files, bad options) print one clear line and exit 2; Ctrl-C
+(SIGINT) or SIGTERM prints ``jpeglm <cmd>: interrupted`` and exits 130 / 143, with no
+temporary file left. The user's files are safe: every command checks its options, works out
+the files it will write and refuses (exit 2) any that would replace one of its inputs, and
+creates its output folder and checks it is writable, all before the work starts. Outputs of
+inputs with equal names get distinct ones (``x.jlm``, ``x-1.jlm``, ..., in input order).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from jpeglm._io import refuse_overwriting, show, writable_folder
 
 
 class UserError(Exception):
@@ -24,42 +35,97 @@ def _atomic_write(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
+def plan_outputs(
+    out: str | os.PathLike, names: Iterable[str], inputs: Iterable[str | os.PathLike] = ()
+) -> list[Path]:
+    """The files ``out/NAME`` a command will write, checked before any work: the folder is
+    created and checked writable, then the command is refused when one of them is one of
+    ``inputs`` (after creating: ``-o new/..`` names the folder above only once it exists)."""
+    folder = Path(out)
+    targets = [folder / n for n in names]
+    try:
+        writable_folder(folder)
+        refuse_overwriting(targets, inputs)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    return targets
+
+
+def plan_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """One output file (e.g. ``train-tokenizer -o``), checked like :func:`plan_outputs`."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{show(p)} is a folder: give the file to write")
+    return plan_outputs(p.parent, [p.name], inputs)[0]
+
+
+def distinct_names(paths: Sequence[Path], suffix: str) -> list[str]:
+    """``STEM + suffix`` for each path, in order; a name already taken (compared ignoring case,
+    for case-insensitive file systems) becomes ``STEM-1``, ``STEM-2``, ... (the first free)."""
+    taken: set[str] = set()
+    names = []
+    for p in paths:
+        name, k = p.stem + suffix, 0
+        while name.casefold() in taken:
+            k += 1
+            name = f"{p.stem}-{k}{suffix}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
 # ------------------------------------------------------------------------------------------------
 # encode / decode
+
+
+def _existing_files(items: Sequence[str], what: str) -> list[Path]:
+    paths = [Path(x) for x in items]
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"no such {what}: {show(p)}")
+    return paths
+
+
+def _check_codec_options(args: argparse.Namespace) -> None:
+    from jpeglm import codec
+
+    try:
+        if getattr(args, "size", None) is not None:
+            codec._check_size(args.size)
+        codec._check_quality(args.quality)
+    except ValueError as e:
+        raise UserError(str(e)) from e
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from jpeglm import codec
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for src in args.images:
-        p = Path(src)
-        if not p.is_file():
-            raise UserError(f"no such image file: {p}")
+    _check_codec_options(args)
+    paths = _existing_files(args.images, "image file")
+    targets = plan_outputs(args.out, distinct_names(paths, ".jpg" if args.full else ".jlm"), paths)
+    for p, dst in zip(paths, targets):
         try:
             data = codec.encode(p, quality=args.quality, size=args.size)
         except ValueError as e:
-            raise UserError(f"{p}: {e}") from e
+            raise UserError(f"{show(p)}: {e}") from e
         if args.full:
             data = codec.with_tables(data, args.quality)
-        dst = out / (p.stem + (".jpg" if args.full else ".jlm"))
         _atomic_write(dst, data)
-        print(f"{p} -> {dst} ({len(data)} bytes)")
+        print(f"{show(p)} -> {show(dst)} ({len(data)} bytes)")
     return 0
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    import io
+
     from PIL import Image
 
     from jpeglm import codec
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for src in args.streams:
-        p = Path(src)
-        if not p.is_file():
-            raise UserError(f"no such file: {p}")
+    _check_codec_options(args)
+    paths = _existing_files(args.streams, "file")
+    targets = plan_outputs(args.out, distinct_names(paths, ".png"), paths)
+    for p, dst in zip(paths, targets):
         data = p.read_bytes()
         if args.tolerant:
             r = codec.decode(data, tolerant=True, quality=args.quality)
@@ -68,15 +134,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
             try:
                 img = codec.decode(data, quality=args.quality)
             except codec.JPEGError as e:
-                raise UserError(f"{p}: {e} (use --tolerant to decode what is valid)") from e
+                raise UserError(f"{show(p)}: {e} (use --tolerant to decode what is valid)") from e
             note = "clean"
-        dst = out / (p.stem + ".png")
-        import io
-
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, "PNG")
         _atomic_write(dst, buf.getvalue())
-        print(f"{p} -> {dst} ({img.shape[1]}x{img.shape[0]}, {note})")
+        print(f"{show(p)} -> {show(dst)} ({img.shape[1]}x{img.shape[0]}, {note})")
     return 0
 
 
@@ -102,9 +165,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from jpeglm import codec, samples
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_codec_options(args)
+    _check_temperature(args.temperature)
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {args.samples}")
     names = list(samples.PHOTOS)
+    model_files = [] if args.codec_only else ["samples_grid.png", "report.json"]
+    inputs = [samples.photo_path(n) for n in names]
+    if DEMO_CHECKPOINT.is_dir():
+        inputs += list(DEMO_CHECKPOINT.iterdir())
+    plan_outputs(args.out, [f"{n}.jpg" for n in names] + ["side_by_side.png", *model_files], inputs)
+    out = Path(args.out)
     q, size = args.quality, args.size
 
     t0 = time.perf_counter()
@@ -269,35 +340,41 @@ def _load_tokenizer(path: Path):
     from jpeglm.tokenizer import Tokenizer
 
     if not path.is_file():
-        raise UserError(f"no such tokenizer file: {path}")
+        raise UserError(f"no such tokenizer file: {show(path)}")
     try:
         if path.suffix == ".model":  # a sentencepiece model (the official JPEG-LM tokenizer)
             return Tokenizer.from_sentencepiece(path)
         return Tokenizer.load(path)
     except ValueError as e:
-        raise UserError(f"{path}: {e}") from e
+        raise UserError(f"{show(path)}: {e}") from e
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from jpeglm import codec
     from jpeglm.tokenizer import Tokenizer
 
+    _check_codec_options(args)
     paths = _image_paths(args.images)
+    dst = plan_output_file(args.out, paths)
     streams = codec.encode_batch(paths, quality=args.quality, size=args.size)
     tok = Tokenizer.train(streams, vocab_size=args.vocab_size, progress=not args.quiet)
-    tok.save(args.out)
-    print(f"trained on {len(streams)} images -> {args.out} (vocab {tok.vocab_size})")
+    tok.save(dst)
+    print(f"trained on {len(streams)} images -> {show(dst)} (vocab {tok.vocab_size})")
     return 0
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from jpeglm import codec
 
+    _check_codec_options(args)
     tok = _load_tokenizer(Path(args.tokenizer))
     for src in _image_paths(args.images):
-        stream = codec.encode(src, quality=args.quality, size=args.size)
+        try:
+            stream = codec.encode(src, quality=args.quality, size=args.size)
+        except ValueError as e:
+            raise UserError(f"{show(src)}: {e}") from e
         ids = tok.encode(stream)
-        print(f"{src}: {len(stream)} bytes -> {len(ids)} tokens")
+        print(f"{show(src)}: {len(stream)} bytes -> {len(ids)} tokens")
         if args.ids:
             print(" ".join(map(str, ids)))
     return 0
@@ -317,7 +394,7 @@ def _image_paths(items: Sequence[str]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise UserError(f"no such image file or folder: {p}")
+            raise UserError(f"no such image file or folder: {show(p)}")
     if not out:
         raise UserError("no images found")
     return out
@@ -327,31 +404,92 @@ def _image_paths(items: Sequence[str]) -> list[Path]:
 # model: sample / complete / eval
 
 
-def _load_model(args: argparse.Namespace):
-    """A HF Llama checkpoint folder + its tokenizer (``--tokenizer``, else tokenizer.jpeglm or
-    the official sentencepiece tokenizer.model inside the folder)."""
+def _check_temperature(t: float) -> None:
+    if not (math.isfinite(t) and t >= 0):
+        raise UserError(f"--temperature must be a finite number >= 0 (0: greedy), got {t}")
+
+
+def _check_device(name: str) -> None:
+    """``--device`` names a device this machine has (checked before loading any model)."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError as e:
         raise UserError("sampling needs torch: pip install 'jpeglm[train]'") from e
-    from jpeglm.model import Transformer
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)") from e
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            have = f"{n} CUDA device(s): cuda:0..cuda:{n - 1}" if n else "no CUDA device"
+            raise UserError(f"--device {name}: no such GPU (this machine has {have})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"--device {name}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {name}: unsupported device type (cpu, cuda, cuda:N, mps)")
 
+
+def _check_sampling(args: argparse.Namespace) -> None:
+    """The sampling options, all checked before any model is loaded."""
+    from jpeglm import codec
+
+    try:
+        codec._check_size(args.size)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    _check_temperature(args.temperature)
+    if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0: no top-k), got {args.top_k}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if getattr(args, "n", 1) < 1:
+        raise UserError(f"-n must be >= 1, got {args.n}")
+    rows = getattr(args, "rows", None)
+    if rows is not None and not 0 <= rows < args.size // 16:
+        raise UserError(f"--rows must be in 0..{args.size // 16 - 1} for --size {args.size}")
+    _check_device(args.device)
+
+
+def _model_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The HF Llama checkpoint folder and its tokenizer file (``--tokenizer``, else
+    tokenizer.jpeglm or the official sentencepiece tokenizer.model inside the folder)."""
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} is not a model folder (no config.json)")
+        raise UserError(f"{show(folder)} is not a model folder (no config.json)")
     if args.tokenizer:
-        tok = _load_tokenizer(Path(args.tokenizer))
-    else:
-        for name in ("tokenizer.jpeglm", "tokenizer.model"):
-            if (folder / name).is_file():
-                tok = _load_tokenizer(folder / name)
-                break
-        else:
-            raise UserError(f"no tokenizer in {folder}: pass --tokenizer")
+        return folder, Path(args.tokenizer)
+    for name in ("tokenizer.jpeglm", "tokenizer.model"):
+        if (folder / name).is_file():
+            return folder, folder / name
+    raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
+
+
+def _plan_model_outputs(
+    args: argparse.Namespace, names: Iterable[str], images: Sequence[Path] = ()
+) -> tuple[Path, Path]:
+    """Options, model files and outputs checked (in that order) before the model is loaded."""
+    _check_sampling(args)
+    folder, tok_path = _model_files(args)
+    inputs = [tok_path, *images, *(p for p in folder.iterdir() if p.is_file())]
+    plan_outputs(args.out, names, inputs)
+    return folder, tok_path
+
+
+def _load_model(folder: Path, tok_path: Path, device: str):
+    """The model of a HF Llama checkpoint folder and its tokenizer."""
+    from jpeglm.model import Transformer
+
+    tok = _load_tokenizer(tok_path)
     try:
-        model = Transformer.from_pretrained(folder, device=args.device)
+        model = Transformer.from_pretrained(folder, device=device)
     except (ValueError, OSError) as e:
-        raise UserError(f"cannot load {folder}: {e}") from e
+        raise UserError(f"cannot load {show(folder)}: {e}") from e
     if model.args.vocab_size < tok.vocab_size:
         raise UserError(
             f"tokenizer has {tok.vocab_size} tokens but the model only {model.args.vocab_size}"
@@ -359,12 +497,15 @@ def _load_model(args: argparse.Namespace):
     return model, tok
 
 
+def _sample_names(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i:03d}{ext}" for i in range(n) for ext in (".png", ".jpg")]
+
+
 def _write_samples(out: Path, samples_, prefix: str) -> None:
     import io
 
     from PIL import Image
 
-    out.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(samples_):
         buf = io.BytesIO()
         Image.fromarray(s.image).save(buf, "PNG")
@@ -374,7 +515,7 @@ def _write_samples(out: Path, samples_, prefix: str) -> None:
 
             _atomic_write(out / f"{prefix}{i:03d}.jpg", codec.with_tables(s.data))
         state = "clean" if s.clean else f"{s.valid_mcus}/{s.total_mcus} MCUs valid"
-        print(f"{out / f'{prefix}{i:03d}.png'}: {len(s.data)} bytes, {state}")
+        print(f"{show(out / f'{prefix}{i:03d}.png')}: {len(s.data)} bytes, {state}")
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -394,7 +535,8 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
 def cmd_sample(args: argparse.Namespace) -> int:
     from jpeglm.sample import generate
 
-    model, tok = _load_model(args)
+    folder, tok_path = _plan_model_outputs(args, _sample_names("sample_", max(args.n, 0)))
+    model, tok = _load_model(folder, tok_path, args.device)
     out = generate(model, tok, n=args.n, **_sampling_kwargs(args))
     _write_samples(Path(args.out), out, "sample_")
     return 0
@@ -403,8 +545,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_complete(args: argparse.Namespace) -> int:
     from jpeglm.sample import complete
 
-    model, tok = _load_model(args)
-    out = complete(model, tok, _image_paths(args.images), rows=args.rows, **_sampling_kwargs(args))
+    images = _image_paths(args.images)
+    names = _sample_names("completion_", len(images))
+    folder, tok_path = _plan_model_outputs(args, names, images)
+    model, tok = _load_model(folder, tok_path, args.device)
+    out = complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args))
     _write_samples(Path(args.out), out, "completion_")
     return 0
 
@@ -415,8 +560,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jpeglm import codec
     from jpeglm.eval import bits_per_byte, evaluate_completion
 
-    model, tok = _load_model(args)
     paths = _image_paths(args.images)
+    folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], paths)
+    model, tok = _load_model(folder, tok_path, args.device)
     kw = _sampling_kwargs(args)
     res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, **kw)
     streams = codec.encode_batch(paths, size=args.size)
@@ -429,6 +575,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from jpeglm import data
 
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
     tok = _load_tokenizer(Path(args.tokenizer))
     try:
         index = data.prepare(
@@ -535,31 +683,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# what jpeglm.reference.explain writes
+EXPLAIN_FILES = [f"{i}_{n}.png" for i, n in enumerate(
+    ["planes", "dct_basis", "block", "zigzag", "mcu_bytes", "mcu_cost", "decoded"], 1
+)] + ["explain.md"]  # fmt: skip
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from jpeglm.reference.explain import explain
 
-    src = Path(args.image)
-    if not src.is_file():
-        raise UserError(f"no such image file: {src}")
+    _check_codec_options(args)
+    (src,) = _existing_files([args.image], "image file")
+    plan_outputs(args.out, EXPLAIN_FILES, [src])
     page = explain(src, args.out, quality=args.quality, size=args.size)
-    print(f"wrote {page} and its pictures")
+    print(f"wrote {show(page)} and its pictures")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------
 
 
+OUT_HELP = (
+    "output folder (an output that would replace an input is refused; inputs with equal names "
+    "give NAME, NAME-1, NAME-2, ... in input order)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="jpeglm", description="JPEG-LM toolkit: canonical JPEG codec, tokenizer, model."
-    )
+        prog="jpeglm", description="JPEG-LM toolkit: canonical JPEG codec, tokenizer, model.",
+        epilog="Outputs never replace inputs: a command that would is refused before it starts "
+        "(exit 2). Inputs with equal names (a/x.jpg b/x.png) give x.jlm, x-1.jlm, ... in input "
+        "order. Rerunning into an output folder replaces only the files the command writes.",
+    )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser(
         "encode", help="images -> canonical stripped streams (.jlm) or complete JPEGs"
     )
     e.add_argument("images", nargs="+")
-    e.add_argument("-o", "--out", required=True, help="output folder")
+    e.add_argument("-o", "--out", required=True, help=OUT_HELP)
     e.add_argument("--quality", type=int, default=25)
     e.add_argument("--size", type=int, default=256)
     e.add_argument("--full", action="store_true", help="write complete JFIF files (tables spliced)")
@@ -567,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("decode", help="streams (stripped or complete) -> PNG")
     d.add_argument("streams", nargs="+")
-    d.add_argument("-o", "--out", required=True, help="output folder")
+    d.add_argument("-o", "--out", required=True, help=OUT_HELP)
     d.add_argument("--quality", type=int, default=25, help="quality of the tables to splice")
     d.add_argument("--tolerant", action="store_true", help="decode what is valid, grey elsewhere")
     d.set_defaults(func=cmd_decode)
@@ -675,16 +838,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt (so temp files are removed)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _one_line(msg: object) -> str:
+    """``msg`` as one printable line (no newlines; bytes that are not UTF-8 as ``\\xNN``)."""
+    text = " ".join(str(msg).split("\n"))
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns its exit status (0 ok, 2 user error, 130/143 interrupted)."""
+    name, old_term = "jpeglm", None
     try:
+        args = build_parser().parse_args(argv)
+        name = f"jpeglm {args.command}"
+        # SIGINT raises KeyboardInterrupt; SIGTERM does the same here (`jpeglm train` installs
+        # its own handlers). Only in the main thread, and restored after.
+        if args.command != "train" and threading.current_thread() is threading.main_thread():
+            old_term = signal.signal(signal.SIGTERM, _on_sigterm)
         return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"jpeglm {args.command}: error: {e}", file=sys.stderr)
+    except (UserError, ValueError, OSError) as e:
+        print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as e:
-        print(f"jpeglm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print(f"{name}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ it canonically and tokenizes it natively, in batches; joins the token streams of
 images as ``BOS tokens EOS BOS tokens EOS ...`` and cuts them into sequences of ``seq_len``
 tokens, stored as one uint16 ``.npy`` shard per chunk (the tail of a chunk shorter than a
 sequence is dropped and counted). Every file is written atomically; a shard that exists is
-skipped, so a killed run resumes where it stopped. Unreadable images are skipped and listed in
-``report.json``. ``index.json`` lists the shards and their counts.
+skipped, so a killed run resumes where it stopped (the temporary files of its own writes that a
+killed run left are removed; no other file in ``out`` is touched). Unreadable images, file names
+that are not UTF-8 and the unreadable rest of a truncated tar archive are skipped and listed in
+``report.json``; a source with no usable image at all is an error (``ValueError``), as is an
+output that would replace one of the inputs. ``index.json`` lists the shards and their counts.
 
 Fast mode (``fast=True``): JPEG sources much larger than the target are decoded with
 libjpeg's DCT-domain scaling (Pillow's ``draft``: 1/2, 1/4 or 1/8) before the resize — much
@@ -20,25 +23,36 @@ data-loader workers without overlap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from jpeglm import codec
-from jpeglm._io import atomic_open, atomic_write_text
+from jpeglm._io import (
+    atomic_open,
+    atomic_write_text,
+    refuse_overwriting,
+    remove_own_temps,
+    show,
+    writable_folder,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
 INDEX = "index.json"
 REPORT = "report.json"
+TAR_SUFFIXES = {".tar", ".tgz", ".gz", ".tbz", ".tbz2", ".bz2", ".txz", ".xz"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,13 +66,15 @@ class Source:
     name: str  # how it is reported
     path: str
     member: str | None = None
+    # where the member's data starts and how long it is (read without rescanning the archive)
+    info: tarfile.TarInfo | None = field(default=None, compare=False, repr=False)
 
     def read(self) -> bytes:
         if self.member is None:
             with open(self.path, "rb") as f:
                 return f.read()
         with tarfile.open(self.path) as tf:
-            f = tf.extractfile(self.member)
+            f = tf.extractfile(self.info if self.info is not None else self.member)
             if f is None:
                 raise ValueError("not a regular file in the archive")
             return f.read()
@@ -66,31 +82,73 @@ class Source:
 
 def list_sources(src: str | os.PathLike) -> list[Source]:
     """The images of a folder (recursively, sorted), a ``.txt`` list file, or a tar archive."""
+    return scan_sources(src)[0]
+
+
+def scan_sources(src: str | os.PathLike) -> tuple[list[Source], list[dict]]:
+    """:func:`list_sources` and the problems met listing them, as ``{"source", "error"}``
+    entries for ``report.json``: names that are not valid UTF-8 (shown with ``\\xNN``
+    escapes; they could not be listed in ``sources.txt``), and a tar archive that is truncated
+    or corrupt part way (the members before the damage are listed)."""
     p = Path(src)
     if not p.exists():
-        raise FileNotFoundError(f"no such folder, list or archive: {p}")
+        raise FileNotFoundError(f"no such folder, list or archive: {show(p)}")
+    problems: list[dict] = []
     if p.is_dir():
         files = sorted(
-            f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
         )
         out = [Source(str(f.relative_to(p)), str(f)) for f in files]
     elif p.suffix == ".txt":
-        lines = [ln.strip() for ln in p.read_text().splitlines()]
+        text = p.read_bytes().decode("utf-8", "surrogateescape")
+        lines = [ln.strip() for ln in text.splitlines()]
         out = [
             Source(ln, str((p.parent / ln) if not os.path.isabs(ln) else ln)) for ln in lines if ln
         ]
     elif tarfile.is_tarfile(p):
-        with tarfile.open(p) as tf:
-            names = sorted(
-                m.name for m in tf.getmembers()
-                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES
-            )  # fmt: skip
-        out = [Source(f"{p.name}:{n}", str(p), n) for n in names]
+        out = _tar_sources(p, problems)
+    elif p.suffix.lower() in TAR_SUFFIXES:
+        raise ValueError(f"{show(p)}: not a readable tar archive (truncated or corrupt?)")
     else:
-        raise ValueError(f"{p}: expected a folder, a .txt list of paths, or a tar archive")
-    if not out:
-        raise ValueError(f"no images found in {p}")
-    return out
+        raise ValueError(f"{show(p)}: expected a folder, a .txt list of paths, or a tar archive")
+    good = []
+    for s in out:
+        try:
+            s.name.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append({"source": show(s.name), "error": "file name is not valid UTF-8"})
+        else:
+            good.append(s)
+    if not good:
+        why = f" ({problems[0]['source']}: {problems[0]['error']})" if problems else ""
+        raise ValueError(f"no images found in {show(p)}{why}")
+    return good, problems
+
+
+def _tar_sources(p: Path, problems: list[dict]) -> list[Source]:
+    """The image members of a tar archive, up to the first damage (reported in ``problems``)."""
+    members = []
+    try:
+        with tarfile.open(p) as tf:
+            for m in tf:
+                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
+                    members.append(m)
+            # tarfile ends quietly at a cut header: what follows the last member must be the
+            # zero blocks that end an archive, else the rest of it is lost
+            tf.fileobj.seek(tf.offset)
+            while block := tf.fileobj.read(1 << 20):
+                if block.count(0) != len(block):
+                    raise tarfile.ReadError("a member header is cut or corrupt")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        if not members:
+            raise ValueError(f"{show(p)}: cannot read the archive ({type(e).__name__}: {e})") from e
+        problems.append({
+            "source": show(p.name),
+            "error": f"{type(e).__name__}: archive truncated or corrupt after "
+                     f"{len(members)} image members ({e}); the rest is not read",
+        })  # fmt: skip
+    members.sort(key=lambda m: m.name)
+    return [Source(f"{p.name}:{m.name}", str(p), m.name, m) for m in members]
 
 
 def load_image(data: bytes, size: int, fast: bool = False) -> np.ndarray:
@@ -150,9 +208,12 @@ def prepare(
         raise ValueError("the tokenizer needs BOS and EOS tokens")
     if tokenizer.vocab_size > 65536:
         raise ValueError("uint16 shards need a vocabulary of at most 65536 tokens")
-    sources = list_sources(src)
+    sources, problems = scan_sources(src)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    n_chunks = (len(sources) + images_per_shard - 1) // images_per_shard
+    targets = [out / shard_name(c) for c in range(n_chunks)] + [out / n for n in OWN_FILES]
+    writable_folder(out)  # first: `out` must exist for its files to be compared with inputs
+    refuse_overwriting(targets, {str(src), *(s.path for s in sources)})
     config = {
         "size": size,
         "quality": quality,
@@ -165,8 +226,7 @@ def prepare(
         "eos_id": tokenizer.eos_id,
         "sources": len(sources),
     }
-    for stale in out.glob(".*.tmp"):  # temp files of a run killed mid-write
-        stale.unlink(missing_ok=True)
+    remove_own_temps(out, is_own_file)  # temp files of a run killed mid-write (ours only)
     index_path = out / INDEX
     old = {}
     if index_path.exists():
@@ -177,14 +237,13 @@ def prepare(
                 "use an empty folder"
             )
     done = {s["file"]: s for s in old.get("shards", [])}
-    skipped = old.get("skipped", [])
-    n_chunks = (len(sources) + images_per_shard - 1) // images_per_shard
+    skipped = _merge_skipped(old.get("skipped", []), problems)
     shards = []
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(sources), desc="prepare", unit="img", disable=not progress)
-    with ThreadPoolExecutor(workers) as pool:
+    with _pool(workers) as pool:
         for c in range(n_chunks):
-            name = f"shard_{c:06d}.npy"
+            name = shard_name(c)
             chunk = sources[c * images_per_shard : (c + 1) * images_per_shard]
             if name in done and (out / name).exists():
                 shards.append(done[name])
@@ -194,6 +253,8 @@ def prepare(
             def work(s: Source) -> np.ndarray | str:
                 try:
                     return load_image(s.read(), size, fast)
+                except UnidentifiedImageError:
+                    return "UnidentifiedImageError: not an image file Pillow can read"
                 except Exception as e:  # noqa: BLE001 - any unreadable image is skipped
                     return f"{type(e).__name__}: {e}"
 
@@ -203,7 +264,7 @@ def prepare(
                     bad.append({"source": s.name, "error": r})
                 else:
                     images.append(r)
-            skipped = [x for x in skipped if x["source"] not in {b["source"] for b in bad}] + bad
+            skipped = _merge_skipped(skipped, bad)
             n_bytes = 0
             if images:
                 streams = codec.encode_batch(np.stack(images), quality=quality, size=size)
@@ -232,8 +293,51 @@ def prepare(
             bar.update(len(chunk))
             _write_index(out, config, shards, skipped, sources, final=False)
     bar.close()
+    if not any(s["images"] for s in shards):  # nothing to keep: a rerun starts afresh
+        for f in [*(s["file"] for s in shards), INDEX]:
+            (out / f).unlink(missing_ok=True)
+        atomic_write_text(out / REPORT, json.dumps({"skipped": skipped}, indent=1) + "\n")
+        first = skipped[0] if skipped else {"source": "?", "error": "?"}
+        raise ValueError(
+            f"no usable image in {show(src)} ({len(skipped)} skipped; first: "
+            f"{first['source']}: {first['error']}; see {show(out / REPORT)})"
+        )
     index = _write_index(out, config, shards, skipped, sources, final=True)
     return index
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that, on an exception (Ctrl-C), drops its queued work instead of
+    finishing it: only the images being read at that moment are completed."""
+    pool = ThreadPoolExecutor(workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def shard_name(chunk: int) -> str:
+    """The file of shard ``chunk``."""
+    return f"shard_{chunk:06d}.npy"
+
+
+OWN_FILES = (INDEX, REPORT, "sources.txt")
+_SHARD = re.compile(r"shard_\d{6}\.npy")
+
+
+def is_own_file(name: str) -> bool:
+    """Whether ``name`` is a file ``prepare`` writes (a shard, the index, the report, the
+    source list): the only files whose temporary files it removes."""
+    return name in OWN_FILES or _SHARD.fullmatch(name) is not None
+
+
+def _merge_skipped(skipped: list[dict], new: list[dict]) -> list[dict]:
+    """``skipped`` with the entries of ``new`` replacing those of the same source."""
+    names = {b["source"] for b in new}
+    return [x for x in skipped if x["source"] not in names] + new
 
 
 def _write_index(out: Path, config: dict, shards: list, skipped: list, sources: list[Source],

@@ -63,7 +63,9 @@ def test_complete_and_eval(official_dir, tmp_path, capsys):
     imgs = [str(p) for p in samples.photo_paths()[:2]]
     common = ["--model", str(official_dir), "--size", "32", "--max-tokens", "1500", "--rows", "1"]
     assert main(["complete", *common, "-o", str(tmp_path / "c"), *imgs]) == 0
-    assert (tmp_path / "c" / "completion_001.png").is_file()
+    for p in samples.photo_paths()[:2]:  # completions are named after their inputs
+        assert (tmp_path / "c" / f"{p.stem}.png").is_file()
+        assert (tmp_path / "c" / f"{p.stem}.jpg").is_file()
     assert main(["eval", *common, "-o", str(tmp_path / "e"), *imgs]) == 0
     res = json.loads((tmp_path / "e" / "results.json").read_text())
     assert res["decodable"] == 1.0 and res["held_out"]["bits_per_byte"] > 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -86,6 +87,34 @@ def _existing_files(items: Sequence[str], what: str) -> list[Path]:
     return paths
 
 
+_QUALITY_NAME = re.compile(r"\.q(\d{1,3})\.jlm$", re.IGNORECASE)
+
+
+def stream_suffix(quality: int) -> str:
+    """The file suffix of a stripped stream: ``.jlm`` at the default quality 25, else
+    ``.qNN.jlm`` -- the stream's bytes stay canonical, its name carries the tables it needs."""
+    return ".jlm" if quality == 25 else f".q{quality}.jlm"
+
+
+def stream_quality(path: Path, given: int | None) -> int:
+    """The quality of a stream file: from its name (``x.q90.jlm``), else ``given``, else 25;
+    a name and a ``--quality`` that disagree are refused (wrong tables decode to false
+    colours without any error)."""
+    m = _QUALITY_NAME.search(path.name)
+    named = int(m.group(1)) if m else None
+    if named is not None and given is not None and named != given:
+        raise UserError(f"{show(path)} is a quality-{named} stream (its name says so) but "
+                        f"--quality {given} was given")  # fmt: skip
+    if named is not None:
+        return named
+    return 25 if given is None else given
+
+
+def _stem(path: Path) -> str:
+    m = _QUALITY_NAME.search(path.name)
+    return path.name[: m.start()] if m else path.stem
+
+
 def _check_codec_options(args: argparse.Namespace) -> None:
     from jpeglm import codec
 
@@ -102,7 +131,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     _check_codec_options(args)
     paths = _existing_files(args.images, "image file")
-    targets = plan_outputs(args.out, distinct_names(paths, ".jpg" if args.full else ".jlm"), paths)
+    suffix = ".jpg" if args.full else stream_suffix(args.quality)
+    targets = plan_outputs(args.out, distinct_names(paths, suffix), paths)
     for p, dst in zip(paths, targets):
         try:
             data = codec.encode(p, quality=args.quality, size=args.size)
@@ -122,10 +152,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     from jpeglm import codec
 
-    _check_codec_options(args)
     paths = _existing_files(args.streams, "file")
-    targets = plan_outputs(args.out, distinct_names(paths, ".png"), paths)
-    for p, dst in zip(paths, targets):
+    qualities = [stream_quality(p, args.quality) for p in paths]
+    _check_codec_options(argparse.Namespace(quality=qualities[0] if qualities else 25))
+    names = distinct_names([Path(_stem(p) + ".jlm") for p in paths], ".png")
+    targets = plan_outputs(args.out, names, paths)
+    for p, dst, q in zip(paths, targets, qualities):
+        args.quality = q
         data = p.read_bytes()
         if args.tolerant:
             r = codec.decode(data, tolerant=True, quality=args.quality)
@@ -432,17 +465,22 @@ def _check_device(name: str) -> None:
 
 
 def _check_sampling(args: argparse.Namespace) -> None:
-    """The sampling options, all checked before any model is loaded."""
+    """The sampling options given, all checked before any model is read (options left to the
+    model's defaults are checked again once those are filled in)."""
     from jpeglm import codec
 
     try:
-        codec._check_size(args.size)
+        if args.size is not None:
+            codec._check_size(args.size)
+        if getattr(args, "quality", None) is not None:
+            codec._check_quality(args.quality)
     except ValueError as e:
         raise UserError(str(e)) from e
-    _check_temperature(args.temperature)
-    if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+    if args.temperature is not None:
+        _check_temperature(args.temperature)
+    if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
+    if args.top_k is not None and args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0: no top-k), got {args.top_k}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -451,76 +489,102 @@ def _check_sampling(args: argparse.Namespace) -> None:
     if getattr(args, "n", 1) < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
     rows = getattr(args, "rows", None)
-    if rows is not None and not 0 <= rows < args.size // 16:
+    if rows is not None and args.size is not None and not 0 <= rows < args.size // 16:
         raise UserError(f"--rows must be in 0..{args.size // 16 - 1} for --size {args.size}")
     _check_device(args.device)
 
 
-def _model_files(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The HF Llama checkpoint folder and its tokenizer file (``--tokenizer``, else
-    tokenizer.jpeglm or the official sentencepiece tokenizer.model inside the folder)."""
-    folder = Path(args.model)
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{show(folder)} is not a model folder (no config.json)")
+def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
+    """The model folder ``--model`` names (an HF folder, a trainer checkpoint step_N, or a run
+    folder: its final/ export, else its newest checkpoint), its tokenizer file (``--tokenizer``,
+    else tokenizer.jpeglm or the official sentencepiece tokenizer.model inside) and what it
+    says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one)."""
+    from jpeglm import checkpoint
+
+    try:
+        kind, folder = checkpoint.resolve_model(args.model)
+        state = checkpoint.read_train_state(folder) if kind == "dcp" else None
+        info = checkpoint.read_info(folder, state)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
     if args.tokenizer:
-        return folder, Path(args.tokenizer)
-    for name in ("tokenizer.jpeglm", "tokenizer.model"):
-        if (folder / name).is_file():
-            return folder, folder / name
-    raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
+        return folder, Path(args.tokenizer), info
+    tok = checkpoint.find_tokenizer(folder)
+    if tok is None:
+        raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
+    return folder, tok, info
+
+
+def _apply_model_defaults(args: argparse.Namespace, info: dict) -> None:
+    """Options not given on the command line come from the model's own record."""
+    if args.size is None:
+        args.size = int(info["image_size"])
+    if args.quality is None:
+        args.quality = int(info["quality"])
+    rec = info.get("sampling") or {}
+    for opt, key, fallback in (("temperature", "temperature", 1.0), ("top_k", "top_k", 50),
+                               ("top_p", "top_p", 0.9)):  # fmt: skip
+        if getattr(args, opt) is None:
+            setattr(args, opt, rec.get(key, fallback))
 
 
 def _plan_model_outputs(
     args: argparse.Namespace, names: Iterable[str], images: Sequence[Path] = ()
 ) -> tuple[Path, Path]:
-    """Options, model files and outputs checked (in that order) before the model is loaded."""
+    """Model files, options (defaults from the model), and outputs checked (in that order)
+    before the model is loaded."""
     _check_sampling(args)
-    folder, tok_path = _model_files(args)
+    folder, tok_path, info = _model_files(args)
+    _apply_model_defaults(args, info)
+    _check_sampling(args)
     inputs = [tok_path, *images, *(p for p in folder.iterdir() if p.is_file())]
     plan_outputs(args.out, names, inputs)
     return folder, tok_path
 
 
-def _load_model(folder: Path, tok_path: Path, device: str):
-    """The model of a HF Llama checkpoint folder and its tokenizer."""
-    from jpeglm.model import Transformer
+def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
+    """The model and tokenizer; an image size whose streams cannot fit its context is
+    refused before any sampling."""
+    from jpeglm import checkpoint
 
-    tok = _load_tokenizer(tok_path)
     try:
-        model = Transformer.from_pretrained(folder, device=device)
+        loaded = checkpoint.load_model(folder, device=args.device, tokenizer=tok_path)
+        checkpoint.check_context(loaded, args.size, args.quality)
     except (ValueError, OSError) as e:
-        raise UserError(f"cannot load {show(folder)}: {e}") from e
-    if model.args.vocab_size < tok.vocab_size:
-        raise UserError(
-            f"tokenizer has {tok.vocab_size} tokens but the model only {model.args.vocab_size}"
-        )
-    return model, tok
+        raise UserError(f"{show(folder)}: {e}") from e
+    return loaded.model, loaded.tokenizer
 
 
-def _sample_names(prefix: str, n: int) -> list[str]:
-    return [f"{prefix}{i:03d}{ext}" for i in range(n) for ext in (".png", ".jpg")]
+def _sample_stems(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i:03d}" for i in range(n)]
 
 
-def _write_samples(out: Path, samples_, prefix: str) -> None:
+def _files_of(stems: Sequence[str]) -> list[str]:
+    return [stem + ext for stem in stems for ext in (".png", ".jpg")]
+
+
+def _write_samples(out: Path, samples_, stems: Sequence[str], quality: int) -> None:
+    """``STEM.png`` (the tolerant decode) and ``STEM.jpg`` (the stream with tables) each."""
     import io
 
     from PIL import Image
 
-    for i, s in enumerate(samples_):
+    from jpeglm import codec
+
+    for stem, s in zip(stems, samples_):
         buf = io.BytesIO()
         Image.fromarray(s.image).save(buf, "PNG")
-        _atomic_write(out / f"{prefix}{i:03d}.png", buf.getvalue())
+        _atomic_write(out / f"{stem}.png", buf.getvalue())
         if s.data:
-            from jpeglm import codec
-
-            _atomic_write(out / f"{prefix}{i:03d}.jpg", codec.with_tables(s.data))
+            _atomic_write(out / f"{stem}.jpg", codec.with_tables(s.data, quality))
         state = "clean" if s.clean else f"{s.valid_mcus}/{s.total_mcus} MCUs valid"
-        print(f"{show(out / f'{prefix}{i:03d}.png')}: {len(s.data)} bytes, {state}")
+        print(f"{show(out / f'{stem}.png')}: {len(s.data)} bytes, {state}")
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         size=args.size,
+        quality=args.quality,
         temperature=args.temperature,
         top_k=args.top_k or None,
         top_p=args.top_p,
@@ -535,22 +599,25 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
 def cmd_sample(args: argparse.Namespace) -> int:
     from jpeglm.sample import generate
 
-    folder, tok_path = _plan_model_outputs(args, _sample_names("sample_", max(args.n, 0)))
-    model, tok = _load_model(folder, tok_path, args.device)
+    stems = _sample_stems("sample_", max(args.n, 0))
+    folder, tok_path = _plan_model_outputs(args, _files_of(stems))
+    model, tok = _load_model(folder, tok_path, args)
     out = generate(model, tok, n=args.n, **_sampling_kwargs(args))
-    _write_samples(Path(args.out), out, "sample_")
+    _write_samples(Path(args.out), out, stems, args.quality)
     return 0
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
+    """Completions named after their inputs: ``photo.jpg`` -> ``photo.png`` + ``photo.jpg``
+    (equal names numbered as everywhere: ``photo-1.png``)."""
     from jpeglm.sample import complete
 
     images = _image_paths(args.images)
-    names = _sample_names("completion_", len(images))
-    folder, tok_path = _plan_model_outputs(args, names, images)
-    model, tok = _load_model(folder, tok_path, args.device)
+    stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
+    folder, tok_path = _plan_model_outputs(args, _files_of(stems), images)
+    model, tok = _load_model(folder, tok_path, args)
     out = complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args))
-    _write_samples(Path(args.out), out, "completion_")
+    _write_samples(Path(args.out), out, stems, args.quality)
     return 0
 
 
@@ -562,10 +629,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     paths = _image_paths(args.images)
     folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], paths)
-    model, tok = _load_model(folder, tok_path, args.device)
+    model, tok = _load_model(folder, tok_path, args)
     kw = _sampling_kwargs(args)
-    res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, **kw)
-    streams = codec.encode_batch(paths, size=args.size)
+    streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
+    res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
+                              write_results=False, **kw)  # fmt: skip
     res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
     _atomic_write(Path(args.out) / "results.json", (json.dumps(res, indent=2) + "\n").encode())
     print(json.dumps(res, indent=2))
@@ -596,7 +664,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from jpeglm.train import main as train_main
 
-    return train_main([*([args.config] if args.config else []), *args.overrides])
+    return train_main(list(args.args))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -726,12 +794,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quality", type=int, default=25)
     e.add_argument("--size", type=int, default=256)
     e.add_argument("--full", action="store_true", help="write complete JFIF files (tables spliced)")
+    e.epilog = ("Stripped streams are named NAME.jlm at quality 25 and NAME.qQ.jlm otherwise, so "
+                "that decode splices the right tables.")  # fmt: skip
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="streams (stripped or complete) -> PNG")
     d.add_argument("streams", nargs="+")
     d.add_argument("-o", "--out", required=True, help=OUT_HELP)
-    d.add_argument("--quality", type=int, default=25, help="quality of the tables to splice")
+    d.add_argument("--quality", type=int, default=None,
+                   help="quality of the tables to splice (default: from the name, x.q90.jlm, "
+                   "else 25)")  # fmt: skip
     d.add_argument("--tolerant", action="store_true", help="decode what is valid, grey elsewhere")
     d.set_defaults(func=cmd_decode)
 
@@ -776,9 +848,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_prepare)
 
-    tr = sub.add_parser("train", help="train a model (see jpeglm.train for the config keys)")
-    tr.add_argument("config", nargs="?", help="TOML config file")
-    tr.add_argument("overrides", nargs="*", help="key=value overrides")
+    tr = sub.add_parser(
+        "train", add_help=False,
+        help="train a model: CONFIG.toml [key=value ...] (--help lists every key; "
+        "--print-config writes a complete default config)",
+    )  # fmt: skip
+    tr.add_argument("args", nargs=argparse.REMAINDER, help="CONFIG.toml and/or key=value")
     tr.set_defaults(func=cmd_train)
 
     pl = sub.add_parser("plan", help="per-GPU training memory: DDP / FSDP x checkpointing")
@@ -795,13 +870,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     def sampling(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--model", required=True, help="HF Llama checkpoint folder")
+        sp.add_argument("--model", required=True,
+                        help="HF folder, trainer checkpoint (step_N) or run folder")  # fmt: skip
         sp.add_argument("--tokenizer", help="tokenizer file (default: inside --model)")
         sp.add_argument("-o", "--out", required=True, help="output folder")
-        sp.add_argument("--size", type=int, default=256)
-        sp.add_argument("--temperature", type=float, default=1.0)
-        sp.add_argument("--top-k", type=int, default=50)
-        sp.add_argument("--top-p", type=float, default=0.9)
+        sp.add_argument("--size", type=int, default=None, help="default: the model's image size")
+        sp.add_argument("--quality", type=int, default=None, help="default: the model's")
+        sp.add_argument("--temperature", type=float, default=None, help="default: the model's")
+        sp.add_argument("--top-k", type=int, default=None, help="default: the model's (0: off)")
+        sp.add_argument("--top-p", type=float, default=None, help="default: the model's")
         sp.add_argument("--max-tokens", type=int, default=None)
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--batch-size", type=int, default=None)
@@ -855,6 +932,11 @@ def _one_line(msg: object) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status (0 ok, 2 user error, 130/143 interrupted)."""
     name, old_term = "jpeglm", None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # its own arguments (--help lists every config key)
+        from jpeglm.train import main as train_main
+
+        return train_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         name = f"jpeglm {args.command}"

@@ -184,18 +184,21 @@ def evaluate_completion(
     size: int = 256,
     quality: int = 25,
     seed: int = 0,
+    streams: Sequence[bytes] | None = None,
+    write_results: bool = True,
     **sample_kwargs,
 ) -> dict:
-    """Complete ``images`` from ``rows`` MCU rows; write ``results.json`` and ``grid.png``
-    (prompt | completion | original per image) into ``out``; return the results."""
+    """Complete ``images`` from ``rows`` MCU rows; write ``grid.png`` (prompt | completion |
+    original per image) and, with ``write_results``, ``results.json`` into ``out``; return the
+    results. ``streams``: the images' canonical streams when the caller has them already."""
     from jpeglm import codec
     from jpeglm.sample import complete
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    originals = [
-        codec.decode(s, quality=quality) for s in codec.encode_batch(images, quality, size)
-    ]
+    if streams is None:
+        streams = codec.encode_batch(images, quality, size)
+    originals = [codec.decode(s, quality=quality) for s in streams]
     samples = complete(model, tokenizer, images, rows=rows, size=size, quality=quality, seed=seed,
                        **sample_kwargs)  # fmt: skip
     prompts = [o.copy() for o in originals]
@@ -217,5 +220,6 @@ def evaluate_completion(
     buf = io.BytesIO()
     Image.fromarray(grid).save(buf, "PNG")
     atomic_write_bytes(out / "grid.png", buf.getvalue())
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    if write_results:
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -122,6 +122,27 @@ class TrainConfig:
         return cfg
 
     @classmethod
+    def default_toml(cls) -> str:
+        """A complete config with every key at its default, one comment line each."""
+        help_lines = dict(
+            (line.split("=", 1)[0].strip(), line) for line in cls.keys_help().splitlines()
+        )
+        out = ["# jpeglm train config: every key at its default (`jpeglm train --help`)."]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            comment = help_lines[f.name].split(")", 1)[-1].strip()
+            if comment:
+                out.append(f"# {comment}")
+            if default is None:
+                out.append(f"# {f.name} = (unset)")
+            elif isinstance(default, dict):
+                body = ", ".join(f"{k} = {json.dumps(v)}" for k, v in default.items())
+                out.append(f"{f.name} = {{{body}}}" if body else f"{f.name} = {{}}")
+            else:
+                out.append(f"{f.name} = {json.dumps(default)}")
+        return "\n".join(out) + "\n"
+
+    @classmethod
     def keys_help(cls) -> str:
         """Every key with its type, default and meaning (for ``--help``)."""
         import inspect
@@ -830,6 +851,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print("Config keys (TOML file and/or key=value overrides):")
         print(TrainConfig.keys_help())
+        return 0
+    if argv and argv[0] == "--print-config":
+        print(TrainConfig.default_toml(), end="")
         return 0
     if not argv:
         print("jpeglm train: error: give a config file and/or key=value overrides (see --help)",

@@ -340,3 +340,20 @@ def test_a_diverging_run_stops_without_a_nan_checkpoint(world, tmp_path):
         checkpoint.export(ck, export)
         for t in checkpoint.load_hf_state(export)[1].values():
             assert torch.isfinite(t).all()
+
+
+def test_padding_is_ignored_by_the_loss():
+    from jpeglm.model import ModelArgs, Transformer
+    from jpeglm.train import targets_of
+
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.from_name("tiny", vocab_size=300, max_seq_len=64))
+    pad = 299
+    real = torch.randint(0, 290, (1, 40))
+    x = torch.cat([real, torch.full((1, 24), pad)], dim=1)  # the dataset's last, padded sequence
+    t = targets_of(x, pad)
+    assert (t[0, 39:] == -100).all() and (t[0, :39] == real[0, 1:]).all()
+    padded = model(x[:, :-1], targets=t)
+    plain = model(real[:, :-1], targets=real[:, 1:])  # causal: the padding changes nothing before
+    torch.testing.assert_close(padded, plain)
+    assert torch.equal(targets_of(x, None), x[:, 1:])

@@ -291,9 +291,18 @@ def _batches(ds: ShardDataset, micro: int, start_epoch: int, skip: int):
         epoch, skip = epoch + 1, 0
 
 
+def targets_of(x: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    """Next-token targets of a batch of sequences; padding (the dataset's last, partial
+    sequence is padded by ``prepare``) is ignored by the loss (-100)."""
+    targets = x[:, 1:]
+    if pad_id is not None:
+        targets = targets.masked_fill(targets == pad_id, -100)
+    return targets
+
+
 @torch.no_grad()
 def evaluate(model, ds: ShardDataset, micro: int, n_batches: int, device, bytes_per_token: float,
-             autocast) -> dict:  # fmt: skip
+             autocast, pad_id: int | None = None) -> dict:  # fmt: skip
     """Mean held-out loss over ``n_batches`` micro-batches per rank, averaged over ranks (every
     rank runs the same number of forwards, as FSDP's collectives need)."""
     model.eval()
@@ -307,7 +316,7 @@ def evaluate(model, ds: ShardDataset, micro: int, n_batches: int, device, bytes_
             break
         x = torch.stack(seqs).to(device)
         with autocast:
-            losses.append(model(x[:, :-1], targets=x[:, 1:]).float())
+            losses.append(model(x[:, :-1], targets=targets_of(x, pad_id)).float())
     model.train()
     t = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=device)
     if dist.is_initialized():
@@ -715,7 +724,7 @@ def train(cfg: TrainConfig) -> dict:
                     model.set_requires_gradient_sync(last)
                 ctx = fwd.no_sync() if not last and hasattr(fwd, "no_sync") else _null()
                 with ctx, autocast:
-                    loss = fwd(x[:, :-1], targets=x[:, 1:]) / accum
+                    loss = fwd(x[:, :-1], targets=targets_of(x, tok.pad_id)) / accum
                 loss.backward()
                 loss_sum += loss.detach()
             if world > 1:
@@ -745,7 +754,7 @@ def train(cfg: TrainConfig) -> dict:
                 bar.update(1)
             if eval_ds is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 ev = evaluate(fwd, eval_ds, micro, cfg.eval_batches, device, bytes_per_token,
-                              autocast)  # fmt: skip
+                              autocast, tok.pad_id)  # fmt: skip
                 metrics.update(ev)
                 t_last = time.perf_counter()  # evaluation is not training throughput
             if rank == 0:

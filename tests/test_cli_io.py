@@ -27,7 +27,7 @@ def test_encode_decode_roundtrip(tmp_path, capsys):
 def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["encode", str(tmp_path / "nope.png"), "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "no such image file" in err and "Traceback" not in err and err.count("\n") == 1
+    assert "no such file or folder" in err and "Traceback" not in err and err.count("\n") == 1
     bad = tmp_path / "bad.jlm"
     bad.write_bytes(codec.encode(samples.synthetic("noise"))[:1000])
     assert main(["decode", str(bad), "-o", str(tmp_path / "out")]) == 2
@@ -73,11 +73,13 @@ def test_bench_and_help(capsys):
     out = capsys.readouterr().out
     assert "jpeglm batch (all cores)" in out and "Pillow" in out
     for cmd in ("encode", "decode", "demo", "explain", "train-tokenizer", "tokenize", "prepare",
-                "train", "sample", "complete", "eval", "bench"):  # fmt: skip
+                "sample", "complete", "eval", "bench", "export", "plan"):  # fmt: skip
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0
         assert "usage: jpeglm" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0  # the trainer's own help: every config key
+    assert "micro_batch_size = 0" in capsys.readouterr().out
 
 
 def test_atomic_write_replaces_or_keeps(tmp_path):

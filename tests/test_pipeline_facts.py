@@ -94,3 +94,24 @@ def test_train_documents_itself(tmp_path, capsys):
     assert toml["batch_size"] == TrainConfig().batch_size
     assert main(["train"]) == 2
     assert "config" in capsys.readouterr().err
+
+
+def test_one_image_lister_and_train_tokenizer_skips_a_broken_image(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    for i, im in enumerate(samples.random_crops(6, 0)):
+        im.resize((32, 32)).save(imgs / ("sub" if i % 2 else ".") / f"{i}.png")
+    (imgs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (imgs / "notes.txt").write_text("not an image: ignored inside a folder")
+    tok = tmp_path / "tok.jpeglm"
+    rc = main(["train-tokenizer", str(imgs), "-o", str(tok), "--size", "32", "--vocab-size", "270",
+               "--quiet"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0 and tok.is_file()
+    assert "broken.jpg" in err and err.count("\n") == 1 and "6 images (1 skipped)" in out
+    # encode lists folders the same way (recursively); a named non-image is one line, exit 2
+    assert main(["encode", str(imgs / "sub"), "-o", str(tmp_path / "e"), "--size", "32"]) == 0
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["1.jlm", "3.jlm", "5.jlm"]
+    capsys.readouterr()
+    assert main(["encode", str(imgs / "notes.txt"), "-o", str(tmp_path / "e2")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

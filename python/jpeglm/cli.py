@@ -130,7 +130,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from jpeglm import codec
 
     _check_codec_options(args)
-    paths = _existing_files(args.images, "image file")
+    paths = _image_paths(args.images)
     suffix = ".jpg" if args.full else stream_suffix(args.quality)
     targets = plan_outputs(args.out, distinct_names(paths, suffix), paths)
     for p, dst in zip(paths, targets):
@@ -383,16 +383,22 @@ def _load_tokenizer(path: Path):
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
-    from jpeglm import codec
+    from jpeglm import codec, data
     from jpeglm.tokenizer import Tokenizer
 
     _check_codec_options(args)
     paths = _image_paths(args.images)
     dst = plan_output_file(args.out, paths)
-    streams = codec.encode_batch(paths, quality=args.quality, size=args.size)
+    kept, images, skipped = data.load_images(paths, size=args.size)  # unreadable ones skipped
+    for rec in skipped:
+        print(f"skipped {rec['source']}: {rec['error']}", file=sys.stderr)
+    if not kept:
+        raise UserError(f"none of the {len(paths)} images could be read")
+    streams = codec.encode_batch(images, quality=args.quality, size=args.size)
     tok = Tokenizer.train(streams, vocab_size=args.vocab_size, progress=not args.quiet)
     tok.save(dst)
-    print(f"trained on {len(streams)} images -> {show(dst)} (vocab {tok.vocab_size})")
+    print(f"trained on {len(streams)} images ({len(skipped)} skipped) -> {show(dst)} "
+          f"(vocab {tok.vocab_size})")  # fmt: skip
     return 0
 
 
@@ -414,23 +420,19 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def _image_paths(items: Sequence[str]) -> list[Path]:
-    """Files given directly, or every image file inside given folders."""
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(
-                f
-                for f in p.rglob("*")
-                if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-            )
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise UserError(f"no such image file or folder: {show(p)}")
-    if not out:
+    """The images the arguments name (files, and folders searched recursively): the one
+    lister of :func:`jpeglm.data.list_images`, shared with prepare. A missing path, a named
+    file that is not an image, or a folder without images is one line and exit 2."""
+    from jpeglm import data
+
+    paths, problems = data.list_images(items)
+    if problems:
+        p = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{p['source']}: {p['error']}{more}")
+    if not paths:
         raise UserError("no images found")
-    return out
+    return paths
 
 
 # ------------------------------------------------------------------------------------------------
@@ -656,7 +658,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from e
     print(
         f"{index['images']} images -> {index['sequences']} sequences of {args.seq_len} tokens "
-        f"in {len(index['shards'])} shards ({len(index['skipped'])} skipped, see report.json)"
+        f"in {sum(1 for s in index['shards'] if s['sequences'])} shards "
+        f"({len(index['skipped'])} skipped, see report.json)"
     )
     return 0
 

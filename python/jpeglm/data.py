@@ -2,19 +2,41 @@
 
 ``prepare(src, out, tokenizer)`` walks a folder, a list file (one path per line) or a tar of
 images; decodes each with Pillow (libjpeg-turbo), prepares it (center crop + resize), encodes
-it canonically and tokenizes it natively, in batches; joins the token streams of a chunk of
-images as ``BOS tokens EOS BOS tokens EOS ...`` and cuts them into sequences of ``seq_len``
-tokens, stored as one uint16 ``.npy`` shard per chunk (the tail of a chunk shorter than a
-sequence is dropped and counted). Every file is written atomically; a shard that exists is
-skipped, so a killed run resumes where it stopped (the temporary files of its own writes that a
-killed run left are removed; no other file in ``out`` is touched). Unreadable images, file names
-that are not UTF-8 and the unreadable rest of a truncated tar archive are skipped and listed in
-``report.json``; a source with no usable image at all is an error (``ValueError``), as is an
-output that would replace one of the inputs. ``index.json`` lists the shards and their counts.
+it canonically and tokenizes it natively, in batches; joins the token streams of all images as
+one stream ``BOS tokens EOS BOS tokens EOS ...`` and cuts it into sequences of ``seq_len``
+tokens, stored as one uint16 ``.npy`` shard of shape ``(sequences, seq_len)`` per chunk of
+``images_per_shard`` images. No token is dropped: the tokens of a chunk after its last whole
+sequence (its *carry*) start the next chunk's first sequence, so a sequence may span two
+shards' images; only the last sequence of the whole dataset is short, and it is padded to
+``seq_len`` with the tokenizer's pad id (counted as ``pad_tokens``; the trainer ignores pad
+targets). A tokenizer without a pad token drops that last partial sequence instead (counted as
+``dropped_tokens``). A chunk whose tokens (with the carry before it) make no whole sequence
+writes no file (its entry says ``"sequences": 0``) and carries everything on.
+
+Every file is written atomically; a shard that exists is skipped, so a killed run resumes where
+it stopped and ends with the same bytes as an uninterrupted run (the temporary files of its own
+writes that a killed run left are removed; no other file in ``out`` is touched). Unreadable
+images, file names that are not UTF-8 and the unreadable rest of a truncated tar archive are
+skipped and listed in ``report.json``; a source with no usable image at all is an error
+(``ValueError``), as is an output that would replace one of the inputs.
+
+``index.json``: ``config`` (what the shards depend on, incl. ``seq_len``, ``bos_id``,
+``eos_id`` and ``pad_id``), ``complete``, one entry per chunk in ``shards`` -- ``file``,
+``sequences``, ``images``, ``tokens`` (the tokens of the chunk's own images, BOS and EOS
+included), ``bytes`` (of their JPEG streams), ``carry_tokens`` (how many tokens it carries
+into the next chunk); the last entry written also holds those tokens as ``carry`` (base64 of
+little-endian uint16, what a resumed run starts the next chunk with), and the final chunk's
+entry ``pad_tokens`` (and ``dropped_tokens`` without a pad id) -- and the totals
+``sequences``, ``images``, ``tokens``, ``bytes``, ``pad_tokens`` (``dropped_tokens``), with
+``tokens == sequences * seq_len - pad_tokens (+ dropped_tokens)``. Indexes of older versions
+(a ``dropped_tokens`` per shard: each chunk's tail was dropped) are still read.
 
 Fast mode (``fast=True``): JPEG sources much larger than the target are decoded with
-libjpeg's DCT-domain scaling (Pillow's ``draft``: 1/2, 1/4 or 1/8) before the resize — much
+libjpeg's DCT-domain scaling (Pillow's ``draft``: 1/2, 1/4 or 1/8) before the resize -- much
 faster on big photos, slightly different pixels (the benchmark reports the PSNR).
+
+:func:`list_images` and :func:`load_images` are the same listing and skipping for the commands
+that take image files and folders on the command line (encode, eval, train-tokenizer).
 
 ``ShardDataset`` is a torch ``IterableDataset`` over the shards: memory-mapped, sequences
 shuffled deterministically per epoch from a seed, split across distributed ranks and
@@ -23,6 +45,7 @@ data-loader workers without overlap.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -95,10 +118,7 @@ def scan_sources(src: str | os.PathLike) -> tuple[list[Source], list[dict]]:
         raise FileNotFoundError(f"no such folder, list or archive: {show(p)}")
     problems: list[dict] = []
     if p.is_dir():
-        files = sorted(
-            f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-        )
-        out = [Source(str(f.relative_to(p)), str(f)) for f in files]
+        out = [Source(str(f.relative_to(p)), str(f)) for f in _folder_images(p)]
     elif p.suffix == ".txt":
         text = p.read_bytes().decode("utf-8", "surrogateescape")
         lines = [ln.strip() for ln in text.splitlines()]
@@ -123,6 +143,62 @@ def scan_sources(src: str | os.PathLike) -> tuple[list[Source], list[dict]]:
         why = f" ({problems[0]['source']}: {problems[0]['error']})" if problems else ""
         raise ValueError(f"no images found in {show(p)}{why}")
     return good, problems
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The image files (by suffix, any case) under ``folder``, recursively, sorted."""
+    return sorted(
+        f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+    )
+
+
+def list_images(items: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
+    """The image files named by command-line arguments, and the problems met listing them.
+
+    The policy shared by the commands that take images (encode, eval, train-tokenizer, ...):
+
+    - a folder gives every file under it, recursively, whose suffix (any case) is one of
+      :data:`IMAGE_SUFFIXES`, sorted by path; its other files are ignored silently, and a
+      folder without any image file is a problem;
+    - a file gives itself when its suffix is one of :data:`IMAGE_SUFFIXES`, else it is a
+      problem (not read: whether it decodes is :func:`load_images`' business);
+    - a path that does not exist (or is neither a file nor a folder) is a problem;
+    - the arguments keep their order; a file met a second time (named twice, or inside two
+      folders given) is kept the first time only.
+
+    The problems are ``{"source", "error"}`` records, as in ``report.json`` (the path shown
+    with :func:`~jpeglm._io.show`); the caller decides whether they are fatal. No image at all
+    is not an error here either: the list is empty.
+    """
+    paths: list[Path] = []
+    problems: list[dict] = []
+    seen: set[Path] = set()
+
+    def add(f: Path) -> None:
+        key = Path(os.path.abspath(f))
+        if key not in seen:
+            seen.add(key)
+            paths.append(f)
+
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = _folder_images(p)
+            if not found:
+                problems.append({"source": show(p), "error": "no image files in this folder"})
+            for f in found:
+                add(f)
+        elif p.is_file():
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                add(p)
+            else:
+                why = f"not an image file name (expected {', '.join(sorted(IMAGE_SUFFIXES))})"
+                problems.append({"source": show(p), "error": why})
+        elif p.exists():
+            problems.append({"source": show(p), "error": "not a regular file or a folder"})
+        else:
+            problems.append({"source": show(p), "error": "no such file or folder"})
+    return paths, problems
 
 
 def _tar_sources(p: Path, problems: list[dict]) -> list[Source]:
@@ -162,6 +238,45 @@ def load_image(data: bytes, size: int, fast: bool = False) -> np.ndarray:
     return codec.prepare(im, size)
 
 
+def _read_image(read, size: int, fast: bool) -> np.ndarray | str:
+    """``load_image(read(), size, fast)``, or the reason it failed as one line: any
+    unreadable image is skipped (and reported) by its callers rather than stopping them."""
+    try:
+        return load_image(read(), size, fast)
+    except UnidentifiedImageError:
+        return "UnidentifiedImageError: not an image file Pillow can read"
+    except Exception as e:  # noqa: BLE001 - any unreadable image is skipped
+        return f"{type(e).__name__}: {e}"
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike],
+    size: int = 256,
+    fast: bool = False,
+    workers: int | None = None,
+) -> tuple[list[Path], np.ndarray, list[dict]]:
+    """Read and prepare image files, skipping the unreadable ones as ``prepare`` does.
+
+    Returns the paths read, their prepared images as one ``(n, size, size, 3)`` uint8 array
+    (what :func:`jpeglm.codec.encode_batch` takes) and a ``{"source", "error"}`` record for
+    each file that could not be read or decoded (missing, not an image, truncated, ...), in
+    the order of ``paths``. Reads on ``workers`` threads (None: all cores).
+    """
+    size = codec._check_size(size)
+    paths = [Path(p) for p in paths]
+    with _pool(workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda p: _read_image(p.read_bytes, size, fast), paths))
+    kept, images, skipped = [], [], []
+    for p, r in zip(paths, results):
+        if isinstance(r, str):
+            skipped.append({"source": show(p), "error": r})
+        else:
+            kept.append(p)
+            images.append(r)
+    stack = np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)
+    return kept, stack, skipped
+
+
 # ------------------------------------------------------------------------------------------------
 # Preparing shards
 
@@ -194,7 +309,10 @@ def prepare(
 ) -> dict:
     """Turn the images of ``src`` into packed token shards in ``out``; returns the index.
 
-    Resumable: shards already present (from an identical configuration) are kept and skipped.
+    Every token of every usable image lands in a sequence; the last sequence is padded with
+    ``tokenizer.pad_id`` (see the module docstring). Resumable: shards already present (from
+    an identical configuration) are kept and skipped, and the resumed run writes the same
+    bytes as an uninterrupted one.
     """
     from tqdm.auto import tqdm
 
@@ -208,6 +326,9 @@ def prepare(
         raise ValueError("the tokenizer needs BOS and EOS tokens")
     if tokenizer.vocab_size > 65536:
         raise ValueError("uint16 shards need a vocabulary of at most 65536 tokens")
+    pad_id = tokenizer.pad_id
+    if pad_id in (tokenizer.bos_id, tokenizer.eos_id):
+        pad_id = None  # padding must not look like a stream boundary
     sources, problems = scan_sources(src)
     out = Path(out)
     n_chunks = (len(sources) + images_per_shard - 1) // images_per_shard
@@ -224,6 +345,7 @@ def prepare(
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
+        "pad_id": pad_id,
         "sources": len(sources),
     }
     remove_own_temps(out, is_own_file)  # temp files of a run killed mid-write (ours only)
@@ -237,66 +359,115 @@ def prepare(
                 "use an empty folder"
             )
     done = {s["file"]: s for s in old.get("shards", [])}
-    skipped = _merge_skipped(old.get("skipped", []), problems)
-    shards = []
+    # the listing's problems first, then the bad images in source order (as a run from scratch)
+    listed = {p["source"] for p in problems}
+    skipped = problems + [x for x in old.get("skipped", []) if x["source"] not in listed]
+    shards: list[dict] = []
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(sources), desc="prepare", unit="img", disable=not progress)
+
+    def chunk_of(c: int) -> list[Source]:
+        return sources[c * images_per_shard : (c + 1) * images_per_shard]
+
+    def pack(chunk: list[Source]) -> tuple[np.ndarray, int, list[dict], int]:
+        """The chunk's images as ``BOS tokens EOS ...``; their count, the bad ones, bytes."""
+        images, bad = [], []
+        for s, r in zip(chunk, pool.map(lambda s: _read_image(s.read, size, fast), chunk)):
+            if isinstance(r, str):
+                bad.append({"source": s.name, "error": r})
+            else:
+                images.append(r)
+        if not images:
+            return np.empty(0, np.uint16), 0, bad, 0
+        streams = codec.encode_batch(np.stack(images), quality=quality, size=size)
+        toks, offsets = tokenizer.encode_batch_to_numpy(streams)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        lens = np.diff(offsets)
+        packed = np.empty(len(toks) + 2 * len(streams), dtype=np.uint16)
+        starts = offsets[:-1] + 2 * np.arange(len(streams))
+        packed[starts] = tokenizer.bos_id
+        packed[starts + lens + 1] = tokenizer.eos_id
+        for i in range(len(streams)):
+            packed[starts[i] + 1 : starts[i] + 1 + lens[i]] = toks[offsets[i] : offsets[i + 1]]
+        return packed, len(images), bad, sum(map(len, streams))
+
+    def carry_before(c: int) -> np.ndarray:
+        """The tokens chunk ``c - 1`` carried on, when the index does not hold them (a shard
+        removed by hand in the middle): the tail of the stream of the chunks before, encoded
+        again (deterministic: the same images give the same tokens)."""
+        need = shards[c - 1]["carry_tokens"]
+        parts, have, j = [], 0, c - 1
+        while have < need and j >= 0:
+            packed = pack(chunk_of(j))[0]
+            if len(packed) != shards[j]["tokens"]:
+                raise ValueError(
+                    f"{show(src)}: the images of {shard_name(j)} changed since it was prepared "
+                    f"into {show(out)} ({len(packed)} tokens now, {shards[j]['tokens']} then); "
+                    "use an empty folder"
+                )
+            parts.insert(0, packed)
+            have += len(packed)
+            j -= 1
+        if have < need:
+            raise ValueError(f"{show(out / INDEX)}: inconsistent carry counts; use an empty folder")
+        stream = np.concatenate([np.empty(0, np.uint16), *parts])
+        return stream[len(stream) - need :]
+
+    carry: np.ndarray | None = np.empty(0, np.uint16)  # None: not known (recomputed on need)
     with _pool(workers) as pool:
         for c in range(n_chunks):
             name = shard_name(c)
-            chunk = sources[c * images_per_shard : (c + 1) * images_per_shard]
-            if name in done and (out / name).exists():
-                shards.append(done[name])
+            chunk = chunk_of(c)
+            last = c == n_chunks - 1
+            entry = done.get(name)
+            if entry is not None and (entry["sequences"] == 0 or (out / name).exists()):
+                _append(shards, dict(entry))
+                carry = _stored_carry(entry)
                 bar.update(len(chunk))
                 continue
-
-            def work(s: Source) -> np.ndarray | str:
-                try:
-                    return load_image(s.read(), size, fast)
-                except UnidentifiedImageError:
-                    return "UnidentifiedImageError: not an image file Pillow can read"
-                except Exception as e:  # noqa: BLE001 - any unreadable image is skipped
-                    return f"{type(e).__name__}: {e}"
-
-            images, bad = [], []
-            for s, r in zip(chunk, pool.map(work, chunk)):
-                if isinstance(r, str):
-                    bad.append({"source": s.name, "error": r})
-                else:
-                    images.append(r)
+            if carry is None:
+                carry = carry_before(c)
+            packed, n_images, bad, n_bytes = pack(chunk)
             skipped = _merge_skipped(skipped, bad)
-            n_bytes = 0
-            if images:
-                streams = codec.encode_batch(np.stack(images), quality=quality, size=size)
-                n_bytes = sum(map(len, streams))
-                toks, offsets = tokenizer.encode_batch_to_numpy(streams)
-                offsets = np.asarray(offsets, dtype=np.int64)
-                lens = np.diff(offsets)
-                packed = np.empty(len(toks) + 2 * len(streams), dtype=np.uint16)
-                starts = offsets[:-1] + 2 * np.arange(len(streams))
-                packed[starts] = tokenizer.bos_id
-                packed[starts + lens + 1] = tokenizer.eos_id
-                for i in range(len(streams)):
-                    packed[starts[i] + 1 : starts[i] + 1 + lens[i]] = toks[
-                        offsets[i] : offsets[i + 1]
-                    ]
-            else:
-                packed = np.empty(0, np.uint16)
-            n_seq = len(packed) // seq_len
-            seqs = packed[: n_seq * seq_len].reshape(n_seq, seq_len)
-            _write_npy(out / name, seqs)
-            shards.append({
-                "file": name, "sequences": int(n_seq), "images": len(images),
-                "tokens": int(len(packed)), "dropped_tokens": int(len(packed) - n_seq * seq_len),
-                "bytes": int(n_bytes),
-            })  # fmt: skip
+            stream = np.concatenate([carry, packed])
+            n_seq = len(stream) // seq_len
+            seqs = stream[: n_seq * seq_len].reshape(n_seq, seq_len)
+            carry = stream[n_seq * seq_len :]
+            entry = {"file": name, "sequences": int(n_seq), "images": n_images,
+                     "tokens": int(len(packed)), "bytes": int(n_bytes)}  # fmt: skip
+            if last:  # the end of the dataset: pad (or drop) the last partial sequence
+                entry["pad_tokens"] = 0
+                if len(carry) and pad_id is not None:
+                    entry["pad_tokens"] = seq_len - len(carry)
+                    tail = np.full((1, seq_len), pad_id, np.uint16)
+                    tail[0, : len(carry)] = carry
+                    seqs = np.concatenate([seqs, tail])
+                    entry["sequences"] = int(len(seqs))
+                elif pad_id is None:
+                    entry["dropped_tokens"] = int(len(carry))
+                carry = np.empty(0, np.uint16)
+            entry["carry_tokens"] = int(len(carry))
+            if len(carry):
+                entry["carry"] = base64.b64encode(carry.astype("<u2").tobytes()).decode()
+            if len(seqs):
+                _write_npy(out / name, seqs)
+            else:  # nothing whole yet: no file, everything carried on
+                (out / name).unlink(missing_ok=True)
+            _append(shards, entry)
             bar.update(len(chunk))
             _write_index(out, config, shards, skipped, sources, final=False)
     bar.close()
-    if not any(s["images"] for s in shards):  # nothing to keep: a rerun starts afresh
+    n_seq = sum(s["sequences"] for s in shards)
+    if not any(s["images"] for s in shards) or not n_seq:  # nothing to keep: rerun afresh
         for f in [*(s["file"] for s in shards), INDEX]:
             (out / f).unlink(missing_ok=True)
         atomic_write_text(out / REPORT, json.dumps({"skipped": skipped}, indent=1) + "\n")
+        if any(s["images"] for s in shards):
+            n_tok = sum(s["tokens"] for s in shards)
+            raise ValueError(
+                f"{show(src)}: {n_tok} tokens, less than one sequence of {seq_len}, and the "
+                "tokenizer has no pad token to fill it"
+            )
         first = skipped[0] if skipped else {"source": "?", "error": "?"}
         raise ValueError(
             f"no usable image in {show(src)} ({len(skipped)} skipped; first: "
@@ -304,6 +475,26 @@ def prepare(
         )
     index = _write_index(out, config, shards, skipped, sources, final=True)
     return index
+
+
+def _append(shards: list[dict], entry: dict) -> None:
+    """Add a chunk's entry; only the last entry keeps its carried tokens (all a resumed run
+    needs, and the index stays small)."""
+    if shards:
+        shards[-1].pop("carry", None)
+    shards.append(entry)
+
+
+def _stored_carry(entry: dict) -> np.ndarray | None:
+    """The tokens a finished chunk carried on, if known from its entry."""
+    if not entry.get("carry_tokens"):
+        return np.empty(0, np.uint16)
+    if "carry" not in entry:
+        return None
+    carry = np.frombuffer(base64.b64decode(entry["carry"]), "<u2").astype(np.uint16)
+    if len(carry) != entry["carry_tokens"]:
+        return None
+    return carry
 
 
 @contextlib.contextmanager
@@ -350,8 +541,11 @@ def _write_index(out: Path, config: dict, shards: list, skipped: list, sources: 
         "images": sum(s["images"] for s in shards),
         "tokens": sum(s["tokens"] for s in shards),
         "bytes": sum(s["bytes"] for s in shards),
-        "skipped": skipped,
+        "pad_tokens": sum(s.get("pad_tokens", 0) for s in shards),
     }
+    if config["pad_id"] is None:
+        index["dropped_tokens"] = sum(s.get("dropped_tokens", 0) for s in shards)
+    index["skipped"] = skipped
     atomic_write_text(out / INDEX, json.dumps(index, indent=1) + "\n")
     if final:
         atomic_write_text(out / "sources.txt", "\n".join(s.name for s in sources) + "\n")

@@ -9,6 +9,10 @@ One program handles one (batch, position) pair, all heads at once. The backward 
 rotation by the opposite angle (a rotation's transpose), written to a fresh gradient tensor.
 q and k are separate calls: autograd allows an in-place Function on a view only when it
 returns a single tensor.
+
+For inference :func:`rope` is the out-of-place op ``torch.ops.jpeglm.rope`` (a
+``torch.library.custom_op`` with a fake implementation), which ``torch.compile`` traces into
+one graph -- the in-place autograd Function, with its ``ctx.mark_dirty``, splits the graph.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ def _rope_kernel(
     stride_b,
     stride_t,
     stride_h,
+    out_stride_b,
+    out_stride_t,
+    out_stride_h,
     COS,
     SIN,
     cos_stride_t,
@@ -47,14 +54,15 @@ def _rope_kernel(
     if BACKWARD:
         sin = -sin
     offs = b * stride_b + t * stride_t + h[:, None] * stride_h + d[None, :]
+    out = b * out_stride_b + t * out_stride_t + h[:, None] * out_stride_h + d[None, :]
     mask = (h[:, None] < N_HEADS) & (d[None, :] < HALF)
     x1 = tl.load(X_IN + offs, mask=mask, other=0.0)
     x2 = tl.load(X_IN + offs + HALF, mask=mask, other=0.0)
     dtype = x1.dtype
     x1 = x1.to(tl.float32)
     x2 = x2.to(tl.float32)
-    tl.store(X_OUT + offs, (x1 * cos - x2 * sin).to(dtype), mask=mask)
-    tl.store(X_OUT + offs + HALF, (x2 * cos + x1 * sin).to(dtype), mask=mask)
+    tl.store(X_OUT + out, (x1 * cos - x2 * sin).to(dtype), mask=mask)
+    tl.store(X_OUT + out + HALF, (x2 * cos + x1 * sin).to(dtype), mask=mask)
 
 
 # --------------------------------------------------------------------------------- launchers
@@ -80,7 +88,8 @@ def _launch(x_in: torch.Tensor, x_out: torch.Tensor, cos, sin, backward: bool) -
         return
     half = head_dim // 2
     _rope_kernel[(batch * seq,)](
-        x_in, x_out, x_in.stride(0), x_in.stride(1), x_in.stride(2), cos, sin, cos.stride(0),
+        x_in, x_out, x_in.stride(0), x_in.stride(1), x_in.stride(2), x_out.stride(0),
+        x_out.stride(1), x_out.stride(2), cos, sin, cos.stride(0),
         seq, N_HEADS=n_heads, HALF=half, BLOCK_H=triton.next_power_of_2(n_heads),
         BLOCK_D=triton.next_power_of_2(half), BACKWARD=backward,
     )  # fmt: skip
@@ -120,3 +129,18 @@ class RoPEFunction(torch.autograd.Function):
 def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Apply rotary embeddings to ``x`` (q or k) in place, differentiably; returns ``x``."""
     return RoPEFunction.apply(x, cos, sin)
+
+
+@torch.library.custom_op("jpeglm::rope", mutates_args=())
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embeddings out of place (a fresh contiguous tensor; ``x`` untouched), for
+    inference: a custom op that ``torch.compile(fullgraph=True)`` traces. No autograd."""
+    _check(x, cos, sin)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, out, cos, sin, backward=False)
+    return out
+
+
+@rope.register_fake
+def _(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -208,7 +208,8 @@ def test_backend_forced_to_triton(monkeypatch):
     assert ops.name == "triton"
     # Under the interpreter the kernels run on CPU tensors too: no silent fallback.
     if DEVICE == "cpu":
-        assert ops.rms_norm is rms_norm and ops.swiglu is swiglu and ops.rope is rope_
+        assert ops.rms_norm is rms_norm and ops.swiglu is swiglu
+        assert ops.rope.__name__ == "rope_op"  # in place with gradients, custom op without
 
 
 def test_model_triton_backend_matches_reference():
@@ -235,3 +236,28 @@ def test_model_triton_backend_matches_reference():
         fast(idx[:, :8], input_pos=torch.arange(8, device=DEVICE))
         step = fast(idx[:, 8:9], input_pos=torch.tensor([8], device=DEVICE))
         torch.testing.assert_close(step[:, 0], ref(idx[:, :9])[:, 8], atol=1e-5, rtol=1e-5)
+
+
+def test_rope_custom_op_out_of_place_and_compiles():
+    """Inference RoPE: ``torch.ops.jpeglm.rope`` writes a fresh tensor (input untouched, any
+    input strides), equals the reference, and traces with fullgraph=True (the in-place
+    autograd Function would break the graph)."""
+    from jpeglm.kernels.rope import rope
+
+    qkv = torch.randn(2, 3, 3 * 4 * 8, device=DEVICE)
+    x = qkv[..., : 4 * 8].view(2, 3, 4, 8)  # a strided view, as the fused projection gives
+    before = x.clone()
+    cos, sin = torch.randn(3, 4, device=DEVICE), torch.randn(3, 4, device=DEVICE)
+    y = torch.ops.jpeglm.rope(x, cos, sin)
+    assert torch.equal(x, before) and y.is_contiguous()
+    close(y, reference.rope(x, cos, sin), torch.float32)
+
+    def f(x, cos, sin):
+        return rope(x, cos, sin) * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    close(compiled(x, cos, sin), 2 * reference.rope(x, cos, sin), torch.float32)
+    ops = backends.resolve_backend("triton")
+    with torch.no_grad():
+        close(ops.rope(x, cos, sin), reference.rope(x, cos, sin), torch.float32)
+        assert torch.equal(x, before)

@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+import copy  # noqa: E402
+
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -200,6 +202,76 @@ def test_kv_cache_decode_matches_full_forward(batch, max_batch):
         torch.testing.assert_close(again, model(other), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="max_seq_len 65 must be in 1..64"):
         model.setup_caches(1, 65)
+
+
+def test_decode_cut_cache_and_multi_token_steps_match_full_forward():
+    """Attention over the cache cut to kv_len (one mask per step) and multi-token steps (as
+    jump-forward uses) give the full forward's logits."""
+    model = make_model()
+    idx = tokens(2, 20)
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_caches(2, 64)
+        model.decode(idx[:, :8], torch.arange(8), kv_len=16)
+        run = model.decode(idx[:, 8:12], torch.arange(8, 12), kv_len=16)  # 4 tokens at once
+        steps = [model.decode(idx[:, t : t + 1], torch.tensor([t]), kv_len=32)[:, None]
+                 for t in range(12, 20)]  # fmt: skip
+        model.clear_caches()
+    torch.testing.assert_close(run, full[:, 11], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 12:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt, tol", [("fp32", 1e-5), ("bf16", 0.1), ("fp16", 0.02), ("int8", 0.1)])
+def test_inference_weights(fmt, tol):
+    """prepare_inference: fused wqkv / w13 and converted or int8 weights give the same logits
+    (up to the format's rounding) without gradients; training and parameters are untouched."""
+    model = make_model()
+    idx = tokens(2, 12)
+    names = [n for n, _ in model.named_parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(idx)
+    model.prepare_inference(fmt)
+    assert [n for n, _ in model.named_parameters()] == names  # checkpoint layout unchanged
+    assert model.state_dict().keys() == state.keys()
+    if fmt == "int8":
+        assert model.layers[0].attention.fused[0].weight.dtype == torch.int8
+        assert model.inference_bytes() < 0.3 * sum(4 * p.numel() for p in model.parameters())
+    with torch.no_grad():
+        got = model(idx).float()
+        model.setup_caches(2, 16, dtype=model.inference["act_dtype"])
+        step = model.decode(idx, torch.arange(12), kv_len=16).float()
+    torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(step, ref[:, -1], atol=tol, rtol=tol)
+    # with gradients the parameters are used: same loss as before, gradients flow
+    loss = model(idx, targets=idx)
+    loss.backward()
+    assert model.layers[0].attention.wq.weight.grad is not None
+    # a changed parameter makes the next gradient-free forward rebuild the inference weights
+    with torch.no_grad():
+        model.output.weight.mul_(2)
+        plain = copy.deepcopy(model)
+        plain.clear_inference()
+        ref2 = plain(idx)
+        got2 = model(idx).float()
+    torch.testing.assert_close(got2, ref2, atol=2 * tol, rtol=2 * tol)
+    model.clear_inference()
+    assert model.inference is None and model.layers[0].attention.fused is None
+
+
+def test_int8_quantization_is_per_channel():
+    from jpeglm.model import InferenceLinear
+
+    w = torch.randn(6, 32) * torch.tensor([1e-3, 1.0, 10.0, 0.1, 5.0, 2.0])[:, None]
+    lin = InferenceLinear(w, "int8", torch.float32)
+    assert lin.weight.dtype == torch.int8 and lin.scales.shape == (6,)
+    deq = lin.weight.float() * lin.scales[:, None]
+    assert ((deq - w).abs() <= lin.scales[:, None] / 2 + 1e-7).all()  # half a step per row
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(lin(x), x @ deq.t(), atol=1e-4, rtol=1e-4)
+    xb = x.bfloat16()  # the packed CPU kernel (bf16 activations, few rows)
+    lin_b = InferenceLinear(w, "int8", torch.bfloat16)
+    torch.testing.assert_close(lin_b(xb).float(), x @ deq.t(), atol=0.05, rtol=0.05)
 
 
 def test_torch_compile_training_step():

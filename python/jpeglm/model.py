@@ -35,6 +35,8 @@ from jpeglm.backends import Backend, resolve_backend
 __all__ = [
     "ACTIVATION_CHECKPOINT_MODES",
     "CONFIGS",
+    "INFERENCE_DTYPES",
+    "InferenceLinear",
     "KVCache",
     "ModelArgs",
     "Transformer",
@@ -316,8 +318,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.ops = ops
+        self.fused: torch.Tensor | None = None  # the weight in the inference dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None and not torch.is_grad_enabled():
+            return self.ops.rms_norm(x, self.fused, self.eps)
         return self.ops.rms_norm(x, self.weight, self.eps)
 
 
@@ -390,6 +395,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
         self.ops = ops
+        # inference-only weights (Transformer.prepare_inference): not parameters, not saved
+        self.fused: tuple[InferenceLinear, InferenceLinear] | None = None
 
     def forward(
         self,
@@ -397,28 +404,67 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
-        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        if self.fused is not None and not torch.is_grad_enabled():  # one GEMM for q, k, v
+            wqkv, wo = self.fused
+            q, k, v = wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        else:
+            wo = self.wo
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(batch, seq, self.n_heads, self.head_dim)
+        k = k.view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = v.view(batch, seq, self.n_kv_heads, self.head_dim)
         q = self.ops.rope(q, cos, sin)
         k = self.ops.rope(k, cos, sin)
         if input_pos is None:  # training / scoring: causal over the whole chunk
             y = self.ops.attention(q, k, v)
-        else:  # generation: attend to every cached position up to each query's own
-            assert self.kv_cache is not None, "setup_caches() first"
-            k_all, v_all = self.kv_cache.update(input_pos, k, v)
-            positions = torch.arange(k_all.shape[2], device=x.device)
-            mask = positions[None, :] <= input_pos[:, None]  # (seq, max_seq)
-            y = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                k_all,
-                v_all,
-                attn_mask=mask,
-                enable_gqa=self.n_heads != self.n_kv_heads,
-            ).transpose(1, 2)
-        return self.wo(y.reshape(batch, seq, self.n_heads * self.head_dim))
+        else:  # generation: attend to the filled part of the cache, up to each query's position
+            cache = self.kv_cache
+            assert cache is not None, "setup_caches() first"
+            if (
+                self.ops.attention_impl == "flash_attn"
+                and q.is_cuda
+                and q.dtype in (torch.float16, torch.bfloat16)
+                and not torch.compiler.is_compiling()
+            ):
+                y = _flash_kvcache(q, k, v, cache, input_pos)
+            else:
+                k_all, v_all = cache.update(input_pos, k, v)
+                if kv_len is not None:
+                    k_all, v_all = k_all[:, :, :kv_len], v_all[:, :, :kv_len]
+                if mask is None:
+                    positions = torch.arange(k_all.shape[2], device=x.device)
+                    mask = positions[None, :] <= input_pos[:, None]  # (seq, kv_len)
+                y = F.scaled_dot_product_attention(
+                    q.transpose(1, 2),
+                    k_all,
+                    v_all,
+                    attn_mask=mask,
+                    enable_gqa=self.n_heads != self.n_kv_heads,
+                ).transpose(1, 2)
+        return wo(y.reshape(batch, seq, q_size))
+
+
+def _flash_kvcache(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, input_pos: torch.Tensor
+) -> torch.Tensor:
+    """flash-attn's ``flash_attn_with_kvcache``: appends k, v at ``input_pos[0]`` and attends
+    causally over the filled part only (the cache is read through (batch, seq, heads, dim)
+    views, last dimension contiguous). Not exercised by the CPU test suite."""
+    from flash_attn import flash_attn_with_kvcache
+
+    batch = q.shape[0]
+    k_cache = cache.k_cache[:batch].transpose(1, 2)
+    v_cache = cache.v_cache[:batch].transpose(1, 2)
+    seqlens = input_pos[:1].to(torch.int32).expand(batch).contiguous()
+    return flash_attn_with_kvcache(
+        q, k_cache, v_cache, k=k.to(k_cache.dtype), v=v.to(v_cache.dtype),
+        cache_seqlens=seqlens, causal=True,
+    )  # fmt: skip
 
 
 class FeedForward(nn.Module):
@@ -430,8 +476,13 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
         self.ops = ops
+        self.fused: tuple[InferenceLinear, InferenceLinear] | None = None  # (w13, w2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None and not torch.is_grad_enabled():
+            w13, w2 = self.fused
+            gate, up = w13(x).chunk(2, dim=-1)
+            return w2(self.ops.swiglu(gate, up))
         return self.w2(self.ops.swiglu(self.w1(x), self.w3(x)))
 
 
@@ -449,9 +500,78 @@ class TransformerBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos)
+        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos, mask, kv_len)
         return h + self.feed_forward(self.ffn_norm(h))
+
+
+# ------------------------------------------------------------------------- inference weights
+
+#: Weight formats for sampling (``Transformer.prepare_inference``): the storage of the linear
+#: layers' weights, and the dtype activations and the KV cache use with them.
+INFERENCE_DTYPES = ("fp32", "bf16", "fp16", "int8")
+
+
+class InferenceLinear:
+    """A bias-free linear layer for sampling: the weight in the activation dtype, or
+    weight-only int8 with one scale per output channel (gpt-fast's ``WeightOnlyInt8Linear``:
+    ``y = (x @ W_int8.T) * scales``, symmetric, ``scale = max|w| / 127`` per row).
+
+    A plain object, not an ``nn.Module``: it is never a parameter, never saved, never trained.
+    On CPU with bf16 activations and at most :attr:`PACKED_ROWS` rows the int8 product runs in
+    ``torch._weight_int8pack_mm`` (reads the int8 weight directly); otherwise the weight is
+    converted to the activation dtype in the product (``torch.compile`` fuses that).
+    """
+
+    PACKED_ROWS = 4
+
+    def __init__(self, weight: torch.Tensor, fmt: str, act_dtype: torch.dtype) -> None:
+        self.int8 = fmt == "int8"
+        self.out_features, self.in_features = weight.shape
+        with torch.no_grad():
+            if self.int8:
+                w = weight.detach().float()
+                scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+                self.weight = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+                self.scales = scales.to(act_dtype)
+            else:
+                self.weight = weight.detach().to(act_dtype)
+                self.scales = None
+        self.packed = (
+            self.int8
+            and self.weight.device.type == "cpu"
+            and act_dtype == torch.bfloat16
+            and hasattr(torch, "_weight_int8pack_mm")
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.int8:
+            return F.linear(x.to(self.weight.dtype), self.weight)
+        x = x.to(self.scales.dtype)
+        if (
+            self.packed
+            and x.dtype == torch.bfloat16
+            and x.numel() <= self.PACKED_ROWS * x.shape[-1]
+        ):
+            y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight, self.scales)
+            return y.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight.to(x.dtype)) * self.scales
+
+    def nbytes(self) -> int:
+        extra = 0 if self.scales is None else self.scales.numel() * self.scales.element_size()
+        return self.weight.numel() * self.weight.element_size() + extra
+
+
+def inference_act_dtype(fmt: str, param_dtype: torch.dtype) -> torch.dtype:
+    """The activation / KV-cache dtype that goes with weight format ``fmt``: fp32, bf16, fp16
+    as named; int8 weights run with bf16 activations (fp16 when the model is fp16)."""
+    if fmt not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {fmt!r}")
+    if fmt == "int8":
+        return torch.float16 if param_dtype == torch.float16 else torch.bfloat16
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[fmt]
 
 
 # ------------------------------------------------------------------ activation checkpointing
@@ -538,6 +658,7 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.rope = RotaryEmbedding(args.head_dim, args.max_seq_len, args.rope_theta)
         self.activation_checkpoint = "none"
+        self.inference: dict | None = None  # prepare_inference()
         if self.output.weight.device.type != "meta":  # on meta: init after sharding / to_empty
             self.reset_parameters()
 
@@ -617,6 +738,70 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None
 
+    # -- inference weights
+
+    def prepare_inference(self, dtype: str = "fp32") -> None:
+        """Build the sampling weights: fused ``wqkv`` (q, k, v stacked) and ``w13`` (gate, up
+        stacked) projections and every linear weight in format ``dtype`` (``"fp32"``,
+        ``"bf16"``, ``"fp16"``, ``"int8"``: see :class:`InferenceLinear`), norms and embeddings
+        in the matching activation dtype.
+
+        They are used by every forward run without gradients (sampling, scoring under
+        ``torch.no_grad``); with gradients enabled -- training -- the parameters are used as
+        before. Parameters, their names and checkpoints are untouched. The weights are copies:
+        when the parameters change (an optimizer step, ``load_state_dict``, ``.to``) the next
+        gradient-free forward rebuilds them. :meth:`clear_inference` drops them.
+        """
+        act = inference_act_dtype(dtype, self.output.weight.dtype)
+        for layer in self.layers:
+            a, f = layer.attention, layer.feed_forward
+            qkv = torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]).detach()
+            a.fused = (InferenceLinear(qkv, dtype, act), InferenceLinear(a.wo.weight, dtype, act))
+            w13 = torch.cat([f.w1.weight, f.w3.weight]).detach()
+            f.fused = (InferenceLinear(w13, dtype, act), InferenceLinear(f.w2.weight, dtype, act))
+            layer.attention_norm.fused = layer.attention_norm.weight.detach().to(act)
+            layer.ffn_norm.fused = layer.ffn_norm.weight.detach().to(act)
+        self.norm.fused = self.norm.weight.detach().to(act)
+        self.inference = {
+            "dtype": dtype,
+            "act_dtype": act,
+            "key": self._param_key(),
+            "embedding": self.tok_embeddings.weight.detach().to(act),
+            "output": InferenceLinear(self.output.weight, dtype, act),
+        }
+
+    def clear_inference(self) -> None:
+        """Drop the weights of :meth:`prepare_inference`."""
+        for m in self.modules():
+            if isinstance(m, (Attention, FeedForward, RMSNorm)):
+                m.fused = None
+        self.inference = None
+
+    def inference_bytes(self) -> int:
+        """Bytes of the linear-layer weights a decode step reads (prepared or not)."""
+        if self.inference is None:
+            return sum(
+                m.weight.numel() * m.weight.element_size()
+                for m in self.modules()
+                if isinstance(m, nn.Linear)
+            )
+        linears = [self.inference["output"]]
+        for layer in self.layers:
+            linears += [*layer.attention.fused, *layer.feed_forward.fused]
+        return sum(lin.nbytes() for lin in linears)
+
+    def _param_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+
+    def _fresh_inference(self) -> dict | None:
+        """The inference weights if they exist and gradients are off, rebuilt when stale."""
+        inf = self.inference
+        if inf is None or torch.is_grad_enabled():
+            return None
+        if inf["key"] != self._param_key():
+            self.prepare_inference(inf["dtype"])
+        return self.inference
+
     # -- forward
 
     def forward(
@@ -624,6 +809,8 @@ class Transformer(nn.Module):
         idx: torch.Tensor,
         input_pos: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        *,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         """Logits ``(batch, seq, vocab)`` for token ids ``idx`` ``(batch, seq)``.
 
@@ -631,6 +818,8 @@ class Transformer(nn.Module):
         * ``input_pos`` (``(seq,)`` long, after :meth:`setup_caches`): the positions of ``idx``
           -- ``arange(n)`` for a prefill, ``tensor([t])`` for a decode step; keys and values
           go into the cache and each query attends to every cached position up to its own.
+          ``kv_len`` (a Python int > every position, default the cache size) cuts the
+          attention to the first ``kv_len`` cache slots.
         * ``targets`` (``(batch, seq)``, ``-100`` = ignore): returns the mean cross-entropy
           instead of logits, through the fused linear + cross-entropy op, so the full logits
           are never materialised on the Triton backend.
@@ -640,16 +829,60 @@ class Transformer(nn.Module):
         seq = idx.shape[1]
         if seq > self.args.max_seq_len:
             raise ValueError(f"{seq} tokens exceed max_seq_len {self.args.max_seq_len}")
-        if input_pos is None:
-            cos, sin = self.rope.cos[:seq], self.rope.sin[:seq]
-        else:
-            if self.layers[0].attention.kv_cache is None:
+        if input_pos is not None:
+            cache = self.layers[0].attention.kv_cache
+            if cache is None:
                 raise RuntimeError("forward with input_pos needs setup_caches() first")
             if input_pos.shape != (seq,):
                 raise ValueError(f"input_pos must be ({seq},), got {tuple(input_pos.shape)}")
-            cos, sin = self.rope.cos[input_pos], self.rope.sin[input_pos]
+            if kv_len is not None and not 0 < kv_len <= cache.k_cache.shape[2]:
+                raise ValueError(f"kv_len {kv_len} outside 1..{cache.k_cache.shape[2]}")
+        inf = self._fresh_inference()
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(
+                    f"targets {tuple(targets.shape)} must match idx {tuple(idx.shape)}"
+                )
+            x = self._trunk(idx, input_pos, kv_len, inf).reshape(-1, self.args.dim)
+            if inf is not None:  # scoring the prepared weights (no gradients: plain logits)
+                logits = inf["output"](x).float()
+                return F.cross_entropy(logits, targets.reshape(-1), ignore_index=-100)
+            return self.ops.linear_cross_entropy(x, self.output.weight, targets.reshape(-1))
+        return self._logits(self._trunk(idx, input_pos, kv_len, inf), inf)
 
-        x = self.tok_embeddings(idx)
+    def decode(
+        self, idx: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None
+    ) -> torch.Tensor:
+        """The sampler's step: logits ``(batch, vocab)`` at the last of ``idx``'s positions.
+
+        No argument checks and no staleness check of the inference weights (the sampler
+        prepares them): the body ``torch.compile(fullgraph=True)`` traces.
+        """
+        inf = self.inference if not torch.is_grad_enabled() else None
+        return self._logits(self._trunk(idx, input_pos, kv_len, inf)[:, -1], inf)
+
+    def _logits(self, x: torch.Tensor, inf: dict | None) -> torch.Tensor:
+        return self.output(x) if inf is None else inf["output"](x)
+
+    def _trunk(
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor | None,
+        kv_len: int | None,
+        inf: dict | None,
+    ) -> torch.Tensor:
+        seq = idx.shape[1]
+        mask = None
+        if input_pos is None:
+            cos, sin = self.rope.cos[:seq], self.rope.sin[:seq]
+        else:
+            cos, sin = self.rope.cos[input_pos], self.rope.sin[input_pos]
+            if kv_len is None:
+                kv_len = self.layers[0].attention.kv_cache.k_cache.shape[2]
+            # built once per step, shared by every layer: query i sees slots 0..input_pos[i]
+            slots = torch.arange(kv_len, device=idx.device)
+            mask = slots[None, :] <= input_pos[:, None]
+        x = self.tok_embeddings(idx) if inf is None else F.embedding(idx, inf["embedding"])
         recompute = (
             self.activation_checkpoint != "none" and input_pos is None and torch.is_grad_enabled()
         )
@@ -659,15 +892,8 @@ class Transformer(nn.Module):
                     layer, x, cos, sin, use_reentrant=False, context_fn=_ac_context(self)
                 )
             else:
-                x = layer(x, cos, sin, input_pos)
-        x = self.norm(x)
-        if targets is None:
-            return self.output(x)
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets {tuple(targets.shape)} must match idx {tuple(idx.shape)}")
-        return self.ops.linear_cross_entropy(
-            x.reshape(-1, self.args.dim), self.output.weight, targets.reshape(-1)
-        )
+                x = layer(x, cos, sin, input_pos, mask, kv_len)
+        return self.norm(x)
 
     # -- accounting
 

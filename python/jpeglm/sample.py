@@ -23,6 +23,7 @@ from PIL import Image
 
 from jpeglm import codec
 from jpeglm.grammar import TokenConstraint
+from jpeglm.model import INFERENCE_DTYPES
 
 __all__ = [
     "Sample",
@@ -30,6 +31,7 @@ __all__ = [
     "clean_stream",
     "complete",
     "generate",
+    "prepare_for_sampling",
     "prompt_stream",
     "sample_logits",
 ]
@@ -78,6 +80,39 @@ def clean_stream(data: bytes) -> bytes:
     return data[start : end + 2] if end >= 0 else data[start:]
 
 
+def _filter_probs(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+) -> torch.Tensor:
+    """Probabilities after temperature, top-k and top-p (float32, on the logits' device)."""
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the first past top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.softmax(logits, dim=-1)
+
+
+def _sample(
+    logits: torch.Tensor,
+    noise: torch.Tensor | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> torch.Tensor:
+    """One id per row, on the device, no host sync: ``argmax(probs / noise)`` with ``noise``
+    standard-exponential draws (the exponential race: an exact sample of ``probs``, as in
+    gpt-fast's ``multinomial_sample_one_no_sync``); ``temperature == 0`` is greedy."""
+    if temperature == 0 or noise is None:
+        return logits.argmax(dim=-1)
+    probs = _filter_probs(logits, temperature, top_k, top_p)
+    return torch.argmax(probs / noise, dim=-1)
+
+
 def sample_logits(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -87,22 +122,47 @@ def sample_logits(
 ) -> torch.Tensor:
     """Sample one id per row of ``logits`` (batch, vocab) after temperature, top-k, top-p.
 
-    ``temperature == 0`` is greedy. Masked entries should be ``-inf`` already.
+    ``temperature == 0`` is greedy. Masked entries should be ``-inf`` already. Sampling is
+    the exponential race (no host sync), with draws from ``generator``.
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cum - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the first past top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    noise.exponential_(1, generator=generator)
+    return _sample(logits, noise, temperature, top_k, top_p)
+
+
+def prepare_for_sampling(model, dtype: str = "fp32") -> None:
+    """Give ``model`` its sampling weights in format ``dtype`` (``"fp32"``, ``"bf16"``,
+    ``"fp16"``, ``"int8"``): fused projections, weights converted or int8-quantized
+    (:meth:`jpeglm.model.Transformer.prepare_inference`). Cheap when already prepared in that
+    format with unchanged parameters. Training and checkpoints are unaffected."""
+    inf = getattr(model, "inference", None)
+    if inf is not None and inf["dtype"] == dtype and inf["key"] == model._param_key():
+        return
+    model.prepare_inference(dtype)
+
+
+#: Attention during decoding reads the cache cut to the filled length rounded up to one of
+#: these sizes (then to a multiple of the largest), so compiled graphs stay few and static.
+KV_BUCKETS = (256, 512, 1024, 2048)
+
+
+def _kv_len(filled: int, cache: int) -> int:
+    for b in KV_BUCKETS:
+        if filled <= b:
+            return min(b, cache)
+    top = KV_BUCKETS[-1]
+    return min(-(-filled // top) * top, cache)
+
+
+def _position_seed(seed: int, chunk: int, pos: int) -> int:
+    """The generator seed of the draws for position ``pos`` of batch ``chunk``: draws depend
+    on (seed, chunk, position) only, so skipping forced positions changes nothing else."""
+    x = seed * 0x9E3779B97F4A7C15 + chunk * 0xBF58476D1CE4E5B9 + pos * 0x94D049BB133111EB
+    x &= (1 << 64) - 1
+    x ^= x >> 31
+    return x & ((1 << 63) - 1)
 
 
 def _show(value: object) -> str:
@@ -132,6 +192,8 @@ def _check(
     batch_size: int | None = None,
     constrained: bool = True,
     compile: bool = False,
+    dtype: str = "fp32",
+    jump_forward: bool = True,
 ) -> tuple[float, int | None, float | None, int | None, int | None, int | None]:
     """Refuse a bad sampling option with one ``ValueError`` line naming it, before any work;
     returns the options as plain Python numbers."""
@@ -153,9 +215,12 @@ def _check(
         raise ValueError(
             f"seed must be an integer in -2**63 .. 2**64 - 1 or None, got {_show(seed)}"
         )
-    for name, value in (("constrained", constrained), ("compile", compile)):
+    flags = (("constrained", constrained), ("compile", compile), ("jump_forward", jump_forward))
+    for name, value in flags:
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {_show(value)}")
+    if not isinstance(dtype, str) or dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {_show(dtype)}")
     return (
         float(temperature),
         None if top_k is None else int(top_k),
@@ -215,49 +280,84 @@ def _run(
     top_k: int | None,
     top_p: float | None,
     max_tokens: int,
-    generator: torch.Generator,
+    seed: int,
+    chunk: int,
     constrained: bool,
     compile: bool = False,
+    jump_forward: bool = True,
+    stats: dict | None = None,
 ) -> list[list[int]]:
-    """Generate for a batch of equal-length prompts; returns each sample's new tokens."""
+    """Generate for a batch of equal-length prompts; returns each sample's new tokens.
+
+    The loop keeps ids and positions on the device and samples there (exponential race, the
+    draws of position ``p`` from a generator seeded by (seed, chunk, p)); per step the host
+    receives one copy of the sampled ids, which the grammar and the stop test need. On CUDA
+    the next forward is launched before that copy is waited for, so the grammar's advance and
+    mask run while the GPU computes. Jump-forward: when every active row's next token is the
+    only one the grammar allows, the forced run is appended in one multi-token forward (rows
+    that are done ride along with padding); forced tokens consume no draws, so the samples
+    equal token-by-token decoding.
+    """
     b, plen = len(prompts), len(prompts[0])
     device = next(model.parameters()).device
+    act = model.inference["act_dtype"] if model.inference is not None else None
     total = min(plen + max_tokens, model.args.max_seq_len)
-    model.setup_caches(b, total, device=device)
+    model.setup_caches(b, total, dtype=act, device=device)
+    cache_len = total
     eos = tokenizer.eos_id
     fill = tokenizer.pad_id if tokenizer.pad_id is not None else eos
+    vocab = tokenizer.vocab_size
+    cuda = device.type == "cuda"
     constraint = None
     if constrained:
         constraint = TokenConstraint.from_tokenizer(tokenizer, size)
-        # prompts start after BOS; the grammar follows the bytes
-        constraint.start(b, prompts=prompt_bytes)
-        mask_np = np.empty((b, constraint.vocab_size), dtype=bool)
-    idx = torch.tensor(prompts, dtype=torch.long, device=device)
-    logits = model(idx, torch.arange(plen, device=device))[:, -1]
-    step = model
-    if compile:  # the one-token step has static shapes: compile it (CUDA graphs on GPU)
-        mode = "reduce-overhead" if device.type == "cuda" else "default"
-        step = torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
+        constraint.start(b, prompts=prompt_bytes)  # prompts start after BOS; grammar follows bytes
+        mask_t = torch.empty((b, vocab), dtype=torch.bool, pin_memory=cuda)
+        mask_np = mask_t.numpy()
+    ids_host = torch.empty(b, dtype=torch.long, pin_memory=cuda)
+    ids_np = ids_host.numpy()
+    generator = torch.Generator(device=device)
+    step = model.decode
+    if compile:  # the one-token step has static shapes (kv_len buckets): one graph each
+        mode = "reduce-overhead" if cuda else "default"
+        step = torch.compile(model.decode, mode=mode, dynamic=False, fullgraph=True)
+
+    def forward(tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        n = tokens.shape[1]
+        positions = torch.arange(pos, pos + n, device=device)
+        kv = _kv_len(pos + n, cache_len)
+        if n == 1:
+            return step(tokens, positions, kv)
+        return model.decode(tokens, positions, kv)  # prefill / jump-forward runs: eager
+
+    def draw(logits: torch.Tensor, pos: int) -> torch.Tensor:
+        logits = logits[:, :vocab]
+        if constraint is not None:
+            mask = mask_t.to(device, non_blocking=True) if cuda else mask_t
+            logits = logits.masked_fill(~mask, float("-inf"))
+        noise = None
+        if temperature != 0:
+            generator.manual_seed(_position_seed(seed, chunk, pos))
+            noise = torch.empty((b, vocab), dtype=torch.float32, device=device)
+            noise.exponential_(1, generator=generator)
+        return _sample(logits, noise, temperature, top_k, top_p)
+
     out: list[list[int]] = [[] for _ in range(b)]
     finished = np.zeros(b, dtype=bool)
     pieces = {i: t for t, i in tokenizer.mergeable_ranks.items()}  # id -> bytes (no specials)
     tail = [p[-1:] for p in prompt_bytes]  # the last byte: an EOI may straddle two tokens
-    for pos in range(plen, total):
-        logits = logits[:, : tokenizer.vocab_size]
-        if constraint is not None:
-            constraint.mask(mask_np)
-            mask = torch.from_numpy(mask_np).to(device)
-            logits = logits.masked_fill(~mask, float("-inf"))
-        nxt = sample_logits(logits, temperature, top_k, top_p, generator)
-        nxt_np = nxt.cpu().numpy()
-        nxt_np[finished] = fill
+    forwards = forced_total = 0
+
+    def accept(tokens: np.ndarray) -> None:
+        """Advance the grammar and the per-row state by one token per row (host)."""
+        tokens[finished] = fill
         if constraint is not None:
             active = ~finished
-            ok = constraint.advance(np.where(active, nxt_np, eos))
+            ok = constraint.advance(np.where(active, tokens, eos))
             if not ok[active].all():  # cannot happen: the mask allowed only legal tokens
                 raise RuntimeError("constrained sampler produced an illegal token")
         for i in np.flatnonzero(~finished):
-            t = int(nxt_np[i])
+            t = int(tokens[i])
             if t == eos:
                 finished[i] = True
                 continue
@@ -267,12 +367,62 @@ def _run(
                 if b"\xff\xd9" in tail[i] + piece:  # EOI: the stream is complete
                     finished[i] = True
                 tail[i] = piece[-1:]
-        if finished.all() or pos + 1 >= total:
+
+    idx = torch.tensor(prompts, dtype=torch.long, device=device)
+    if constraint is not None:
+        constraint.mask(mask_np)
+    logits = forward(idx, 0)
+    forwards += 1
+    pos = plen  # the position the next sampled token takes
+    while True:
+        nxt = draw(logits, pos)
+        if cuda:  # one pinned copy of the ids; the next forward is queued behind it
+            ids_host.copy_(nxt, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            logits = forward(nxt.view(b, 1), pos) if pos + 1 < total else None
+            forwards += 1
+            copied.synchronize()
+        else:
+            ids_host.copy_(nxt)
+        accept(ids_np)
+        pos += 1
+        if finished.all() or pos >= total:
             break
-        logits = step(
-            torch.from_numpy(nxt_np).to(device).view(b, 1), torch.tensor([pos], device=device)
-        )[:, -1]
+        if constraint is not None:
+            constraint.mask(mask_np)  # for the token at `pos`, while the GPU runs
+        forced: list[np.ndarray] = []
+        if jump_forward and constraint is not None:
+            while pos + len(forced) < total:
+                counts = mask_np.sum(axis=1)
+                if not (counts[~finished] == 1).all():
+                    break
+                tokens = np.where(finished, fill, mask_np.argmax(axis=1))
+                forced.append(tokens.copy())
+                forced_total += int((~finished).sum())
+                accept(tokens)
+                if finished.all():
+                    break
+                constraint.mask(mask_np)
+            if finished.all():
+                break
+        if forced and pos + len(forced) >= total:
+            break
+        if forced:
+            run = torch.from_numpy(np.stack(forced, axis=1)).to(device)
+            if cuda:  # the one-token step is already queued: append the run after it
+                logits = forward(run, pos)
+            else:
+                logits = forward(torch.cat([nxt.view(b, 1), run], dim=1), pos - 1)
+            forwards += 1
+            pos += len(forced)
+        elif not cuda:
+            logits = forward(nxt.view(b, 1), pos - 1)
+            forwards += 1
     model.clear_caches()
+    if stats is not None:
+        stats["forwards"] = stats.get("forwards", 0) + forwards
+        stats["forced"] = stats.get("forced", 0) + forced_total
     return out
 
 
@@ -298,18 +448,21 @@ def _generate_prompts(
     constrained: bool,
     quality: int,
     compile: bool = False,
+    dtype: str = "fp32",
+    jump_forward: bool = True,
+    stats: dict | None = None,
 ) -> list[Sample]:
     temperature, top_k, top_p, max_tokens, seed, batch_size = _check(
-        temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile
-    )
+        temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile, dtype,
+        jump_forward,
+    )  # fmt: skip
     size = codec._check_size(size)
     quality = codec._check_quality(quality)
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError("the tokenizer needs BOS and EOS tokens")
     if max_tokens is None:
         max_tokens = model.args.max_seq_len
-    generator = torch.Generator(device=next(model.parameters()).device)
-    generator.manual_seed(0 if seed is None else int(seed))
+    seed = 0 if seed is None else seed
     prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
     for p in prompts:
         if len(p) >= model.args.max_seq_len:
@@ -324,15 +477,18 @@ def _generate_prompts(
         by_len.setdefault(len(p), []).append(i)
     was_training = model.training
     model.eval()
+    n_chunk = 0
     try:
+        prepare_for_sampling(model, dtype)
         for ids in by_len.values():
             for s in range(0, len(ids), batch_size):
                 chunk = ids[s : s + batch_size]
                 new = _run(
                     model, tokenizer, [prompts[i] for i in chunk], [prompt_bytes[i] for i in chunk],
-                    size, temperature, top_k, top_p, max_tokens, generator, constrained,
-                    compile,
+                    size, temperature, top_k, top_p, max_tokens, seed, n_chunk, constrained,
+                    compile, jump_forward, stats,
                 )  # fmt: skip
+                n_chunk += 1
                 for i, toks in zip(chunk, new):
                     results[i] = _finish(tokenizer, prompt_bytes[i], toks, size, quality)
     finally:
@@ -355,20 +511,30 @@ def generate(
     constrained: bool = True,
     quality: int = 25,
     compile: bool = False,
+    *,
+    dtype: str = "fp32",
+    jump_forward: bool = True,
+    stats: dict | None = None,
 ) -> list[Sample]:
     """``n`` unconditional samples (or continuations of the raw ``prompt`` bytes).
 
-    ``compile``: ``torch.compile`` the one-token decode step (CUDA graphs on GPU); pays off
-    for long generations, costs a compilation first.
+    ``compile``: ``torch.compile(fullgraph=True)`` the one-token decode step (CUDA graphs on
+    GPU); pays off for long generations, costs a compilation first (one graph per attention
+    length bucket, :data:`KV_BUCKETS`). ``dtype``: the weights used for sampling --
+    ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"`` (weight-only, per-channel scales, bf16
+    activations); see :func:`prepare_for_sampling`. ``jump_forward``: feed runs of tokens the
+    grammar forces (header, restart markers, EOI) in one step (same samples). ``stats``: a
+    dict that receives ``forwards`` (model calls) and ``forced`` (jumped tokens).
     """
     n = _positive_int("n", n)
-    _check(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile)
+    _check(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile, dtype,
+           jump_forward)  # fmt: skip
     if prompt is not None and not isinstance(prompt, (bytes, bytearray, memoryview)):
         raise ValueError(f"prompt must be bytes or None, got {type(prompt).__name__}")
     prompt = bytes(prompt or b"")
     return _generate_prompts(
         model, tokenizer, [prompt] * n, size, temperature, top_k, top_p, max_tokens,
-        seed, batch_size, constrained, quality, compile,
+        seed, batch_size, constrained, quality, compile, dtype, jump_forward, stats,
     )  # fmt: skip
 
 
@@ -387,9 +553,14 @@ def complete(
     batch_size: int | None = None,
     constrained: bool = True,
     compile: bool = False,
+    *,
+    dtype: str = "fp32",
+    jump_forward: bool = True,
+    stats: dict | None = None,
 ) -> list[Sample]:
-    """Complete each image from its first ``rows`` rows of MCUs."""
-    _check(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile)
+    """Complete each image from its first ``rows`` rows of MCUs (options as :func:`generate`)."""
+    _check(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile, dtype,
+           jump_forward)  # fmt: skip
     size, quality = codec._check_size(size), codec._check_quality(quality)
     if not _is_int(rows) or not 0 <= rows < size // 16:
         raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {_show(rows)}")
@@ -399,5 +570,5 @@ def complete(
     prompts = [prompt_stream(s, rows, size) for s in streams]
     return _generate_prompts(
         model, tokenizer, prompts, size, temperature, top_k, top_p, max_tokens, seed,
-        batch_size, constrained, quality, compile,
+        batch_size, constrained, quality, compile, dtype, jump_forward, stats,
     )  # fmt: skip

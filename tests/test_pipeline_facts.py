@@ -115,3 +115,12 @@ def test_one_image_lister_and_train_tokenizer_skips_a_broken_image(tmp_path, cap
     capsys.readouterr()
     assert main(["encode", str(imgs / "notes.txt"), "-o", str(tmp_path / "e2")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_dtype_flag(run_dir, tmp_path, capsys):
+    for dtype in ("bf16", "int8"):
+        out = tmp_path / dtype
+        rc = main(["sample", "--model", str(run_dir), "-o", str(out), "-n", "1", "--dtype", dtype])
+        assert rc == 0 and np.asarray(Image.open(out / "sample_000.png")).shape == (32, 32, 3)
+    with pytest.raises(SystemExit):
+        main(["sample", "--model", str(run_dir), "-o", str(tmp_path / "x"), "--dtype", "fp8"])

@@ -595,6 +595,7 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         constrained=not args.unconstrained,
         compile=args.compile,
+        dtype=args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"),
     )
 
 
@@ -888,6 +889,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--unconstrained", action="store_true", help="no grammar mask")
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+        sp.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8"], default=None,
+                        help="sampling weights (default: fp32 on CPU, bf16 on GPU; int8: "
+                        "weight-only, one scale per output channel)")  # fmt: skip
 
     sa = sub.add_parser("sample", help="unconditional samples from a model")
     sampling(sa)

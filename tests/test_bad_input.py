@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jpeglm import codec
+from jpeglm import codec, samples
 from jpeglm.grammar import ScanAutomaton, TokenConstraint
 from jpeglm.tokenizer import MAX_FILE_BYTES, Tokenizer
 
@@ -396,7 +396,9 @@ def test_cli_equal_stems_get_distinct_names(tmp_path, capsys):
         rc, _, err = _cli(capsys, "encode", *srcs, "-o", out, "--size", "32")
         assert rc == 0 and err == ""
         names = ["x.jlm", "x-1.jlm", "x-1-1.jlm", "X-2.jlm"]  # in input order, case-blind
-        assert sorted(f.name for f in out.iterdir()) == sorted(names + ["notes.txt"])
+        assert sorted(f.name for f in out.iterdir()) == sorted(
+            names + ["notes.txt", ".jpeglm-outputs"]
+        )
         for s, n in zip(srcs, names):
             assert (out / n).read_bytes() == codec.encode(s, size=32)
     assert (out / "notes.txt").read_text() == "mine"
@@ -404,7 +406,11 @@ def test_cli_equal_stems_get_distinct_names(tmp_path, capsys):
     (tmp_path / "e" / "x.jpg").write_bytes(codec.with_tables(codec.encode(srcs[1], size=32)))
     dec = tmp_path / "dec"
     rc, _, _ = _cli(capsys, "decode", out / "x.jlm", tmp_path / "e" / "x.jpg", "-o", dec)
-    assert rc == 0 and sorted(f.name for f in dec.iterdir()) == ["x-1.png", "x.png"]
+    assert rc == 0 and sorted(f.name for f in dec.iterdir()) == [
+        ".jpeglm-outputs",
+        "x-1.png",
+        "x.png",
+    ]
     np.testing.assert_array_equal(
         np.asarray(Image.open(dec / "x-1.png")), codec.decode(codec.encode(srcs[1], size=32))
     )
@@ -651,3 +657,21 @@ def test_cli_prepare_signal(prep, tmp_path, sig, rc, word):
     assert r.returncode == 0 and r.stderr == ""
     assert json.loads((out / "index.json").read_text())["images"] == 360
     assert _snapshot(src) == before
+
+
+def test_cli_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
+    """A file in the output folder that no jpeglm command wrote is never replaced; the files a
+    command wrote there are (a rerun), and the list of them lives in `.jpeglm-outputs`."""
+    src = samples.photo_path("astronaut")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "astronaut.jlm").write_bytes(b"the user's own file")
+    rc, _, err = _cli(capsys, "encode", src, "-o", out, "--size", "32")
+    assert rc == 2
+    _one_line(err, "was not written by jpeglm")
+    assert (out / "astronaut.jlm").read_bytes() == b"the user's own file"
+    fresh = tmp_path / "f"
+    for _ in range(2):  # the rerun replaces its own output
+        rc, _, err = _cli(capsys, "encode", src, "-o", fresh, "--size", "32")
+        assert rc == 0 and err == ""
+    assert "astronaut.jlm" in (fresh / ".jpeglm-outputs").read_text().splitlines()

@@ -111,7 +111,7 @@ def test_one_image_lister_and_train_tokenizer_skips_a_broken_image(tmp_path, cap
     assert "broken.jpg" in err and err.count("\n") == 1 and "6 images (1 skipped)" in out
     # encode lists folders the same way (recursively); a named non-image is one line, exit 2
     assert main(["encode", str(imgs / "sub"), "-o", str(tmp_path / "e"), "--size", "32"]) == 0
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["1.jlm", "3.jlm", "5.jlm"]
+    assert sorted(p.name for p in (tmp_path / "e").glob("*.jlm")) == ["1.jlm", "3.jlm", "5.jlm"]
     capsys.readouterr()
     assert main(["encode", str(imgs / "notes.txt"), "-o", str(tmp_path / "e2")]) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -43,13 +43,45 @@ def plan_outputs(
     created and checked writable, then the command is refused when one of them is one of
     ``inputs`` (after creating: ``-o new/..`` names the folder above only once it exists)."""
     folder = Path(out)
+    names = list(names)
     targets = [folder / n for n in names]
     try:
         writable_folder(folder)
         refuse_overwriting(targets, inputs)
     except ValueError as e:
         raise UserError(str(e)) from e
+    owned = _owned_outputs(folder)
+    for t in targets:
+        if (t.exists() or t.is_symlink()) and t.name not in owned:
+            raise UserError(
+                f"{show(t)} exists and was not written by jpeglm: choose another output folder "
+                "(or move it away)"
+            )
+    if not set(names) <= owned:
+        from jpeglm._io import atomic_write_text
+
+        body = "".join(f"{n}\n" for n in sorted(owned | set(names)))
+        atomic_write_text(folder / OUTPUTS_MANIFEST, OUTPUTS_HEADER + body)
     return targets
+
+
+#: in every output folder, the names of the files jpeglm commands wrote there: a rerun may
+#: replace those, and nothing else
+OUTPUTS_MANIFEST = ".jpeglm-outputs"
+OUTPUTS_HEADER = "# files written here by jpeglm commands; a rerun may replace only these\n"
+
+
+def _owned_outputs(folder: Path) -> set[str]:
+    path = folder / OUTPUTS_MANIFEST
+    try:
+        if path.stat().st_size > 16 << 20:
+            raise UserError(f"{show(path)} is too large to be jpeglm's list of outputs")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return set()
+    except OSError as e:
+        raise UserError(f"cannot read {show(path)}: {e.strerror}") from e
+    return {x for x in text.splitlines() if x and not x.startswith("#")}
 
 
 def plan_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:

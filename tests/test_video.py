@@ -205,3 +205,53 @@ def test_moving_mnist_clips():
     assert video.structure(s)["slices_per_frame"] == [16] * 15
     with pytest.raises(ValueError):
         samples.moving_mnist(1, size=20)
+
+
+def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_path):
+    """Moving-MNIST clips (32x32, 6 frames) -> BPE -> packed shards -> `jpeglm.train` ->
+    prompted completion after 3 frames, decoded tolerantly: the image pipeline, unchanged."""
+    pytest.importorskip("torch")
+    import json
+    import sys
+
+    from jpeglm import checkpoint, data
+    from jpeglm.tokenizer import Tokenizer
+
+    clips_dir = tmp_path / "clips"
+    clips_dir.mkdir()
+    clips = samples.moving_mnist(24, frames=6, size=32, seed=3)
+    for i, c in enumerate(clips):
+        np.save(clips_dir / f"{i:03d}.npy", c)
+    settings = {"width": 32, "height": 32, "fps": 3, "seconds": 2, "qp": 37}
+    streams = [video.encode(video.prepare(list(c), width=32, height=32, seconds=2)) for c in clips]
+    tok = Tokenizer.train(streams, vocab_size=300, progress=False)
+    tok.save(tmp_path / "tok.jpeglm")
+    index = data.prepare(clips_dir, tmp_path / "shards", tok, seq_len=2048, images_per_shard=8,
+                         progress=False, video=settings)  # fmt: skip
+    assert index["config"]["kind"] == "video" and index["images"] == 24
+    seqs = np.concatenate([np.load(tmp_path / "shards" / s["file"]) for s in index["shards"]
+                           if s["sequences"]])  # fmt: skip
+    flat = seqs.reshape(-1)
+    e = int(np.flatnonzero(flat == tok.eos_id)[0])
+    assert tok.decode(flat[1:e].tolist()) == streams[0]  # the first clip's canonical stream
+    # the trainer, as for images
+    import subprocess
+
+    from trainutil import env
+
+    out = tmp_path / "run"
+    args = [f"train_data={json.dumps([str(tmp_path / 'shards')])}",
+            f"tokenizer={json.dumps(str(tmp_path / 'tok.jpeglm'))}", "batch_size=2",
+            "max_steps=3", "warmup_steps=1", f"out={json.dumps(str(out))}", "progress=false",
+            "eval_every=100", "ckpt_every=100"]  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "jpeglm.train", *args], env=env(),
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    loaded = checkpoint.load_model(out)
+    assert loaded.info["kind"] == "video" and loaded.info["video"]["width"] == 32
+    got = video.complete(loaded.model, loaded.tokenizer, [streams[1]], frames=3, total_frames=6,
+                         size=(32, 32), max_tokens=200, seed=0)  # fmt: skip
+    assert len(got) == 1 and got[0].frames.shape == (6, 32, 32, 3)
+    assert got[0].valid_frames >= 3  # the prompt's frames at least
+    np.testing.assert_array_equal(got[0].frames[:3], video.decode(streams[1])[:3])
+    assert got[0].data.startswith(video.prompt_stream(streams[1], 3))

@@ -726,7 +726,7 @@ def read_info(folder: Path, state: dict | None = None) -> dict[str, Any]:
         info["source"] = HF_METADATA
     else:
         info["source"] = "defaults"
-    for k in ("image_size", "quality"):
+    for k in ("image_size", "quality") if info.get("kind", "image") == "image" else ():
         v = info.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65500:
             raise ValueError(f"{folder}: metadata {k} must be a positive integer, got {v!r}")

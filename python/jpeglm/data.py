@@ -73,6 +73,9 @@ from jpeglm._io import (
 )
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
+#: video sources (``prepare(..., video=...)``): files PyAV decodes, or ``.npy`` frame arrays
+#: ``(T, H, W[, 3])`` uint8 taken as already at the clip rate
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".npy"}
 INDEX = "index.json"
 REPORT = "report.json"
 TAR_SUFFIXES = {".tar", ".tgz", ".gz", ".tbz", ".tbz2", ".bz2", ".txz", ".xz"}
@@ -108,7 +111,9 @@ def list_sources(src: str | os.PathLike) -> list[Source]:
     return scan_sources(src)[0]
 
 
-def scan_sources(src: str | os.PathLike) -> tuple[list[Source], list[dict]]:
+def scan_sources(
+    src: str | os.PathLike, suffixes: set[str] | None = None
+) -> tuple[list[Source], list[dict]]:
     """:func:`list_sources` and the problems met listing them, as ``{"source", "error"}``
     entries for ``report.json``: names that are not valid UTF-8 (shown with ``\\xNN``
     escapes; they could not be listed in ``sources.txt``), and a tar archive that is truncated
@@ -118,7 +123,7 @@ def scan_sources(src: str | os.PathLike) -> tuple[list[Source], list[dict]]:
         raise FileNotFoundError(f"no such folder, list or archive: {show(p)}")
     problems: list[dict] = []
     if p.is_dir():
-        out = [Source(str(f.relative_to(p)), str(f)) for f in _folder_images(p)]
+        out = [Source(str(f.relative_to(p)), str(f)) for f in _folder_images(p, suffixes)]
     elif p.suffix == ".txt":
         text = p.read_bytes().decode("utf-8", "surrogateescape")
         lines = [ln.strip() for ln in text.splitlines()]
@@ -126,7 +131,7 @@ def scan_sources(src: str | os.PathLike) -> tuple[list[Source], list[dict]]:
             Source(ln, str((p.parent / ln) if not os.path.isabs(ln) else ln)) for ln in lines if ln
         ]
     elif tarfile.is_tarfile(p):
-        out = _tar_sources(p, problems)
+        out = _tar_sources(p, problems, suffixes)
     elif p.suffix.lower() in TAR_SUFFIXES:
         raise ValueError(f"{show(p)}: not a readable tar archive (truncated or corrupt?)")
     else:
@@ -145,11 +150,10 @@ def scan_sources(src: str | os.PathLike) -> tuple[list[Source], list[dict]]:
     return good, problems
 
 
-def _folder_images(folder: Path) -> list[Path]:
+def _folder_images(folder: Path, suffixes: set[str] | None = None) -> list[Path]:
     """The image files (by suffix, any case) under ``folder``, recursively, sorted."""
-    return sorted(
-        f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-    )
+    suffixes = IMAGE_SUFFIXES if suffixes is None else suffixes
+    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in suffixes and f.is_file())
 
 
 def list_images(items: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
@@ -201,13 +205,14 @@ def list_images(items: Sequence[str | os.PathLike]) -> tuple[list[Path], list[di
     return paths, problems
 
 
-def _tar_sources(p: Path, problems: list[dict]) -> list[Source]:
+def _tar_sources(p: Path, problems: list[dict], suffixes: set[str] | None = None) -> list[Source]:
     """The image members of a tar archive, up to the first damage (reported in ``problems``)."""
+    suffixes = IMAGE_SUFFIXES if suffixes is None else suffixes
     members = []
     try:
         with tarfile.open(p) as tf:
             for m in tf:
-                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
+                if m.isfile() and Path(m.name).suffix.lower() in suffixes:
                     members.append(m)
             # tarfile ends quietly at a cut header: what follows the last member must be the
             # zero blocks that end an archive, else the rest of it is lost
@@ -246,6 +251,26 @@ def _read_image(read, size: int, fast: bool) -> np.ndarray | str:
     except UnidentifiedImageError:
         return "UnidentifiedImageError: not an image file Pillow can read"
     except Exception as e:  # noqa: BLE001 - any unreadable image is skipped
+        return f"{type(e).__name__}: {e}"
+
+
+def _read_clip(read, name: str, video: dict) -> bytes | str:
+    """The canonical H.264 stream (:mod:`jpeglm.video`) of one clip source, or why not."""
+    from jpeglm import video as vid
+
+    try:
+        data = read()
+        kw = {k: video[k] for k in ("fps", "seconds", "width", "height")}
+        if name.lower().endswith(".npy"):
+            frames = np.load(io.BytesIO(data), allow_pickle=False)
+            if frames.dtype != np.uint8 or frames.ndim not in (3, 4):
+                raise ValueError(f"expected (T, H, W[, 3]) uint8 frames, got {frames.dtype} "
+                                 f"{frames.shape}")  # fmt: skip
+            clip = vid.prepare(list(frames), **kw)
+        else:
+            clip = vid.prepare(data, **kw)
+        return vid.encode(clip, qp=video["qp"], fps=int(video["fps"]))
+    except Exception as e:  # noqa: BLE001 - any unreadable clip is skipped
         return f"{type(e).__name__}: {e}"
 
 
@@ -306,8 +331,14 @@ def prepare(
     workers: int | None = None,
     fast: bool = False,
     progress: bool = True,
+    video: dict | None = None,
 ) -> dict:
     """Turn the images of ``src`` into packed token shards in ``out``; returns the index.
+
+    ``video`` (AVC-LM): the sources are clips (:data:`VIDEO_SUFFIXES`), each made a canonical
+    H.264 stream by :mod:`jpeglm.video` with these settings (``width``, ``height``, ``fps``,
+    ``seconds``, ``qp``; missing ones take the paper's 256x144, 3 fps, 5 s, QP 37) and packed
+    the same way; ``images_per_shard`` then counts clips and ``size`` / ``quality`` are unused.
 
     Every token of every usable image lands in a sequence; the last sequence is padded with
     ``tokenizer.pad_id`` (see the module docstring). Resumable: shards already present (from
@@ -329,7 +360,15 @@ def prepare(
     pad_id = tokenizer.pad_id
     if pad_id in (tokenizer.bos_id, tokenizer.eos_id):
         pad_id = None  # padding must not look like a stream boundary
-    sources, problems = scan_sources(src)
+    if video is not None:
+        from jpeglm import video as vid
+
+        video = {"width": vid.WIDTH, "height": vid.HEIGHT, "fps": vid.FPS,
+                 "seconds": vid.SECONDS, "qp": vid.QP, **video}  # fmt: skip
+        unknown = set(video) - {"width", "height", "fps", "seconds", "qp"}
+        if unknown:
+            raise ValueError(f"video: unknown setting(s) {', '.join(sorted(unknown))}")
+    sources, problems = scan_sources(src, VIDEO_SUFFIXES if video is not None else None)
     out = Path(out)
     n_chunks = (len(sources) + images_per_shard - 1) // images_per_shard
     targets = [out / shard_name(c) for c in range(n_chunks)] + [out / n for n in OWN_FILES]
@@ -348,6 +387,9 @@ def prepare(
         "pad_id": pad_id,
         "sources": len(sources),
     }
+    if video is not None:
+        config.update({"kind": "video", "video": video, "size": None, "quality": None,
+                       "fast": False})  # fmt: skip
     remove_own_temps(out, is_own_file)  # temp files of a run killed mid-write (ours only)
     index_path = out / INDEX
     old = {}
@@ -372,14 +414,21 @@ def prepare(
     def pack(chunk: list[Source]) -> tuple[np.ndarray, int, list[dict], int]:
         """The chunk's images as ``BOS tokens EOS ...``; their count, the bad ones, bytes."""
         images, bad = [], []
-        for s, r in zip(chunk, pool.map(lambda s: _read_image(s.read, size, fast), chunk)):
+        if video is not None:
+            read = lambda s: _read_clip(s.read, s.name, video)  # noqa: E731
+        else:
+            read = lambda s: _read_image(s.read, size, fast)  # noqa: E731
+        for s, r in zip(chunk, pool.map(read, chunk)):
             if isinstance(r, str):
                 bad.append({"source": s.name, "error": r})
             else:
                 images.append(r)
         if not images:
             return np.empty(0, np.uint16), 0, bad, 0
-        streams = codec.encode_batch(np.stack(images), quality=quality, size=size)
+        if video is not None:
+            streams = images  # already canonical H.264 streams
+        else:
+            streams = codec.encode_batch(np.stack(images), quality=quality, size=size)
         toks, offsets = tokenizer.encode_batch_to_numpy(streams)
         offsets = np.asarray(offsets, dtype=np.int64)
         lens = np.diff(offsets)

@@ -31,6 +31,7 @@ __all__ = [
     "clean_stream",
     "complete",
     "generate",
+    "generate_tokens",
     "prepare_for_sampling",
     "prompt_stream",
     "sample_logits",
@@ -286,6 +287,7 @@ def _run(
     compile: bool = False,
     jump_forward: bool = True,
     stats: dict | None = None,
+    stop_at_eoi: bool = True,
 ) -> list[list[int]]:
     """Generate for a batch of equal-length prompts; returns each sample's new tokens.
 
@@ -363,7 +365,7 @@ def _run(
                 continue
             out[i].append(t)
             piece = pieces.get(t, b"")
-            if piece:
+            if piece and stop_at_eoi:
                 if b"\xff\xd9" in tail[i] + piece:  # EOI: the stream is complete
                     finished[i] = True
                 tail[i] = piece[-1:]
@@ -494,6 +496,61 @@ def _generate_prompts(
     finally:
         model.train(was_training)
     return [r for r in results if r is not None]
+
+
+def generate_tokens(
+    model,
+    tokenizer,
+    prompts: Sequence[bytes],
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = 0.9,
+    max_tokens: int | None = None,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    dtype: str = "fp32",
+    stop_at_eoi: bool = False,
+) -> list[list[int]]:
+    """Unconstrained continuations of byte ``prompts`` (each after BOS): the new token ids of
+    each, up to EOS, ``max_tokens`` or the context -- the sampler without any JPEG knowledge,
+    for other byte formats (the H.264 clips of :mod:`jpeglm.video`). ``stop_at_eoi``: also
+    stop at a JPEG EOI (FFD9)."""
+    temperature, top_k, top_p, max_tokens, seed, batch_size = _check(
+        temperature, top_k, top_p, max_tokens, seed, batch_size, False, False, dtype, False,
+    )  # fmt: skip
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise ValueError("the tokenizer needs BOS and EOS tokens")
+    seed = 0 if seed is None else seed
+    ids = [[tokenizer.bos_id] + tokenizer.encode(bytes(p)) for p in prompts]
+    room = model.args.max_seq_len
+    for p in ids:
+        if len(p) >= room:
+            raise ValueError(f"prompt of {len(p)} tokens leaves no room (max_seq_len {room})")
+    results: list[list[int] | None] = [None] * len(ids)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(ids):
+        by_len.setdefault(len(p), []).append(i)
+    batch_size = batch_size or len(ids)
+    was_training = model.training
+    model.eval()
+    n_chunk = 0
+    try:
+        prepare_for_sampling(model, dtype)
+        for group in by_len.values():
+            for s in range(0, len(group), batch_size):
+                chunk = group[s : s + batch_size]
+                new = _run(
+                    model, tokenizer, [ids[i] for i in chunk], [bytes(prompts[i]) for i in chunk],
+                    256, temperature, top_k, top_p, max_tokens or room, seed, n_chunk, False,
+                    False, False, None, stop_at_eoi,
+                )  # fmt: skip
+                n_chunk += 1
+                for i, toks in zip(chunk, new):
+                    results[i] = [t for t in toks if t != tokenizer.eos_id]
+    finally:
+        model.train(was_training)
+    return [r if r is not None else [] for r in results]
 
 
 def generate(

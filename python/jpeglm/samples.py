@@ -35,6 +35,22 @@ def mnist() -> tuple[np.ndarray, np.ndarray]:
         return f["images"], f["labels"]
 
 
+def mnist_split(held_per_digit: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """A split of :func:`mnist` stratified by label: the last ``held_per_digit`` images of each
+    digit are held out, the rest are for training. Returns (train_idx, held_idx), both sorted.
+
+    (The bundled digits are sorted by label, so a split by position would hold out 9s only.)"""
+    _, labels = mnist()
+    if not 0 < held_per_digit < np.bincount(labels).min():
+        raise ValueError(f"held_per_digit={held_per_digit} leaves a digit with no training images")
+    held = np.concatenate(
+        [np.flatnonzero(labels == d)[-held_per_digit:] for d in np.unique(labels)]
+    )
+    held.sort()
+    train = np.setdiff1d(np.arange(len(labels)), held)
+    return train, held
+
+
 def moving_mnist(
     n: int,
     frames: int = 15,
@@ -64,11 +80,12 @@ def moving_mnist(
                 region = out[i, t, y : y + 28, xx : xx + 28]
                 np.maximum(region, x[d], out=region)
                 pos = pos + vel
-                for k in range(2):  # bounce
+                for k in range(2):  # bounce (clipped: a fast digit in a small frame)
                     if pos[k] < 0:
                         pos[k], vel[k] = -pos[k], -vel[k]
                     elif pos[k] > span:
                         pos[k], vel[k] = 2 * span - pos[k], -vel[k]
+                    pos[k] = min(max(pos[k], 0.0), float(span))
     return out
 
 

@@ -604,6 +604,8 @@ def _metadata(index: dict, tok, seq_len: int) -> dict:
         "bytes_per_token": index["bytes"] / max(1, index["tokens"]),
         "tokens_per_image": index["tokens"] / max(1, index["images"]),
         "sampling": {"temperature": 1.0, "top_k": 50, "top_p": 0.9},
+        "kind": c.get("kind", "image"),
+        **({"video": c["video"]} if c.get("kind") == "video" else {}),
     }
 
 

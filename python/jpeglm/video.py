@@ -43,10 +43,13 @@ __all__ = [
     "QP",
     "WIDTH",
     "X264_OPTIONS",
+    "ClipSample",
     "VideoError",
     "VideoResult",
+    "complete",
     "decode",
     "encode",
+    "generate",
     "nal_units",
     "prepare",
     "prompt_stream",
@@ -119,7 +122,7 @@ def _fit_and_pad(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def prepare(
-    source: str | os.PathLike | np.ndarray | list,
+    source: str | os.PathLike | bytes | np.ndarray | list,
     *,
     fps: float = FPS,
     seconds: float = SECONDS,
@@ -129,8 +132,9 @@ def prepare(
 ) -> np.ndarray:
     """A canonical clip ``(T, height, width, 3)`` uint8 from a video file or from frames.
 
-    A file is decoded with PyAV and resampled to ``fps`` (frame ``k`` is the last source frame
-    shown at time ``k / fps``, as ffmpeg's fps filter picks), the first ``seconds`` kept.
+    A file (a path, or its bytes) is decoded with PyAV and resampled to ``fps`` (frame ``k``
+    is the last source frame shown at time ``k / fps``, as ffmpeg's fps filter picks), the
+    first ``seconds`` kept.
     Frames (an array ``(T, H, W, 3)`` / ``(T, H, W)`` uint8 or a list of such images) are taken
     as already at ``fps`` unless ``source_fps`` says otherwise. Each frame is scaled to fit
     and padded to ``width`` x ``height`` (both even).
@@ -140,8 +144,8 @@ def prepare(
     if not (fps > 0 and seconds > 0):
         raise ValueError("fps and seconds must be positive")
     n_out = int(round(fps * seconds))
-    if isinstance(source, (str, os.PathLike)):
-        times, frames = _read_file(Path(source), seconds)
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        times, frames = _read_file(source, seconds)
     else:
         frames = [np.asarray(f) for f in source]
         rate = source_fps or fps
@@ -170,12 +174,18 @@ def prepare(
     return np.stack(out)
 
 
-def _read_file(path: Path, seconds: float) -> tuple[list[float], list[np.ndarray]]:
+def _read_file(source, seconds: float) -> tuple[list[float], list[np.ndarray]]:
+    """Decoded frames and their times of a video file (a path, or its bytes)."""
     av = _av()
-    if not path.is_file():
-        raise FileNotFoundError(f"no such video file: {path}")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        path, target = "<video bytes>", io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such video file: {path}")
+        target = str(path)
     try:
-        with av.open(str(path)) as container:
+        with av.open(target) as container:
             stream = container.streams.video[0]
             times, frames = [], []
             for frame in container.decode(stream):
@@ -513,3 +523,83 @@ def prompt_stream(data: bytes, frames: int) -> bytes:
         first = next((u.start for u in units if u.type in (1, 5)), len(data))
         return bytes(data[:first])
     return bytes(data[: pics[frames - 1][-1].end])
+
+
+# ---------------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class ClipSample:
+    """One generated clip: the stream (prompt included), its tolerant decode and counts."""
+
+    tokens: list[int]  #: generated token ids (prompt excluded)
+    data: bytes  #: the Annex-B stream, prompt included
+    frames: np.ndarray  #: (T, H, W, 3) uint8
+    valid_frames: int
+    total_frames: int
+
+
+def complete(
+    model,
+    tokenizer,
+    clips: list,
+    *,
+    frames: int = 10,
+    total_frames: int = FRAMES,
+    size: tuple[int, int] = (HEIGHT, WIDTH),
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = 0.9,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    dtype: str = "fp32",
+) -> list[ClipSample]:
+    """Continue each clip (a canonical stream, or frames to :func:`encode`) after its first
+    ``frames`` frames, as the paper evaluates AVC-LM (10 frames of prompt, 5 generated):
+    unconstrained sampling (H.264 has no scan grammar here), decoded tolerantly into
+    ``total_frames`` frames."""
+    from jpeglm.sample import generate_tokens
+
+    streams = [c if isinstance(c, (bytes, bytearray)) else encode(np.asarray(c)) for c in clips]
+    prompts = [prompt_stream(s, frames) for s in streams]
+    return _sample(model, tokenizer, prompts, total_frames, size, temperature, top_k, top_p,
+                   max_tokens, seed, batch_size, dtype, generate_tokens)  # fmt: skip
+
+
+def generate(
+    model,
+    tokenizer,
+    n: int = 1,
+    *,
+    total_frames: int = FRAMES,
+    size: tuple[int, int] = (HEIGHT, WIDTH),
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = 0.9,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    dtype: str = "fp32",
+) -> list[ClipSample]:
+    """``n`` unconditional clips (the model writes the parameter sets too)."""
+    from jpeglm.sample import generate_tokens
+
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return _sample(model, tokenizer, [b""] * n, total_frames, size, temperature, top_k, top_p,
+                   max_tokens, seed, batch_size, dtype, generate_tokens)  # fmt: skip
+
+
+def _sample(model, tokenizer, prompts, total_frames, size, temperature, top_k, top_p, max_tokens,
+            seed, batch_size, dtype, generate_tokens) -> list[ClipSample]:  # fmt: skip
+    new = generate_tokens(
+        model, tokenizer, prompts, temperature=temperature, top_k=top_k, top_p=top_p,
+        max_tokens=max_tokens, seed=seed, batch_size=batch_size, dtype=dtype,
+    )  # fmt: skip
+    out = []
+    for prompt, toks in zip(prompts, new):
+        data = bytes(prompt) + tokenizer.decode(toks)
+        r = decode(data, tolerant=True, frames=total_frames, size=size)
+        out.append(ClipSample(toks, data, r.frames, r.valid_frames, r.total_frames))
+    return out

@@ -681,11 +681,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     tok = _load_tokenizer(Path(args.tokenizer))
+    video = None
+    if args.video:
+        m = re.fullmatch(r"(\d+)x(\d+)", args.frame_size or "256x144")
+        if not m:
+            raise UserError(f"--frame-size must be WIDTHxHEIGHT, got {args.frame_size!r}")
+        video = {"width": int(m.group(1)), "height": int(m.group(2)), "fps": args.fps,
+                 "seconds": args.seconds, "qp": args.qp}  # fmt: skip
     try:
         index = data.prepare(
             args.src, args.out, tok, size=args.size, quality=args.quality, seq_len=args.seq_len,
             images_per_shard=args.images_per_shard, workers=args.workers, fast=args.fast,
-            progress=not args.quiet,
+            progress=not args.quiet, video=video,
         )  # fmt: skip
     except FileNotFoundError as e:
         raise UserError(str(e)) from e
@@ -881,6 +888,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--images-per-shard", type=int, default=1024)
     pr.add_argument("--workers", type=int, default=None)
     pr.add_argument("--fast", action="store_true", help="libjpeg DCT scaling for big JPEGs")
+    pr.add_argument("--video", action="store_true",
+                    help="AVC-LM: SRC holds clips (video files or .npy frames) made canonical "
+                    "H.264 streams (jpeglm.video)")  # fmt: skip
+    pr.add_argument("--frame-size", default=None, help="video: WIDTHxHEIGHT (default 256x144)")
+    pr.add_argument("--fps", type=float, default=3, help="video: frames per second (3)")
+    pr.add_argument("--seconds", type=float, default=5, help="video: seconds kept (5)")
+    pr.add_argument("--qp", type=int, default=37, help="video: libx264 constant QP (37)")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_prepare)
 

@@ -1,25 +1,37 @@
 """Whole-model training throughput: jpeglm's kernels vs eager PyTorch vs torch.compile.
 
-    python benchmarks/model.py [--device auto|cuda|cpu] [--sizes base 1B] [--steps 10] [--no-write]
+    python benchmarks/model.py [--device auto|cuda|cpu] [--sizes base 1B] [--steps 10]
+                               [--precision autocast bf16] [--no-write]
 
-A training step is forward (loss through the linear + cross-entropy op), backward and a fused
-AdamW update, bf16 parameters, on packed sequences of 12,288 tokens (the paper's context).
+A training step is what ``jpeglm.train`` runs: forward (loss through the linear +
+cross-entropy op), backward, gradient clipping and a fused AdamW update, on packed sequences of
+12,288 tokens (the paper's context), in one of two precisions:
+
+* ``autocast`` (the trainer's single-GPU and DDP way, the default): fp32 master weights, the
+  forward under ``torch.autocast(bfloat16)`` on CUDA;
+* ``bf16``: bf16 parameters, as FSDP2's ``MixedPrecisionPolicy(param_dtype=bf16)`` computes
+  (its fp32 master copy lives in the shards, outside this single-GPU step).
+
 Three ways to run the same ``Transformer``:
 
 * eager: the PyTorch reference backend (``JPEGLM_BACKEND=torch``), SDPA attention;
-* torch.compile: the reference backend under ``torch.compile``;
+* torch.compile: the reference backend with every block compiled, as ``compile=true`` in the
+  trainer does (``layer.compile()``);
 * jpeglm: the Triton backend (RMSNorm, RoPE, SwiGLU, fused linear + cross-entropy kernels) and
   flash-attn 2 when it is installed (SDPA otherwise; the table says which).
 
 Reported: tokens/s (median step time after warm-up), MFU = training FLOPs/token x tokens/s /
-the card's dense bf16 peak (FLOPs/token = 6 N + 12 L d T, ``Transformer.flops_per_token``),
-and peak memory. On CPU only the reference path of small models runs (fp32), and says so.
-Results go to the "Model" section of benchmarks/RESULTS.md.
+the card's dense bf16 peak, with the trainer's count of FLOPs/token (``6 N + 6 L d T``: causal
+attention computes half the score matrix; ``Transformer.flops_per_token``; the peaks are
+``jpeglm.train.PEAK_BF16_FLOPS``), and peak memory. On CPU only the reference path of small
+models runs (fp32, no autocast, as the trainer on CPU), and says so. Results go to the "Model"
+section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import statistics
@@ -33,66 +45,102 @@ from _common import machine, today, write_section  # noqa: E402
 
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 
-# Dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name().
-PEAK_BF16 = [
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("A10G", 70e12),
-    ("RTX 4090", 165e12),
-]
+PRECISIONS = ("autocast", "bf16")
+
+
+def _trainer_peaks() -> dict[str, float]:
+    """``jpeglm.train.PEAK_BF16_FLOPS``, the trainer's table of dense bf16 peaks. Importing
+    jpeglm.train needs jpeglm._core (through jpeglm.data); without it (a GPU machine with no
+    libjpeg to build it) the literal is read from the module's source instead."""
+    try:
+        from jpeglm.train import PEAK_BF16_FLOPS
+
+        return PEAK_BF16_FLOPS
+    except ImportError:
+        import ast
+        import importlib.util
+
+        source = open(importlib.util.find_spec("jpeglm.train").origin).read()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "PEAK_BF16_FLOPS" for t in node.targets
+            ):
+                return ast.literal_eval(node.value)
+        raise
 
 
 def peak_flops(name: str) -> float | None:
-    for key, flops in PEAK_BF16:
-        if key in name:
-            return flops
-    return None
+    """The card's dense bf16 peak FLOP/s (the trainer's table), or None if unknown."""
+    return next((v for k, v in _trainer_peaks().items() if k in name), None)
 
 
-def train_step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor):
+def build(size: str, mode: str, device: str, precision: str, seq: int) -> Transformer:
+    """The model as the trainer builds it: fp32 parameters (``autocast``) or bf16 ones, each
+    block compiled for ``torch.compile``."""
+    args = ModelArgs.from_name(size, max_seq_len=max(seq, ModelArgs.from_name(size).max_seq_len))
+    backend = "triton" if mode == "jpeglm" else "torch"
+    with torch.device("meta"):  # no memory until materialised on the device
+        model = Transformer(args, backend=backend)
+    model.to_empty(device=device)
+    torch.manual_seed(0)
+    with torch.no_grad():  # random init on the device: reset_parameters draws on the CPU
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    if mode == "torch.compile":
+        for layer in model.layers:
+            layer.compile()
+    return model
+
+
+def train_step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor,
+                  autocast: bool):  # fmt: skip
+    """One trainer step: forward under autocast (when on), backward, clip, AdamW, zero_grad."""
     inputs, targets = idx[:, :-1], idx[:, 1:]
+    device = idx.device.type
+    ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if autocast else (
+        contextlib.nullcontext)  # fmt: skip
 
     def step() -> float:
-        loss = model(inputs, targets=targets)
+        with ctx():
+            loss = model(inputs, targets=targets)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return 0.0
+        return loss.detach()
 
     return step
 
 
 def measure(
-    size: str, mode: str, batch: int, seq: int, steps: int, device: str, dtype: torch.dtype
-) -> dict[str, float | str]:
-    """Tokens/s, MFU and peak memory of one (size, mode) pair."""
-    torch.manual_seed(0)
-    args = ModelArgs.from_name(size)
-    backend = "triton" if mode == "jpeglm" else "torch"
-    with torch.device(device):  # initialise in place: a 1B model would not fit twice
-        model = Transformer(args, backend=backend).to(dtype)
-    flops_per_token = model.flops_per_token(seq, causal=False)
+    size: str, mode: str, batch: int, seq: int, steps: int, device: str,
+    precision: str = "autocast", warmup: int | None = None,
+) -> dict[str, float | str]:  # fmt: skip
+    """Tokens/s, MFU and peak memory of one (size, mode, precision)."""
+    model = build(size, mode, device, precision, seq)
+    flops_per_token = model.flops_per_token(seq)  # causal attention counted as half
     attention = model.backend.attention_impl
-    fused = device == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
-    runner = torch.compile(model) if mode == "torch.compile" else model
-    idx = torch.randint(0, args.vocab_size, (batch, seq + 1), device=device)
-    step = train_step_fn(runner, opt, idx)
+    cuda = device == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+    gen = torch.Generator(device=device).manual_seed(0)
+    idx = torch.randint(0, model.args.vocab_size, (batch, seq + 1), device=device, generator=gen)
+    step = train_step_fn(model, opt, idx, autocast=cuda and precision == "autocast")
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(3 if device == "cuda" else 1):  # warm-up (and compilation)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(warmup if warmup is not None else (3 if cuda else 1)):  # (and compilation)
         step()
     sync()
-    if device == "cuda":
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, losses = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        step()
+        losses.append(step())
         sync()
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
@@ -102,37 +150,43 @@ def measure(
         "step ms": seconds * 1e3,
         "attention": attention,
         "params": model.num_params(),
+        "precision": precision if cuda else "fp32",
+        "flops/token": flops_per_token,
+        "loss": float(losses[-1]) if losses else float("nan"),
     }
-    if device == "cuda":
+    if cuda:
         result["peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
         peak = peak_flops(torch.cuda.get_device_name())
         if peak:
             result["MFU"] = flops_per_token * tokens_per_s / peak
-    del model, opt, runner, step
+    del model, opt, step
     gc.collect()
-    if device == "cuda":
+    if cuda:
         torch.cuda.empty_cache()
     return result
 
 
 def table(results: list[tuple[str, str, int, int, dict | None]], gpu: bool) -> str:
-    head = "| model | params | batch x seq | implementation | attention | tokens/s | vs eager |"
-    sep = "|---|---:|---|---|---|---:|---:|"
+    head = ("| model | params | batch x seq | precision | implementation | attention | tokens/s "
+            "| vs eager |")  # fmt: skip
+    sep = "|---|---:|---|---|---|---|---:|---:|"
     if gpu:
         head += " MFU | peak GiB |"
         sep += "---:|---:|"
     rows = [head, sep]
-    eager: dict[str, float] = {}
+    eager: dict[tuple[str, str], float] = {}
     for size, mode, batch, seq, r in results:
         if r is None:
-            rows.append(f"| {size} | | {batch} x {seq} | {mode} | | failed (see log) | |"
+            rows.append(f"| {size} | | {batch} x {seq} | | {mode} | | failed (see log) | |"
                         + (" | |" if gpu else ""))  # fmt: skip
             continue
+        key = (size, str(r["precision"]))
         if mode == "eager":
-            eager[size] = float(r["tokens/s"])
-        speed = f"{float(r['tokens/s']) / eager[size]:.2f}x" if size in eager else ""
-        row = (f"| {size} | {int(r['params']) / 1e6:,.1f}M | {batch} x {seq} | {mode} | "
-               f"{r['attention']} | {float(r['tokens/s']):,.0f} | {speed} |")  # fmt: skip
+            eager[key] = float(r["tokens/s"])
+        speed = f"{float(r['tokens/s']) / eager[key]:.2f}x" if key in eager else ""
+        params, rate = int(r["params"]) / 1e6, float(r["tokens/s"])
+        row = (f"| {size} | {params:,.1f}M | {batch} x {seq} | {r['precision']} | {mode} "
+               f"| {r['attention']} | {rate:,.0f} | {speed} |")  # fmt: skip
         if gpu:
             mfu = f"{100 * float(r['MFU']):.1f}%" if "MFU" in r else "n/a"
             row += f" {mfu} | {float(r['peak GiB']):.1f} |"
@@ -149,6 +203,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=None, help="default: 12288 (GPU), 256 (CPU)")
     ap.add_argument("--batch", type=int, default=None, help="default: 2 for base, else 1")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10 GPU, 5 CPU)")
+    ap.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None,
+                    help="GPU: autocast (fp32 weights, the trainer's) and/or bf16 (FSDP-style "
+                         "bf16 parameters); default both. CPU: always fp32")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: all)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
     args = ap.parse_args()
@@ -156,34 +213,39 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = "cuda" if gpu else "cpu"
-    dtype = torch.bfloat16 if gpu else torch.float32
     sizes = args.sizes or (["base", "1B"] if gpu else ["tiny", "small"])
     seq = args.seq or (12288 if gpu else 256)
     steps = args.steps or (10 if gpu else 5)
     modes = ["eager", "torch.compile", "jpeglm"] if gpu else ["eager"]
+    precisions = (args.precision or list(PRECISIONS)) if gpu else ["autocast"]
 
     results = []
     for size in sizes:
         batch = args.batch or (2 if size == "base" and gpu else 1)
-        for mode in modes:
-            try:
-                r = measure(size, mode, batch, seq, steps, device, dtype)
-            except Exception as e:  # OOM or a missing piece: record and go on
-                print(f"{size} / {mode}: {type(e).__name__}: {e}", file=sys.stderr)
-                r = None
-                gc.collect()
-                if gpu:
-                    torch.cuda.empty_cache()
-            results.append((size, mode, batch, seq, r))
-            print(table(results[-1:], gpu).splitlines()[-1], flush=True)
+        for precision in precisions:
+            for mode in modes:
+                try:
+                    r = measure(size, mode, batch, seq, steps, device, precision)
+                except Exception as e:  # OOM or a missing piece: record and go on
+                    print(f"{size} / {precision} / {mode}: {type(e).__name__}: {e}",
+                          file=sys.stderr)  # fmt: skip
+                    r = None
+                    gc.collect()
+                    if gpu:
+                        torch.cuda.empty_cache()
+                results.append((size, mode, batch, seq, r))
+                print(table(results[-1:], gpu).splitlines()[-1], flush=True)
 
     if gpu:
         header = (
             f"Machine: {torch.cuda.get_device_name()}; host {machine()}. Date: {today()}. "
             f"torch {torch.__version__}.\n"
-            f"Training step (forward + backward + fused AdamW), bf16 parameters, median of "
+            "Training step as `jpeglm.train` runs it (forward + backward + clipping + fused "
+            "AdamW): `autocast` = fp32 master weights under bf16 autocast (the trainer on one "
+            "GPU / DDP), `bf16` = bf16 parameters (FSDP2's compute dtype). Median of "
             f"{steps} steps after 3 warm-up steps. MFU against the card's dense bf16 peak with "
-            "6N + 12LdT FLOPs per token. Command: `python benchmarks/model.py`."
+            "6N + 6LdT FLOPs per token (causal attention counted as half, as the trainer "
+            "reports it). Command: `python benchmarks/model.py`."
         )
         goals = "Goals (issue 5, H100): training >= 1.5x eager; MFU >= 45% at 1B."
         body = "\n\n".join([header, table(results, gpu), goals])
@@ -192,12 +254,14 @@ def main() -> None:
             f"Machine: {machine()}, no GPU. Date: {today()}. torch {torch.__version__} "
             f"({torch.get_num_threads()} torch threads; 1-min load average at the end "
             f"{os.getloadavg()[0]:.1f}: a shared, busy machine).\n"
-            "**CPU run: reference path only** (eager PyTorch, fp32, small models): Triton runs on "
-            "CPU only in its interpreter and flash-attn needs CUDA, so kernels, torch.compile "
-            f"and MFU are not measured here. Training step = forward + backward + AdamW, median "
+            "**CPU run: reference path only** (eager PyTorch, fp32 -- the trainer uses no "
+            "autocast on CPU -- small models): Triton runs on CPU only in its interpreter and "
+            "flash-attn needs CUDA, so kernels, torch.compile and MFU are not measured here. "
+            "Training step = forward + backward + clipping + AdamW, median "
             f"of {steps} steps. The GPU comparison (base and 1B at 12,288 tokens: eager / "
-            "torch.compile / jpeglm kernels, tokens/s and MFU) is still open: run "
-            "`python benchmarks/model.py` on a CUDA machine."
+            "torch.compile / jpeglm kernels, trainer's fp32 + autocast and bf16 parameters, "
+            "tokens/s and MFU) is still open: run `python benchmarks/model.py` on a CUDA "
+            "machine, or `bash scripts/gpu_check.sh` (README, 'GPU check')."
         )
         body = "\n\n".join([header, table(results, gpu)])
     print(body)

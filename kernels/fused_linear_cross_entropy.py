@@ -9,7 +9,10 @@ chunk of logits exists at a time, and the gradients are finished during the forw
 backward just scales them by the incoming gradient (as Liger-Kernel does).
 
 The chunk size follows Liger: about ``tokens / ceil(vocab / dim)`` rows, so a chunk of logits is
-no bigger than ``h`` itself.
+no bigger than ``h`` itself. At JPEG-LM's own vocabulary (323, below the width of every preset
+but the toy ``tiny``) that is a single chunk: the memory saving over eager PyTorch is about nil
+there, and the op earns its keep at large vocabularies (32,000 and up), where the logits would
+dwarf ``h``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,10 @@ def _cross_entropy_kernel(
         d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
     lse = m + tl.log(d)
-    x_y = tl.load(ptr + y).to(tl.float32)
+    # The launcher rejects out-of-range targets; should one get here anyway, its loss is NaN
+    # and nothing outside the row is read.
+    in_range = (y >= 0) & (y < n_cols)
+    x_y = tl.load(ptr + y, mask=in_range, other=float("nan")).to(tl.float32)
     tl.store(LOSS + row, (lse - x_y) * scale)
 
     # Pass 2: overwrite the logits with their gradient.
@@ -70,6 +76,11 @@ def _cross_entropy_kernel(
 
 
 # --------------------------------------------------------------------------------- launchers
+
+
+class TargetOutOfRangeError(IndexError, ValueError):
+    """A target id that is neither ``ignore_index`` nor in ``0..vocab-1`` (an ``IndexError``
+    and a ``ValueError`` alike)."""
 
 
 def _check(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reduction: str) -> None:
@@ -86,6 +97,33 @@ def _check(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reducti
         raise ValueError(f"h and weight dtypes differ: {h.dtype} vs {weight.dtype}")
 
 
+def chunk_rows(n_rows: int, vocab: int, dim: int) -> int:
+    """Rows per chunk of logits: about ``n_rows / ceil(vocab / dim)`` (Liger's rule), so a chunk
+    of logits is no bigger than ``h``. When ``vocab <= dim`` -- JPEG-LM's 323 tokens at the width
+    of any preset from ``small`` up -- that is every row: one chunk, all the logits at once, as
+    eager PyTorch holds them; they are then smaller than ``h`` itself, so there is little to save
+    (``scripts/gpu_check.sh`` measures how little)."""
+    return triton.next_power_of_2(triton.cdiv(n_rows, triton.cdiv(vocab, dim)))
+
+
+def _count_and_check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> int:
+    """The number of non-ignored targets; :class:`TargetOutOfRangeError` if any is outside
+    ``0..vocab-1``. A kernel cannot raise, and an unchecked id would index outside its row of
+    logits, so the ids are checked here, on any device: both counts come back in one transfer,
+    the one host sync the mean reduction needs anyway (the loss is computed once per
+    micro-batch, so it costs nothing measurable)."""
+    valid = targets != ignore_index
+    bad = valid & ((targets < 0) | (targets >= vocab))
+    n_valid, n_bad = torch.stack([valid.sum(), bad.sum()]).tolist()
+    if n_bad:
+        first = int(targets[bad][0])
+        raise TargetOutOfRangeError(
+            f"target {first} is out of range for vocab {vocab} ({n_bad} such target(s); "
+            f"ignore_index is {ignore_index})"
+        )
+    return int(n_valid)
+
+
 def fused_linear_cross_entropy_forward(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -100,14 +138,9 @@ def fused_linear_cross_entropy_forward(
     n_rows, dim = h.shape
     vocab = weight.shape[0]
     targets = targets.contiguous()
-    if not targets.is_cuda:  # a kernel cannot raise: check on CPU, where it costs no sync
-        bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
-        if bool(bad.any()):
-            raise IndexError(f"target {int(targets[bad][0])} is out of range for vocab {vocab}")
-
-    n_valid = int((targets != ignore_index).sum()) if reduction == "mean" else 1
-    scale = 1.0 / max(n_valid, 1)
-    chunk = triton.next_power_of_2(triton.cdiv(n_rows, triton.cdiv(vocab, dim)))
+    n_valid = _count_and_check_targets(targets, vocab, ignore_index)
+    scale = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
+    chunk = chunk_rows(n_rows, vocab, dim)
     block = min(triton.next_power_of_2(vocab), MAX_FUSED_SIZE // 2)
 
     dh = torch.empty_like(h) if grad_h else None

@@ -181,9 +181,40 @@ def test_fused_linear_cross_entropy_edges():
         fused_linear_cross_entropy(h, w, t[:3])
     with pytest.raises(ValueError, match="dtypes differ"):
         fused_linear_cross_entropy(h, w.double(), t)
-    if DEVICE == "cpu":
-        with pytest.raises(IndexError, match="target 10 is out of range for vocab 10"):
-            fused_linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 10, 5, 6]))
+
+
+@pytest.mark.parametrize("bad", [10, 11, -1, -99, -101, 2**40])
+def test_fused_linear_cross_entropy_rejects_out_of_range_targets(bad):
+    """Checked on every device (on CUDA too: one host transfer, shared with the mean's count),
+    with and without gradients, for both reductions; -100 (ignore_index) is allowed."""
+    h, w = leaf(6, 8, dtype=torch.float32), leaf(10, 8, dtype=torch.float32, seed=1)
+    t = torch.tensor([1, 2, -100, bad, 5, 9], device=DEVICE)
+    for reduction in ("mean", "sum"):
+        with pytest.raises(ValueError, match=f"target {bad} is out of range for vocab 10"):
+            fused_linear_cross_entropy(h, w, t, reduction=reduction)
+        with pytest.raises(IndexError, match="1 such target"), torch.no_grad():
+            fused_linear_cross_entropy(h, w, t, reduction=reduction)
+    assert h.grad is None and w.grad is None
+    t[3] = 0
+    loss = fused_linear_cross_entropy(h, w, t)  # in range again: fine
+    close(loss, reference.fused_linear_cross_entropy(h, w, t), torch.float32)
+
+
+def test_cross_entropy_kernel_masks_an_out_of_range_target():
+    """Past the launcher's check, the kernel itself never reads outside a row: an out-of-range
+    target gives that row a NaN loss (unchecked, it would read the next row's logits)."""
+    from jpeglm.kernels.fused_linear_cross_entropy import _cross_entropy_kernel
+
+    vocab = 10
+    logits = torch.randn(3, vocab, device=DEVICE)
+    eye, kept = torch.eye(vocab, device=DEVICE), torch.tensor([4, 7], device=DEVICE)
+    expected = reference.fused_linear_cross_entropy(logits[[0, 2]], eye, kept, reduction="sum")
+    targets = torch.tensor([4, vocab + 1, 7], device=DEVICE)  # row 1 would read row 2's [1]
+    loss = torch.empty(3, device=DEVICE)
+    _cross_entropy_kernel[(3,)](logits, logits.stride(0), targets, loss, vocab, -100, 1.0,
+                                BLOCK=16)  # fmt: skip
+    assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
+    close(loss[[0, 2]].sum(), expected, torch.float32)
 
 
 def test_fused_linear_cross_entropy_autocast():

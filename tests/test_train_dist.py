@@ -43,7 +43,9 @@ def fsdp_ref(world, tmp_path_factory):
 def test_fsdp_equals_ddp_and_one_process(world, fsdp_ref, tmp_path):
     root, _ = world
     one = tmp_path / "one"
-    _ok(run(cfg(root, one, **LONG)))
+    # one process with micro-batches of 4: an epoch then holds as many sequences as on 2 ranks
+    # with micro-batches of 2 (whole micro-batches per rank), so the data stream is the same
+    _ok(run(cfg(root, one, **{**LONG, "micro_batch_size": 4})))
     ddp = tmp_path / "ddp"
     _ok(run(cfg(root, ddp, **LONG), nproc=2))
     a, b, c = losses(one), losses(ddp), losses(fsdp_ref)
@@ -104,8 +106,8 @@ def test_resume_on_another_world_size(world, fsdp_ref, tmp_path):
     root, _ = world
     out = tmp_path / "w"
     _ok(run(cfg(root, out, fsdp=True, stop_at=20, **LONG), nproc=2))
-    # one process, micro-batch 2: an epoch holds as many sequences as on 2 ranks
-    _ok(run(cfg(root, out, resume=True, **LONG)))
+    # one process, micro-batch 4: an epoch holds as many sequences as on 2 ranks of 2
+    _ok(run(cfg(root, out, resume=True, **{**LONG, "micro_batch_size": 4})))
     np.testing.assert_allclose(losses(out), losses(fsdp_ref), rtol=1e-4)
     bad = tmp_path / "bad"
     _ok(run(cfg(root, bad, fsdp=True, stop_at=20, **LONG), nproc=2))

@@ -717,21 +717,34 @@ def train(cfg: TrainConfig) -> dict:
         while step < cfg.max_steps:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
+            # The step's loss is the mean over every target token of the global batch, whatever
+            # the split into ranks and micro-batches (padding makes token counts differ): each
+            # micro-batch's mean is weighted by its share of the step's tokens.
+            step_batches = [next(batches) for _ in range(accum)]
+            epoch = step_batches[-1][0]
+            targets = [targets_of(x, tok.pad_id) for _, x in step_batches]
+            counts = [int((t != -100).sum()) for t in targets]
+            total = torch.tensor([float(sum(counts))], device=device)
+            if world > 1:
+                dist.all_reduce(total)
+            n_total = max(float(total.item()), 1.0)
             loss_sum = torch.zeros((), device=device)
-            for a in range(accum):
-                epoch, x = next(batches)
+            for a, ((_, x), t, n) in enumerate(zip(step_batches, targets, counts)):
                 x = x.to(device, non_blocking=True)
+                if n == 0:  # only padding: one dummy target, weighted 0 (keeps collectives)
+                    t = t.clone()
+                    t.view(-1)[0] = 0
+                t = t.to(device, non_blocking=True)
                 last = a == accum - 1
                 if sharded:  # reduce-scatter only after the last micro-batch
                     model.set_requires_gradient_sync(last)
                 ctx = fwd.no_sync() if not last and hasattr(fwd, "no_sync") else _null()
-                with ctx, autocast:
-                    loss = fwd(x[:, :-1], targets=targets_of(x, tok.pad_id)) / accum
+                with ctx, autocast:  # ranks' gradients are averaged: scale by the world size
+                    loss = fwd(x[:, :-1], targets=t) * (n * world / n_total)
                 loss.backward()
-                loss_sum += loss.detach()
+                loss_sum += loss.detach() / world
             if world > 1:
                 dist.all_reduce(loss_sum)
-                loss_sum = loss_sum / world
             loss_value = float(loss_sum)  # one host sync per step
             norm = clip_grad_norm_(model, cfg.grad_clip)
             if not (math.isfinite(loss_value) and math.isfinite(norm)):

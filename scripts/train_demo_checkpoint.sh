@@ -7,17 +7,19 @@ cd "$(dirname "$0")/.."
 W=demo_work
 mkdir -p $W/img_train $W/img_held
 python - <<'P'
-# 4,500 training digits, each also shifted by up to 2 pixels three times (18,000 images);
-# the last 500 digits are held out, unshifted.
+# 4,500 training digits (450 of each), each also shifted by up to 2 pixels three times (18,000
+# images); the last 50 digits of each label are held out, unshifted (samples.mnist_split: the
+# bundled digits are sorted by label, so a split by position would hold out 9s only).
 import numpy as np
 from PIL import Image
 from jpeglm import samples
 x, _ = samples.mnist()
+train_idx, held_idx = samples.mnist_split(held_per_digit=50)
 rng = np.random.default_rng(0)
-for i, im in enumerate(x):
-    if i >= 4500:
-        Image.fromarray(im).save(f"demo_work/img_held/{i:04d}.png")
-        continue
+for i in held_idx:
+    Image.fromarray(x[i]).save(f"demo_work/img_held/{i:04d}.png")
+for i in train_idx:
+    im = x[i]
     for k in range(4):
         dy, dx = (0, 0) if k == 0 else rng.integers(-2, 3, 2)
         sh = np.zeros_like(im)

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 
 from trainutil import cfg as _cfg  # noqa: E402
 from trainutil import crops as _crops  # noqa: E402
+from trainutil import kill_repeatedly  # noqa: E402
 from trainutil import losses as _losses  # noqa: E402
 from trainutil import run as _run  # noqa: E402
 
@@ -215,17 +216,15 @@ def test_kill_prepare_and_resume(world, tmp_path):
     cmd = [sys.executable, "-m", "jpeglm.cli", "prepare", str(src), str(out), "--tokenizer",
            str(root / "tok.jpeglm"), "--size", "32", "--seq-len", "64", "--images-per-shard",
            "12", "--quiet", "--workers", "1"]  # fmt: skip
-    rng = np.random.default_rng(1)
-    for _ in range(3):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(float(rng.uniform(1.0, 3.0)))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+
+    def whole() -> None:
         if (out / "index.json").exists():
             index = json.loads((out / "index.json").read_text())  # never torn
             for s in index["shards"]:
                 if s["sequences"]:  # a chunk with no whole sequence has no file
                     np.load(out / s["file"])  # every listed shard is whole
+
+    kill_repeatedly(cmd, whole)
     t0 = time.perf_counter()
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     print(f"resumed run: {time.perf_counter() - t0:.1f} s")

@@ -44,7 +44,7 @@ def test_linear_in_seq_len():
 
 def test_autocast_copies_are_two_bytes_per_matmul_weight():
     a = _small(layers=2)
-    _, _, matmul, _ = plan._param_counts(a)
+    _, _, matmul, _ = plan.param_counts(a)
     assert plan.measure(a, 64, "none").casts == 2 * matmul
 
 

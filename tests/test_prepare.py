@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trainutil import kill_repeatedly
 
 from jpeglm import codec, data, samples
 from jpeglm.tokenizer import Tokenizer
@@ -221,12 +221,7 @@ def test_sigkill_prepare_and_resume_is_byte_identical(tok, tmp_path):
         f"data.prepare(sys.argv[1], sys.argv[2], Tokenizer.load(sys.argv[3]), **{kw!r})"
     )
     cmd = [sys.executable, "-c", script, str(src), str(out), str(tmp_path / "tok.jpeglm")]
-    rng = np.random.default_rng(1)
-    for _ in range(3):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(float(rng.uniform(1.0, 3.0)))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_repeatedly(cmd)
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert not list(out.glob(".*.tmp"))
     assert _files(out) == _files(tmp_path / "ref")

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -77,3 +80,19 @@ def losses(out: Path) -> list[float]:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     last = {r["step"]: r["loss"] for r in rows}
     return [last[s] for s in sorted(last)]
+
+
+def kill_repeatedly(cmd: list[str], after: Callable[[], None] | None = None, times: int = 3,
+                    seed: int = 1) -> None:  # fmt: skip
+    """Start ``cmd`` and SIGKILL it 1-3 s later, ``times`` times (seeded); ``after`` checks
+    what is on disk after each kill."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for _ in range(times):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(1.0, 3.0)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if after is not None:
+            after()

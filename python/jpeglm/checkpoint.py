@@ -735,14 +735,9 @@ def read_info(folder: Path, state: dict | None = None) -> dict[str, Any]:
 
 def load_tokenizer(path: str | os.PathLike):
     """A tokenizer file: jpeglm's own, or the official sentencepiece ``.model``."""
-    from jpeglm.tokenizer import Tokenizer
+    from jpeglm.tokenizer import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such tokenizer file: {path}")
-    if path.suffix == ".model":
-        return Tokenizer.from_sentencepiece(path)
-    return Tokenizer.load(path)
+    return load_file(path)
 
 
 def find_tokenizer(folder: Path) -> Path | None:

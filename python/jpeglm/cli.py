@@ -402,14 +402,12 @@ def _demo_model(out: Path, args: argparse.Namespace) -> None:
 
 
 def _load_tokenizer(path: Path):
-    from jpeglm.tokenizer import Tokenizer
+    from jpeglm.tokenizer import load_file
 
     if not path.is_file():
         raise UserError(f"no such tokenizer file: {show(path)}")
     try:
-        if path.suffix == ".model":  # a sentencepiece model (the official JPEG-LM tokenizer)
-            return Tokenizer.from_sentencepiece(path)
-        return Tokenizer.load(path)
+        return load_file(path)  # jpeglm's format, or the official sentencepiece .model
     except ValueError as e:
         raise UserError(f"{show(path)}: {e}") from e
 

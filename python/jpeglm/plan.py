@@ -68,6 +68,7 @@ __all__ = [
     "Measurement",
     "PlanRow",
     "fit_activations",
+    "param_counts",
     "format_table",
     "main",
     "measure",
@@ -298,7 +299,7 @@ def fit_activations(precision: str = "autocast") -> ActivationFit:
 # --------------------------------------------------------------------------------- the plan
 
 
-def _param_counts(a: ModelArgs) -> tuple[int, int, int, int]:
+def param_counts(a: ModelArgs) -> tuple[int, int, int, int]:
     """(total, one block, matmul weights, the root's: embedding + norm + output)."""
     import torch
 
@@ -348,7 +349,7 @@ def plan(
     """Per-GPU memory rows for ``args`` at ``micro_batch`` sequences of ``seq_len`` tokens."""
     if gpus < 1 or micro_batch < 1 or accum < 1 or seq_len < 1:
         raise ValueError("gpus, micro_batch, accum and seq_len must be positive")
-    total, block, matmul, root = _param_counts(args)
+    total, block, matmul, root = param_counts(args)
     tokens = micro_batch * seq_len
     rows = []
     for strategy in strategies:
@@ -433,7 +434,7 @@ def parse_size(text: str) -> float:
 
 def describe(args: ModelArgs, seq_len: int, gpus: int, micro_batch: int, accum: int) -> str:
     """One line naming what the table is for."""
-    total = _param_counts(args)[0]
+    total = param_counts(args)[0]
     return (f"{total / 1e9:.2f}B params (dim {args.dim}, {args.n_layers} layers, hidden "
             f"{args.hidden_dim}, vocab {args.vocab_size}); {gpus} GPU(s); micro-batch "
             f"{micro_batch} x {seq_len} tokens; accum {accum}")  # fmt: skip

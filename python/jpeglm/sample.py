@@ -460,20 +460,31 @@ def _generate_prompts(
     )  # fmt: skip
     size = codec._check_size(size)
     quality = codec._check_quality(quality)
+    new = _run_batches(
+        model, tokenizer, prompt_bytes, batch_size, dtype, size=size, temperature=temperature,
+        top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed, constrained=constrained,
+        compile=compile, jump_forward=jump_forward, stats=stats,
+    )  # fmt: skip
+    return [_finish(tokenizer, p, toks, size, quality) for p, toks in zip(prompt_bytes, new)]
+
+
+def _run_batches(
+    model, tokenizer, prompt_bytes: Sequence[bytes], batch_size: int | None, dtype: str, **run
+) -> list[list[int]]:
+    """Each prompt (after BOS) through :func:`_run`: prompts of equal token length share a
+    batch (one KV cache position for all rows), ``batch_size`` rows at a time; returns each
+    prompt's new tokens, in order. ``run``: :func:`_run`'s sampling arguments."""
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError("the tokenizer needs BOS and EOS tokens")
-    if max_tokens is None:
-        max_tokens = model.args.max_seq_len
-    seed = 0 if seed is None else seed
+    room = model.args.max_seq_len
+    run["max_tokens"] = run["max_tokens"] or room
+    run["seed"] = 0 if run["seed"] is None else run["seed"]
     prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
     for p in prompts:
-        if len(p) >= model.args.max_seq_len:
-            raise ValueError(
-                f"prompt of {len(p)} tokens leaves no room (max_seq_len {model.args.max_seq_len})"
-            )
+        if len(p) >= room:
+            raise ValueError(f"prompt of {len(p)} tokens leaves no room (max_seq_len {room})")
     batch_size = batch_size or len(prompts)
-    results: list[Sample | None] = [None] * len(prompts)
-    # Prompts of equal token length share a batch (one KV cache position for all rows).
+    results: list[list[int]] = [[] for _ in prompts]
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
@@ -485,17 +496,14 @@ def _generate_prompts(
         for ids in by_len.values():
             for s in range(0, len(ids), batch_size):
                 chunk = ids[s : s + batch_size]
-                new = _run(
-                    model, tokenizer, [prompts[i] for i in chunk], [prompt_bytes[i] for i in chunk],
-                    size, temperature, top_k, top_p, max_tokens, seed, n_chunk, constrained,
-                    compile, jump_forward, stats,
-                )  # fmt: skip
+                new = _run(model, tokenizer, [prompts[i] for i in chunk],
+                           [prompt_bytes[i] for i in chunk], chunk=n_chunk, **run)  # fmt: skip
                 n_chunk += 1
                 for i, toks in zip(chunk, new):
-                    results[i] = _finish(tokenizer, prompt_bytes[i], toks, size, quality)
+                    results[i] = toks
     finally:
         model.train(was_training)
-    return [r for r in results if r is not None]
+    return results
 
 
 def generate_tokens(
@@ -519,38 +527,12 @@ def generate_tokens(
     temperature, top_k, top_p, max_tokens, seed, batch_size = _check(
         temperature, top_k, top_p, max_tokens, seed, batch_size, False, False, dtype, False,
     )  # fmt: skip
-    if tokenizer.bos_id is None or tokenizer.eos_id is None:
-        raise ValueError("the tokenizer needs BOS and EOS tokens")
-    seed = 0 if seed is None else seed
-    ids = [[tokenizer.bos_id] + tokenizer.encode(bytes(p)) for p in prompts]
-    room = model.args.max_seq_len
-    for p in ids:
-        if len(p) >= room:
-            raise ValueError(f"prompt of {len(p)} tokens leaves no room (max_seq_len {room})")
-    results: list[list[int] | None] = [None] * len(ids)
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(ids):
-        by_len.setdefault(len(p), []).append(i)
-    batch_size = batch_size or len(ids)
-    was_training = model.training
-    model.eval()
-    n_chunk = 0
-    try:
-        prepare_for_sampling(model, dtype)
-        for group in by_len.values():
-            for s in range(0, len(group), batch_size):
-                chunk = group[s : s + batch_size]
-                new = _run(
-                    model, tokenizer, [ids[i] for i in chunk], [bytes(prompts[i]) for i in chunk],
-                    256, temperature, top_k, top_p, max_tokens or room, seed, n_chunk, False,
-                    False, False, None, stop_at_eoi,
-                )  # fmt: skip
-                n_chunk += 1
-                for i, toks in zip(chunk, new):
-                    results[i] = [t for t in toks if t != tokenizer.eos_id]
-    finally:
-        model.train(was_training)
-    return [r if r is not None else [] for r in results]
+    new = _run_batches(
+        model, tokenizer, [bytes(p) for p in prompts], batch_size, dtype, size=256,
+        temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed,
+        constrained=False, compile=False, jump_forward=False, stats=None, stop_at_eoi=stop_at_eoi,
+    )  # fmt: skip
+    return [[t for t in toks if t != tokenizer.eos_id] for toks in new]
 
 
 def generate(

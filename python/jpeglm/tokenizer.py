@@ -65,6 +65,7 @@ __all__ = [
     "BRAILLE_OFFSET",
     "MAX_VOCAB_SIZE",
     "MAX_FILE_BYTES",
+    "load_file",
 ]
 
 #: Raised for bad ids, bad vocabularies and bad corpora (a subclass of ValueError).
@@ -914,3 +915,14 @@ def _parse_sentencepiece(
     if not pieces or not seen_trainer:
         raise _ParseError(0, "no pieces or no trainer spec (not a sentencepiece model?)")
     return pieces, trainer, normalizer
+
+
+def load_file(path: PathLike) -> Tokenizer:
+    """A tokenizer file of either format: the official sentencepiece ``.model`` (JPEG-LM's
+    published tokenizer) or jpeglm's own (anything else). ``FileNotFoundError`` when missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such tokenizer file: {path}")
+    if path.suffix == ".model":
+        return Tokenizer.from_sentencepiece(path)
+    return Tokenizer.load(path)

@@ -523,9 +523,9 @@ def check_memory(args: ModelArgs, cfg: TrainConfig, device: torch.device, world:
     """Refuse up front a model whose fp32 weights, gradients and AdamW state alone (16 bytes
     per parameter, divided over the ranks under FSDP) cannot fit this device's memory -- a
     lower bound: activations come on top (``jpeglm plan`` gives the full picture)."""
-    from jpeglm.plan import _param_counts
+    from jpeglm.plan import param_counts
 
-    total = _param_counts(args)[0]
+    total = param_counts(args)[0]
     shards = world if cfg.fsdp and world > 1 else 1
     need = 16.0 * total / shards
     procs = 1

@@ -12,6 +12,7 @@
 
 #include "bpe.h"
 #include "codec.h"
+#include "decode_kernels.h"
 #include "parallel.h"
 #include "scan_automaton.h"
 
@@ -866,11 +867,127 @@ void bind_grammar(py::module_& m) {
       });
 }
 
+
+// ----------------------------------------------------------------------------------------------
+// The sampler's CPU kernels (decode_kernels.h): small-batch linear, attention over the cache
+
+// A dense C-order float32 array of `ndim` dimensions.
+const float* float_array(const py::buffer_info& info, int ndim, const char* what) {
+  if (info.format != py::format_descriptor<float>::format() || info.itemsize != 4)
+    throw py::type_error(std::string(what) + " must be float32, got format '" + info.format + "'");
+  if (info.ndim != ndim)
+    throw py::value_error(std::string(what) + " must have " + std::to_string(ndim) +
+                          " dimensions, got " + std::to_string(info.ndim));
+  py::ssize_t expect = 4;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] > 1 && info.strides[d] != expect)
+      throw py::value_error(std::string(what) + " must be C-contiguous");
+    expect *= info.shape[d];
+  }
+  return static_cast<const float*>(info.ptr);
+}
+
+void bind_linear(py::module_& m) {
+  m.def("linear_isa", [] { return std::string(jpeglm::cpu::isa()); },
+        "The instruction set of the small-batch linear kernel: avx512, avx2 or generic.");
+  m.def(
+      "linear_pack",
+      [](py::buffer w) {
+        py::buffer_info info = w.request();
+        const float* src = float_array(info, 2, "weight");
+        const int64_t n = info.shape[0], k = info.shape[1];
+        if (n < 1 || k < 1) throw py::value_error("weight must be non-empty (n, k)");
+        py::array_t<float> out({static_cast<py::ssize_t>(jpeglm::cpu::panels(n)),
+                                static_cast<py::ssize_t>(k),
+                                static_cast<py::ssize_t>(jpeglm::cpu::kPanel)});
+        float* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          jpeglm::cpu::pack(src, n, k, dst);
+        }
+        return out;
+      },
+      "weight"_a,
+      "Pack a (n, k) float32 weight (nn.Linear layout) into (ceil(n/32), k, 32) column panels.");
+  m.def(
+      "linear_matmul",
+      [](py::buffer x, py::buffer packed, py::buffer out, int threads) {
+        py::buffer_info xi = x.request(), pi = packed.request(), oi = out.request(true);
+        const float* xp = float_array(xi, 2, "x");
+        const float* pp = float_array(pi, 3, "packed");
+        float* op = const_cast<float*>(float_array(oi, 2, "out"));
+        const int64_t m = xi.shape[0], k = xi.shape[1], n = oi.shape[1];
+        if (oi.shape[0] != m)
+          throw py::value_error("out has " + std::to_string(oi.shape[0]) + " rows, x has " +
+                                std::to_string(m));
+        if (pi.shape[2] != jpeglm::cpu::kPanel || pi.shape[1] != k ||
+            pi.shape[0] != jpeglm::cpu::panels(n))
+          throw py::value_error("packed must be (ceil(n/32), k, 32) = (" +
+                                std::to_string(jpeglm::cpu::panels(n)) + ", " +
+                                std::to_string(k) + ", 32) for x (m, " + std::to_string(k) +
+                                ") and out (m, " + std::to_string(n) + ")");
+        if (op == xp || static_cast<const void*>(op) == static_cast<const void*>(pp))
+          throw py::value_error("out must not alias x or packed");
+        py::gil_scoped_release release;
+        jpeglm::cpu::matmul(xp, m, k, pp, n, op, threads);
+      },
+      "x"_a, "packed"_a, "out"_a, "threads"_a = 0,
+      "out = x @ W.T for x (m, k), W packed by linear_pack; threads <= 0: all cores. Every "
+      "weight byte is read once per call; a row's result does not depend on m.");
+  m.def(
+      "decode_attention",
+      [](py::buffer q, py::buffer k_cache, py::buffer v_cache, py::buffer out, int64_t kv_len,
+         double scale, int threads) {
+        py::buffer_info qi = q.request(), ki = k_cache.request(), vi = v_cache.request(),
+                        oi = out.request(true);
+        jpeglm::cpu::AttentionArgs a{};
+        a.q = float_array(qi, 4, "q");
+        a.k = float_array(ki, 4, "k_cache");
+        a.v = float_array(vi, 4, "v_cache");
+        a.out = const_cast<float*>(float_array(oi, 4, "out"));
+        a.batch = qi.shape[0];
+        a.queries = qi.shape[1];
+        a.heads = qi.shape[2];
+        a.dim = qi.shape[3];
+        a.kv_heads = ki.shape[1];
+        for (int d = 0; d < 4; ++d) {
+          if (vi.shape[d] != ki.shape[d])
+            throw py::value_error("k_cache and v_cache must have the same shape");
+          if (oi.shape[d] != qi.shape[d])
+            throw py::value_error("out must have q's shape (batch, queries, heads, dim)");
+        }
+        if (ki.shape[0] < a.batch)
+          throw py::value_error("the cache holds " + std::to_string(ki.shape[0]) +
+                                " rows, q has " + std::to_string(a.batch));
+        if (ki.shape[3] != a.dim)
+          throw py::value_error("cache head dim " + std::to_string(ki.shape[3]) +
+                                " != q's " + std::to_string(a.dim));
+        if (a.kv_heads < 1 || a.heads % a.kv_heads != 0)
+          throw py::value_error("q heads must be a multiple of the cache's kv heads");
+        if (kv_len < a.queries || kv_len > ki.shape[2])
+          throw py::value_error("kv_len " + std::to_string(kv_len) + " outside " +
+                                std::to_string(a.queries) + ".." + std::to_string(ki.shape[2]));
+        if (a.out == a.q) throw py::value_error("out must not alias q");
+        a.kv_len = kv_len;
+        a.kv_stride_s = ki.shape[3];
+        a.kv_stride_h = ki.shape[2] * a.kv_stride_s;
+        a.kv_stride_b = ki.shape[1] * a.kv_stride_h;
+        a.scale = static_cast<float>(scale);
+        py::gil_scoped_release release;
+        jpeglm::cpu::attention(a, threads);
+      },
+      "q"_a, "k_cache"_a, "v_cache"_a, "out"_a, "kv_len"_a, "scale"_a, "threads"_a = 0,
+      "Causal attention of q (batch, queries, heads, dim) over the first kv_len positions of "
+      "dense caches (rows, kv_heads, positions, dim), the queries being the last of those "
+      "positions; writes out (batch, queries, heads, dim).");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "jpeglm native core: canonical JPEG codec (libjpeg), BPE tokenizer";
+  m.doc() = "jpeglm native core: canonical JPEG codec (libjpeg), BPE tokenizer, scan grammar, small-batch linear";
   bind_codec(m);
   bind_bpe(m);
   bind_grammar(m);
+  bind_linear(m);
 }

@@ -31,6 +31,13 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from jpeglm.backends import Backend, resolve_backend
+from jpeglm.inference import (
+    INFERENCE_DTYPES,
+    InferenceLinear,
+    cache_attention,
+    cache_attention_applies,
+    inference_act_dtype,
+)
 
 __all__ = [
     "ACTIVATION_CHECKPOINT_MODES",
@@ -434,11 +441,17 @@ class Attention(nn.Module):
                 y = _flash_kvcache(q, k, v, cache, input_pos)
             else:
                 k_all, v_all = cache.update(input_pos, k, v)
+                exact = mask is None  # the queries are the last filled slots
+                if exact and cache_attention_applies(q, cache.k_cache):
+                    y = cache_attention(q, cache.k_cache, cache.v_cache, input_pos)
+                    return wo(y.reshape(batch, seq, q_size))
+                if exact and kv_len is None:
+                    raise ValueError("an exact step needs kv_len off the cache kernel")
                 if kv_len is not None:
                     k_all, v_all = k_all[:, :, :kv_len], v_all[:, :, :kv_len]
-                if mask is None:
-                    positions = torch.arange(k_all.shape[2], device=x.device)
-                    mask = positions[None, :] <= input_pos[:, None]  # (seq, kv_len)
+                if exact and seq > 1:  # the queries are the last `seq` of the kv_len slots
+                    slots = torch.arange(k_all.shape[2], device=x.device)
+                    mask = slots[None, :] <= input_pos[:, None]
                 y = F.scaled_dot_product_attention(
                     q.transpose(1, 2),
                     k_all,
@@ -505,73 +518,6 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, input_pos, mask, kv_len)
         return h + self.feed_forward(self.ffn_norm(h))
-
-
-# ------------------------------------------------------------------------- inference weights
-
-#: Weight formats for sampling (``Transformer.prepare_inference``): the storage of the linear
-#: layers' weights, and the dtype activations and the KV cache use with them.
-INFERENCE_DTYPES = ("fp32", "bf16", "fp16", "int8")
-
-
-class InferenceLinear:
-    """A bias-free linear layer for sampling: the weight in the activation dtype, or
-    weight-only int8 with one scale per output channel (gpt-fast's ``WeightOnlyInt8Linear``:
-    ``y = (x @ W_int8.T) * scales``, symmetric, ``scale = max|w| / 127`` per row).
-
-    A plain object, not an ``nn.Module``: it is never a parameter, never saved, never trained.
-    On CPU with bf16 activations and at most :attr:`PACKED_ROWS` rows the int8 product runs in
-    ``torch._weight_int8pack_mm`` (reads the int8 weight directly); otherwise the weight is
-    converted to the activation dtype in the product (``torch.compile`` fuses that).
-    """
-
-    PACKED_ROWS = 4
-
-    def __init__(self, weight: torch.Tensor, fmt: str, act_dtype: torch.dtype) -> None:
-        self.int8 = fmt == "int8"
-        self.out_features, self.in_features = weight.shape
-        with torch.no_grad():
-            if self.int8:
-                w = weight.detach().float()
-                scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-                self.weight = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
-                self.scales = scales.to(act_dtype)
-            else:
-                self.weight = weight.detach().to(act_dtype)
-                self.scales = None
-        self.packed = (
-            self.int8
-            and self.weight.device.type == "cpu"
-            and act_dtype == torch.bfloat16
-            and hasattr(torch, "_weight_int8pack_mm")
-        )
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.int8:
-            return F.linear(x.to(self.weight.dtype), self.weight)
-        x = x.to(self.scales.dtype)
-        if (
-            self.packed
-            and x.dtype == torch.bfloat16
-            and x.numel() <= self.PACKED_ROWS * x.shape[-1]
-        ):
-            y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight, self.scales)
-            return y.view(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.weight.to(x.dtype)) * self.scales
-
-    def nbytes(self) -> int:
-        extra = 0 if self.scales is None else self.scales.numel() * self.scales.element_size()
-        return self.weight.numel() * self.weight.element_size() + extra
-
-
-def inference_act_dtype(fmt: str, param_dtype: torch.dtype) -> torch.dtype:
-    """The activation / KV-cache dtype that goes with weight format ``fmt``: fp32, bf16, fp16
-    as named; int8 weights run with bf16 activations (fp16 when the model is fp16)."""
-    if fmt not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {fmt!r}")
-    if fmt == "int8":
-        return torch.float16 if param_dtype == torch.float16 else torch.bfloat16
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[fmt]
 
 
 # ------------------------------------------------------------------ activation checkpointing
@@ -851,15 +797,23 @@ class Transformer(nn.Module):
         return self._logits(self._trunk(idx, input_pos, kv_len, inf), inf)
 
     def decode(
-        self, idx: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor,
+        kv_len: int | None = None,
+        exact: bool = False,
     ) -> torch.Tensor:
         """The sampler's step: logits ``(batch, vocab)`` at the last of ``idx``'s positions.
 
-        No argument checks and no staleness check of the inference weights (the sampler
-        prepares them): the body ``torch.compile(fullgraph=True)`` traces.
+        ``exact``: the caller promises consecutive positions with nothing cached past the last
+        (and ``kv_len == input_pos[-1] + 1`` unless the cache kernel runs): attention reads only
+        the filled slots -- ``_core``'s cache kernel for fp32 on CPU (the cut taken from
+        ``input_pos``, so a compiled step stays one graph), else SDPA (unmasked for one token).
+        No argument checks and no staleness check of the inference weights
+        (the sampler prepares them): the body ``torch.compile(fullgraph=True)`` traces.
         """
         inf = self.inference if not torch.is_grad_enabled() else None
-        return self._logits(self._trunk(idx, input_pos, kv_len, inf)[:, -1], inf)
+        return self._logits(self._trunk(idx, input_pos, kv_len, inf, exact)[:, -1], inf)
 
     def _logits(self, x: torch.Tensor, inf: dict | None) -> torch.Tensor:
         return self.output(x) if inf is None else inf["output"](x)
@@ -870,6 +824,7 @@ class Transformer(nn.Module):
         input_pos: torch.Tensor | None,
         kv_len: int | None,
         inf: dict | None,
+        exact: bool = False,
     ) -> torch.Tensor:
         seq = idx.shape[1]
         mask = None
@@ -879,9 +834,9 @@ class Transformer(nn.Module):
             cos, sin = self.rope.cos[input_pos], self.rope.sin[input_pos]
             if kv_len is None:
                 kv_len = self.layers[0].attention.kv_cache.k_cache.shape[2]
-            # built once per step, shared by every layer: query i sees slots 0..input_pos[i]
-            slots = torch.arange(kv_len, device=idx.device)
-            mask = slots[None, :] <= input_pos[:, None]
+            if not exact:  # built once per step, shared by every layer: query i sees slots
+                slots = torch.arange(kv_len, device=idx.device)  # 0 .. input_pos[i]
+                mask = slots[None, :] <= input_pos[:, None]
         x = self.tok_embeddings(idx) if inf is None else F.embedding(idx, inf["embedding"])
         recompute = (
             self.activation_checkpoint != "none" and input_pos is None and torch.is_grad_enabled()

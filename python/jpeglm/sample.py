@@ -23,7 +23,7 @@ from PIL import Image
 
 from jpeglm import codec
 from jpeglm.grammar import TokenConstraint
-from jpeglm.model import INFERENCE_DTYPES
+from jpeglm.inference import INFERENCE_DTYPES, fast_kernel, kernel_threads
 
 __all__ = [
     "Sample",
@@ -319,6 +319,7 @@ def _run(
     ids_host = torch.empty(b, dtype=torch.long, pin_memory=cuda)
     ids_np = ids_host.numpy()
     generator = torch.Generator(device=device)
+    cache_kernel = act == torch.float32 and device.type == "cpu" and fast_kernel() is not None
     step = model.decode
     if compile:  # the one-token step has static shapes (kv_len buckets): one graph each
         mode = "reduce-overhead" if cuda else "default"
@@ -327,10 +328,12 @@ def _run(
     def forward(tokens: torch.Tensor, pos: int) -> torch.Tensor:
         n = tokens.shape[1]
         positions = torch.arange(pos, pos + n, device=device)
-        kv = _kv_len(pos + n, cache_len)
-        if n == 1:
-            return step(tokens, positions, kv)
-        return model.decode(tokens, positions, kv)  # prefill / jump-forward runs: eager
+        if n == 1 and compile:
+            if cache_kernel:  # the kernel cuts the cache at the position tensor: one graph
+                return step(tokens, positions, None, True)
+            return step(tokens, positions, _kv_len(pos + n, cache_len))  # buckets, masked
+        # eager: the cache cut exactly at the last position (one-token steps need no mask)
+        return model.decode(tokens, positions, pos + n, exact=True)
 
     def draw(logits: torch.Tensor, pos: int) -> torch.Tensor:
         logits = logits[:, :vocab]
@@ -493,14 +496,15 @@ def _run_batches(
     n_chunk = 0
     try:
         prepare_for_sampling(model, dtype)
-        for ids in by_len.values():
-            for s in range(0, len(ids), batch_size):
-                chunk = ids[s : s + batch_size]
-                new = _run(model, tokenizer, [prompts[i] for i in chunk],
-                           [prompt_bytes[i] for i in chunk], chunk=n_chunk, **run)  # fmt: skip
-                n_chunk += 1
-                for i, toks in zip(chunk, new):
-                    results[i] = toks
+        with kernel_threads(model):
+            for ids in by_len.values():
+                for s in range(0, len(ids), batch_size):
+                    chunk = ids[s : s + batch_size]
+                    new = _run(model, tokenizer, [prompts[i] for i in chunk],
+                               [prompt_bytes[i] for i in chunk], chunk=n_chunk, **run)  # fmt: skip
+                    n_chunk += 1
+                    for i, toks in zip(chunk, new):
+                        results[i] = toks
     finally:
         model.train(was_training)
     return results

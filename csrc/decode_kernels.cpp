@@ -7,7 +7,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -28,12 +30,16 @@ struct Kernels {
   detail::AttentionKernel attention;
 };
 
+// The best kernels this CPU runs; JPEGLM_CPU_KERNELS=avx2|generic asks for a lesser one
+// (tests compare every kernel on one machine).
 Kernels pick() {
+  const char* env = std::getenv("JPEGLM_CPU_KERNELS");
+  const std::string want = env ? env : "";
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f"))
+  if (want != "avx2" && want != "generic" && __builtin_cpu_supports("avx512f"))
     return {"avx512", detail::linear_avx512, detail::attention_avx512};
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+  if (want != "generic" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     return {"avx2", detail::linear_avx2, detail::attention_avx2};
 #endif
   return {"generic", detail::linear_generic, detail::attention_generic};

@@ -40,7 +40,7 @@ libubsan=$("$CXX" -print-file-name=libubsan.so)
 
 if [ $# -eq 0 ]; then
   set -- tests/test_codec.py tests/test_grammar.py tests/test_tokenizer.py tests/test_reference.py \
-    tests/test_bad_input.py tests/test_fuzz_regressions.py
+    tests/test_bad_input.py tests/test_fuzz_regressions.py tests/test_decode_kernels.py
 fi
 echo "[sanitize] built in $((t1 - t0)) s; running pytest under ASan+UBSan: $*"
 env PYTHONPATH="$PWD/$stage:$site:$plat" \

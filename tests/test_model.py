@@ -259,6 +259,33 @@ def test_inference_weights(fmt, tol):
     assert model.inference is None and model.layers[0].attention.fused is None
 
 
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_cpu_decode_kernels_match_the_torch_path(kv_heads):
+    """fp32 on CPU: the packed linear and the cache-attention kernel (exact steps) give the
+    logits of torch's linear + masked SDPA, for a prefill, a multi-token run and single steps
+    (grouped-query heads too); JPEGLM_PACKED_LINEAR=0 is the torch path."""
+    from jpeglm.inference import fast_kernel
+
+    if fast_kernel() is None:
+        pytest.skip("jpeglm._core has no CPU decode kernel here")
+    model = make_model(**({} if kv_heads is None else {"n_kv_heads": kv_heads}))
+    idx = tokens(3, 20)
+    with torch.no_grad():
+        ref = model(idx)  # parameters, torch ops
+        model.prepare_inference("fp32")
+        assert model.inference["output"].panels is not None
+        model.setup_caches(3, 24, dtype=torch.float32)
+        first = model.decode(idx[:, :12], torch.arange(12), 12, exact=True)
+        run = model.decode(idx[:, 12:17], torch.arange(12, 17), 17, exact=True)
+        steps = [model.decode(idx[:, t : t + 1], torch.tensor([t]), t + 1, exact=True)
+                 for t in range(17, 20)]  # fmt: skip
+        masked = model.decode(idx[:, 19:20], torch.tensor([19]), 24)  # SDPA over a bucket
+    torch.testing.assert_close(first, ref[:, 11], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run, ref[:, 16], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(steps, 1), ref[:, 17:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(masked, ref[:, 19], atol=1e-5, rtol=1e-5)
+
+
 def test_int8_quantization_is_per_channel():
     from jpeglm.model import InferenceLinear
 

@@ -53,6 +53,15 @@ def test_constrained_samples_all_decode(model, tok):
     assert [s.data for s in again] == [s.data for s in out]
 
 
+def test_a_shared_prompt_is_prefilled_once_with_the_same_samples(model, tok, monkeypatch):
+    from jpeglm import sample
+
+    shared = generate(model, tok, n=4, size=16, max_tokens=120, seed=3)
+    monkeypatch.setattr(sample, "SHARE_PROMPT", False)
+    each = generate(model, tok, n=4, size=16, max_tokens=120, seed=3)
+    assert [s.data for s in shared] == [s.data for s in each]
+
+
 def test_compiled_decode_step_gives_the_same_samples(model, tok):
     eager = generate(model, tok, n=4, size=16, max_tokens=300, seed=5)
     compiled = generate(model, tok, n=4, size=16, max_tokens=300, seed=5, compile=True)

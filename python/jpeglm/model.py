@@ -716,6 +716,14 @@ class Transformer(nn.Module):
             "output": InferenceLinear(self.output.weight, dtype, act),
         }
 
+    def copy_cache_row(self, rows: int, length: int) -> None:
+        """Copy row 0's first ``length`` cache slots into rows ``1 .. rows-1`` of every
+        layer's cache: a prompt the whole batch shares is prefilled once."""
+        for layer in self.layers:
+            cache = layer.attention.kv_cache
+            cache.k_cache[1:rows, :, :length] = cache.k_cache[:1, :, :length]
+            cache.v_cache[1:rows, :, :length] = cache.v_cache[:1, :, :length]
+
     def clear_inference(self) -> None:
         """Drop the weights of :meth:`prepare_inference`."""
         for m in self.modules():

@@ -149,6 +149,11 @@ def prepare_for_sampling(model, dtype: str = "fp32") -> None:
 KV_BUCKETS = (256, 512, 1024, 2048)
 
 
+#: A prompt shared by every row of a batch is prefilled once and its cache copied (tests turn
+#: it off to check that the samples do not change).
+SHARE_PROMPT = True
+
+
 def _kv_len(filled: int, cache: int) -> int:
     for b in KV_BUCKETS:
         if filled <= b:
@@ -376,7 +381,12 @@ def _run(
     idx = torch.tensor(prompts, dtype=torch.long, device=device)
     if constraint is not None:
         constraint.mask(mask_np)
-    logits = forward(idx, 0)
+    if SHARE_PROMPT and b > 1 and all(p == prompts[0] for p in prompts):
+        # one prompt for every row (unconditional sampling): prefill it once, copy its cache
+        logits = forward(idx[:1], 0).expand(b, -1)
+        model.copy_cache_row(b, plen)
+    else:
+        logits = forward(idx, 0)
     forwards += 1
     pos = plen  # the position the next sampled token takes
     while True:

@@ -10,10 +10,11 @@ so it never stops early). Contenders take turns (round robin, best of ``--rounds
 rate counts only sampled tokens: tokens the grammar forced and jump-forward appended are
 counted apart (column "forced"), so jump-forward cannot inflate it.
 
-Limits, measured in the same run: batch 1 -- the time to stream the model's linear weights
-once from memory (each matrix a separate, uncached tensor, in the row's weight format) with
-one-row products; batch 16 -- the same products with 16 rows (GEMM rate). "% limit" is a row's
-step time against that. Then bits/byte of held-out digits under the demo checkpoint in each
+Limits, measured in the same run (:func:`step_limit`): the larger of the step's compulsory
+memory traffic (the weights in the row's format plus the KV cache at the mean filled length)
+at the machine's read bandwidth, and its products with the weights hot in cache. "% limit" is
+a row's step time against that (the step times include the prompt's prefill, spread over
+the steps). Then bits/byte of held-out digits under the demo checkpoint in each
 weight format (``--no-bpb`` skips it).
 """
 
@@ -37,27 +38,51 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, round_robin, today, write_section  # noqa: E402
 
 
-def weight_limit(model: Transformer, fmt: str, batch: int, copies: int = 4) -> float:
-    """Seconds per decode step at the machine's limit: every linear weight of ``model`` in
-    format ``fmt`` multiplied once by ``batch`` rows, ``copies`` distinct copies cycled so no
-    matrix is in cache when it is read again; best of 5."""
+def step_limit(model: Transformer, fmt: str, batch: int, kv_slots: int, copies: int = 4) -> float:
+    """Seconds per decode step at the machine's limit for weight format ``fmt``: the larger of
+    (a) the step's compulsory memory traffic -- every linear weight in that format plus the KV
+    cache of ``kv_slots`` filled positions per row -- at the machine's read bandwidth,
+    measured by summing ``copies`` distinct, uncached copies with all threads, and (b) the
+    step's products with the weights hot in cache, the fastest of torch's ``F.linear`` and
+    jpeglm's packed kernel (fp32). Best of 5 each."""
     act = inference_act_dtype(fmt, torch.float32)
-    shapes = []
+    mats = []
     for layer in model.layers:
         a, f = layer.attention, layer.feed_forward
         qkv = torch.cat([a.wq.weight, a.wk.weight, a.wv.weight])
-        shapes += [qkv, a.wo.weight, torch.cat([f.w1.weight, f.w3.weight]), f.w2.weight]
-    shapes.append(model.output.weight)
-    sets = [[InferenceLinear(w.detach() + 0, fmt, act) for w in shapes] for _ in range(copies)]
-    xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=act) for w in shapes}
-    best = float("inf")
+        mats += [qkv, a.wo.weight, torch.cat([f.w1.weight, f.w3.weight]), f.w2.weight]
+    mats.append(model.output.weight)
+    mats = [w.detach() for w in mats]
+    args = model.args
+    kv_elems = 2 * args.n_layers * batch * args.n_kv_heads * kv_slots * args.head_dim
+    weight_bytes = sum(InferenceLinear(w, fmt, act).nbytes() for w in mats)
+    nbytes = weight_bytes + kv_elems * torch.finfo(act).bits // 8
+    blocks = [[torch.randn(nbytes // 4 // 8) for _ in range(8)] for _ in range(copies)]
+    best_bw = float("inf")
     with torch.no_grad():
         for r in range(5 * copies):
             t0 = time.perf_counter()
-            for lin in sets[r % copies]:
-                lin(xs[lin.in_features])
-            best = min(best, time.perf_counter() - t0)
-    return best
+            for blk in blocks[r % copies]:
+                blk.sum()
+            best_bw = min(best_bw, time.perf_counter() - t0)
+    del blocks
+    xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=act) for w in mats}
+    best_mm = float("inf")
+    kinds = [InferenceLinear(w, fmt, act) for w in mats]
+    if fmt == "fp32" and kinds[0].panels is not None:  # torch's products too: the faster
+        kinds_torch = [lambda x, w=w: torch.nn.functional.linear(x, w) for w in mats]
+    else:
+        kinds_torch = []
+    with torch.no_grad():
+        for lins in (kinds, kinds_torch):
+            if not lins:
+                continue
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for w, lin in zip(mats, lins):
+                    lin(xs[w.shape[1]])
+                best_mm = min(best_mm, time.perf_counter() - t0)
+    return max(best_bw, best_mm)
 
 
 def bits_per_byte_table() -> list[str]:
@@ -141,7 +166,8 @@ def main() -> None:
 
             fns[name] = run
         rates = round_robin(fns, repeats=args.rounds, min_time=0.0)
-        limits = {fmt: weight_limit(ours, fmt, batch) for fmt in ("fp32", "bf16", "int8")}
+        slots = len(prompt_ids) + n // 2  # the mean filled length over the run
+        limits = {fmt: step_limit(ours, fmt, batch, slots) for fmt in ("fp32", "bf16", "int8")}
         hf_rate = rates["HF transformers generate (fp32)"]
         for name, rate in rates.items():
             fmt = "fp32" if name.startswith("HF") else name.split()[1]
@@ -168,9 +194,13 @@ def main() -> None:
         "\n\n" + "\n".join(rows) + "\n\n"
         "`constrained` = grammar mask on (the default), `plain` = off. fp32 / bf16 / int8: the "
         "sampling weights (`dtype=`; int8 = weight-only per-channel int8 with bf16 activations). "
-        "`% limit`: the limit step time (weights in that format streamed uncached through "
-        "one-row products at batch 1, 16-row GEMMs at batch 16, measured in this run) over the "
-        "row's step time. `forced`: tokens appended by jump-forward, not counted in the rate."
+        "`% limit`: the limit step time over the row's step time; the limit is the larger of "
+        "the step's compulsory memory traffic (weights in that format + the KV cache at the mean"
+        " filled length, read at the bandwidth measured in this run by summing uncached copies "
+        "with all threads) and its products with the weights hot in cache (the faster of torch "
+        "and jpeglm's packed kernel). `forced`: tokens appended by jump-forward, not counted in "
+        "the rate. fp32 on CPU runs `_core`'s decode kernels (packed linear, cache attention; "
+        "see `jpeglm.inference`)."
     )
     if not args.no_bpb:
         body += (

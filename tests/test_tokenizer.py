@@ -1,5 +1,5 @@
-"""Tests of jpeglm.tokenizer: the native BPE against the plain-Python reference, tiktoken,
-HF tokenizers and sentencepiece; files; bad input; fuzzing."""
+"""Tests of jpeglm.tokenizer and jpeglm.tokenizer_formats: the native BPE against the
+plain-Python reference, tiktoken, HF tokenizers and sentencepiece; files; bad input; fuzzing."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jpeglm import _bpe_reference as ref
-from jpeglm import _core, codec, samples
+from jpeglm import _core, codec, samples, tokenizer
+from jpeglm import tokenizer_formats as formats
 from jpeglm.tokenizer import (
     MAX_FILE_BYTES,
     BPEError,
@@ -35,37 +36,28 @@ FUZZ = settings(
 # Corpora: canonical JPEG streams of the bundled photos (random crops, flips, scales)
 
 
-def _crops(seed: int, per_photo: int, size: int = 256) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    images = []
-    for path in samples.photo_paths():
-        a = np.asarray(samples.photo(path.stem).convert("RGB"))
-        h, w = a.shape[:2]
-        for _ in range(per_photo):
-            s = int(rng.integers(min(h, w) // 4, min(h, w) + 1))
-            y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-            crop = a[y : y + s, x : x + s]
-            if rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            images.append(codec.prepare(np.ascontiguousarray(crop), size))
-    return codec.encode_batch(images)
+def _crops(n: int, seed: int, size: int = 256) -> list[bytes]:
+    """Canonical streams of ``n`` random crops (a quarter to all of the short side, mirrored at
+    random) of the bundled photos."""
+    return codec.encode_batch(samples.random_crops(n, seed, (0.25, 1.0), flip=True), size=size)
 
 
 @pytest.fixture(scope="module")
-def train_docs() -> list[bytes]:
-    docs = [codec.encode(p) for p in samples.photo_paths()] + _crops(1, 3)
+def train_docs(photo_streams) -> list[bytes]:
+    docs = [*photo_streams, *_crops(24, 1)]
     docs += [codec.encode(samples.synthetic(k, 64, seed=1)) for k in samples.SYNTHETIC]
     return docs
 
 
 @pytest.fixture(scope="module")
 def held_out() -> list[bytes]:
-    return _crops(2, 1, size=128) + [codec.encode(samples.synthetic("noise", 96, seed=7))]
+    return _crops(8, 2, size=128) + [codec.encode(samples.synthetic("noise", 96, seed=7))]
 
 
 @pytest.fixture(scope="module")
-def tok(train_docs) -> Tokenizer:
-    return Tokenizer.train(train_docs, 320, progress=False)
+def tok(small_tokenizer) -> Tokenizer:
+    """The session's vocab-320 tokenizer (conftest's ``small_tokenizer``)."""
+    return small_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +98,22 @@ def test_layout(tok):
         tok.token_bytes(317)
     with pytest.raises(ValueError):
         tok.token_bytes(320)
+
+
+def test_token_byte_values(tok, tok_deep):
+    pieces = SPECIAL_PIECES + [(_braille(b"ab"), -1.0, 1), (_braille(b"a"), -2.0, 1)]
+    sp = Tokenizer.from_sentencepiece(_sp_model(pieces))  # ids 0..2 special, no single "b"
+    assert sp.token_byte_values() == {3: b"ab", 4: b"a"}
+    for t in (tok, tok_deep, sp):
+        values = t.token_byte_values()
+        assert values == {i: b for b, i in t.mergeable_ranks.items()}
+        assert values == {i: t.token_bytes(i) for i in values}
+        assert set(values).isdisjoint(t.special_tokens.values())
+        assert len(values) + len(t.special_tokens) == t.vocab_size
+    values = tok.token_byte_values()
+    assert list(values) == list(range(317)) and values[65] == b"A"
+    values[65] = b"B"  # a copy: the tokenizer is unchanged
+    assert tok.token_byte_values()[65] == b"A"
 
 
 def test_specials_never_produced(tok, held_out):
@@ -363,8 +371,12 @@ def test_sentencepiece_handmade():
 
 def test_sentencepiece_pad_and_inert_pieces():
     pieces = SPECIAL_PIECES + [("<pad>", 0.0, 3), ("\u2581", -1.0, 1), (_braille(b"a"), -2.0, 1)]
-    with pytest.warns(UserWarning, match="not braille"):
+    with pytest.warns(UserWarning, match="not braille") as record:
         t = Tokenizer.from_sentencepiece(_sp_model(pieces, trainer={43: 3}))
+    assert record[0].filename == __file__  # the warning points at the caller
+    with pytest.warns(UserWarning, match="not braille") as record:
+        formats.load_sentencepiece(_sp_model(pieces, trainer={43: 3}))
+    assert record[0].filename == __file__
     assert t.pad_id == 3
     assert t.special_tokens["\u2581"] == 4
     assert t.encode(b"aa") == [5, 5]
@@ -708,6 +720,26 @@ def test_save_load(tok, tok_deep, sp_pair, held_out, tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == ["tok.txt"]  # no temporary files left
     text = (tmp_path / "tok.txt").read_text()
     assert text.splitlines()[1] == "jpeglm-bpe 1"
+
+
+def test_format_functions_back_the_methods(tok, sp_pair, tmp_path):
+    t, sp = sp_pair
+    formats.save_jpeglm(tok, tmp_path / "f.txt")
+    tok.save(tmp_path / "m.txt")
+    assert (tmp_path / "f.txt").read_bytes() == (tmp_path / "m.txt").read_bytes()
+    assert formats.load_jpeglm(tmp_path / "m.txt") == tok == tokenizer.load_file(tmp_path / "m.txt")
+    formats.save_hf(t, tmp_path / "f.json")
+    t.save_hf(tmp_path / "m.json")
+    assert (tmp_path / "f.json").read_bytes() == (tmp_path / "m.json").read_bytes()
+    (tmp_path / "sp.model").write_bytes(sp.serialized_model_proto())
+    assert tokenizer.load_file(tmp_path / "sp.model") == t
+    assert formats.load_sentencepiece(sp.serialized_model_proto()) == t
+
+    class Sub(Tokenizer):
+        pass
+
+    assert type(Sub.load(tmp_path / "m.txt")) is Sub
+    assert type(Sub.from_sentencepiece(tmp_path / "sp.model")) is Sub
 
 
 def test_save_is_atomic(tok, tmp_path, monkeypatch):

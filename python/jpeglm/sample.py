@@ -12,10 +12,9 @@ sample decodes; without it, samples are decoded tolerantly and may be partly gre
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,10 +22,12 @@ from PIL import Image
 
 from jpeglm import codec
 from jpeglm.grammar import TokenConstraint
-from jpeglm.inference import INFERENCE_DTYPES, fast_kernel, kernel_threads
+from jpeglm.inference import fast_kernel, kernel_threads
+from jpeglm.sample_options import SamplingSettings, check_device, is_int, positive_int, show
 
 __all__ = [
     "Sample",
+    "SamplingSettings",
     "check_device",
     "clean_stream",
     "complete",
@@ -171,110 +172,6 @@ def _position_seed(seed: int, chunk: int, pos: int) -> int:
     return x & ((1 << 63) - 1)
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _positive_int(name: str, value: object, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if not _is_int(value) or value <= 0:  # type: ignore[operator]
-        allowed = "a positive integer or None" if optional else "a positive integer"
-        raise ValueError(f"{name} must be {allowed}, got {_show(value)}")
-    return int(value)  # type: ignore[arg-type]
-
-
-def _check(
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    max_tokens: int | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    constrained: bool = True,
-    compile: bool = False,
-    dtype: str = "fp32",
-    jump_forward: bool = True,
-) -> tuple[float, int | None, float | None, int | None, int | None, int | None]:
-    """Refuse a bad sampling option with one ``ValueError`` line naming it, before any work;
-    returns the options as plain Python numbers."""
-    real = (int, float, np.integer, np.floating)
-    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, real):
-        raise ValueError(f"temperature must be a number >= 0, got {_show(temperature)}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off) or None, got {_show(top_k)}")
-    if top_p is not None:
-        if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, real):
-            raise ValueError(f"top_p must be a number in (0, 1] or None, got {_show(top_p)}")
-        if not 0 < top_p <= 1:  # NaN fails too
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    max_tokens = _positive_int("max_tokens", max_tokens, optional=True)
-    batch_size = _positive_int("batch_size", batch_size, optional=True)
-    if seed is not None and (not _is_int(seed) or not -(2**63) <= seed < 2**64):
-        raise ValueError(
-            f"seed must be an integer in -2**63 .. 2**64 - 1 or None, got {_show(seed)}"
-        )
-    flags = (("constrained", constrained), ("compile", compile), ("jump_forward", jump_forward))
-    for name, value in flags:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {_show(value)}")
-    if not isinstance(dtype, str) or dtype not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {_show(dtype)}")
-    return (
-        float(temperature),
-        None if top_k is None else int(top_k),
-        None if top_p is None else float(top_p),
-        max_tokens,
-        None if seed is None else int(seed),
-        batch_size,
-    )
-
-
-def check_device(device: str | torch.device | int) -> torch.device:
-    """``device`` as a :class:`torch.device` that exists on this machine, or one ``ValueError``
-    line: an unknown name (``"foo"``), ``"cuda"`` without CUDA, ``"cuda:3"`` past the visible
-    GPUs, ``"mps"`` without MPS, ``"meta"`` (holds no data). An int is a CUDA ordinal."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif isinstance(device, (str, int)) and not isinstance(device, bool):
-        try:
-            dev = torch.device(device.strip() if isinstance(device, str) else device)
-        except (RuntimeError, ValueError):
-            raise ValueError(
-                f"unknown device {_show(device)} (expected cpu, cuda, cuda:N, mps, ...)"
-            ) from None
-    else:
-        raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {_show(device)}")
-    if dev.type == "cpu":
-        if dev.index not in (None, 0):
-            raise ValueError(f"device {_show(device)}: there is one cpu device (cpu or cpu:0)")
-        return dev
-    if dev.type == "meta":
-        raise ValueError("device 'meta' holds no data: use cpu or cuda")
-    if dev.type == "mps":
-        available, count = bool(torch.backends.mps.is_available()), 1
-    else:
-        module = getattr(torch, dev.type, None)  # torch.cuda, torch.xpu, ...
-        is_available = getattr(module, "is_available", None)
-        available = bool(is_available()) if callable(is_available) else False
-        count = int(module.device_count()) if available and hasattr(module, "device_count") else 0
-    if not available:
-        raise ValueError(f"device {_show(device)}: no {dev.type} device is available here")
-    if dev.index is not None and dev.index >= count:
-        raise ValueError(
-            f"device {_show(device)}: only {count} {dev.type} device(s) visible "
-            f"({dev.type}:0..{dev.type}:{count - 1})"
-        )
-    return dev
-
-
 @torch.no_grad()
 def _run(
     model,
@@ -282,15 +179,8 @@ def _run(
     prompts: list[list[int]],
     prompt_bytes: list[bytes],
     size: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    max_tokens: int,
-    seed: int,
+    opts: SamplingSettings,
     chunk: int,
-    constrained: bool,
-    compile: bool = False,
-    jump_forward: bool = True,
     stats: dict | None = None,
     stop_at_eoi: bool = True,
 ) -> list[list[int]]:
@@ -305,6 +195,8 @@ def _run(
     that are done ride along with padding); forced tokens consume no draws, so the samples
     equal token-by-token decoding.
     """
+    temperature, top_k, top_p = opts.temperature, opts.top_k, opts.top_p
+    max_tokens, seed, compile = opts.max_tokens, opts.seed, opts.compile
     b, plen = len(prompts), len(prompts[0])
     device = next(model.parameters()).device
     act = model.inference["act_dtype"] if model.inference is not None else None
@@ -316,7 +208,7 @@ def _run(
     vocab = tokenizer.vocab_size
     cuda = device.type == "cuda"
     constraint = None
-    if constrained:
+    if opts.constrained:
         constraint = TokenConstraint.from_tokenizer(tokenizer, size)
         constraint.start(b, prompts=prompt_bytes)  # prompts start after BOS; grammar follows bytes
         mask_t = torch.empty((b, vocab), dtype=torch.bool, pin_memory=cuda)
@@ -354,7 +246,7 @@ def _run(
 
     out: list[list[int]] = [[] for _ in range(b)]
     finished = np.zeros(b, dtype=bool)
-    pieces = {i: t for t, i in tokenizer.mergeable_ranks.items()}  # id -> bytes (no specials)
+    pieces = tokenizer.token_byte_values()  # id -> bytes (no specials)
     tail = [p[-1:] for p in prompt_bytes]  # the last byte: an EOI may straddle two tokens
     forwards = forced_total = 0
 
@@ -407,7 +299,7 @@ def _run(
         if constraint is not None:
             constraint.mask(mask_np)  # for the token at `pos`, while the GPU runs
         forced: list[np.ndarray] = []
-        if jump_forward and constraint is not None:
+        if opts.jump_forward and constraint is not None:
             while pos + len(forced) < total:
                 counts = mask_np.sum(axis=1)
                 if not (counts[~finished] == 1).all():
@@ -454,49 +346,37 @@ def _generate_prompts(
     tokenizer,
     prompt_bytes: list[bytes],
     size: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    max_tokens: int | None,
-    seed: int | None,
-    batch_size: int | None,
-    constrained: bool,
     quality: int,
-    compile: bool = False,
-    dtype: str = "fp32",
-    jump_forward: bool = True,
+    opts: SamplingSettings,
     stats: dict | None = None,
 ) -> list[Sample]:
-    temperature, top_k, top_p, max_tokens, seed, batch_size = _check(
-        temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile, dtype,
-        jump_forward,
-    )  # fmt: skip
     size = codec._check_size(size)
     quality = codec._check_quality(quality)
-    new = _run_batches(
-        model, tokenizer, prompt_bytes, batch_size, dtype, size=size, temperature=temperature,
-        top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed, constrained=constrained,
-        compile=compile, jump_forward=jump_forward, stats=stats,
-    )  # fmt: skip
+    new = _run_batches(model, tokenizer, prompt_bytes, size, opts, stats)
     return [_finish(tokenizer, p, toks, size, quality) for p, toks in zip(prompt_bytes, new)]
 
 
 def _run_batches(
-    model, tokenizer, prompt_bytes: Sequence[bytes], batch_size: int | None, dtype: str, **run
+    model,
+    tokenizer,
+    prompt_bytes: Sequence[bytes],
+    size: int,
+    opts: SamplingSettings,
+    stats: dict | None = None,
+    stop_at_eoi: bool = True,
 ) -> list[list[int]]:
     """Each prompt (after BOS) through :func:`_run`: prompts of equal token length share a
-    batch (one KV cache position for all rows), ``batch_size`` rows at a time; returns each
-    prompt's new tokens, in order. ``run``: :func:`_run`'s sampling arguments."""
+    batch (one KV cache position for all rows), ``opts.batch_size`` rows at a time; returns
+    each prompt's new tokens, in order."""
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError("the tokenizer needs BOS and EOS tokens")
     room = model.args.max_seq_len
-    run["max_tokens"] = run["max_tokens"] or room
-    run["seed"] = 0 if run["seed"] is None else run["seed"]
+    opts = replace(opts, max_tokens=opts.max_tokens or room, seed=opts.seed or 0)
     prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
     for p in prompts:
         if len(p) >= room:
             raise ValueError(f"prompt of {len(p)} tokens leaves no room (max_seq_len {room})")
-    batch_size = batch_size or len(prompts)
+    batch_size = opts.batch_size or len(prompts)
     results: list[list[int]] = [[] for _ in prompts]
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -505,13 +385,14 @@ def _run_batches(
     model.eval()
     n_chunk = 0
     try:
-        prepare_for_sampling(model, dtype)
+        prepare_for_sampling(model, opts.dtype)
         with kernel_threads(model):
             for ids in by_len.values():
                 for s in range(0, len(ids), batch_size):
                     chunk = ids[s : s + batch_size]
                     new = _run(model, tokenizer, [prompts[i] for i in chunk],
-                               [prompt_bytes[i] for i in chunk], chunk=n_chunk, **run)  # fmt: skip
+                               [prompt_bytes[i] for i in chunk], size, opts, n_chunk, stats,
+                               stop_at_eoi)  # fmt: skip
                     n_chunk += 1
                     for i, toks in zip(chunk, new):
                         results[i] = toks
@@ -538,14 +419,10 @@ def generate_tokens(
     each, up to EOS, ``max_tokens`` or the context -- the sampler without any JPEG knowledge,
     for other byte formats (the H.264 clips of :mod:`jpeglm.video`). ``stop_at_eoi``: also
     stop at a JPEG EOI (FFD9)."""
-    temperature, top_k, top_p, max_tokens, seed, batch_size = _check(
-        temperature, top_k, top_p, max_tokens, seed, batch_size, False, False, dtype, False,
-    )  # fmt: skip
-    new = _run_batches(
-        model, tokenizer, [bytes(p) for p in prompts], batch_size, dtype, size=256,
-        temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed,
-        constrained=False, compile=False, jump_forward=False, stats=None, stop_at_eoi=stop_at_eoi,
-    )  # fmt: skip
+    opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size,
+                            constrained=False, dtype=dtype, jump_forward=False)  # fmt: skip
+    new = _run_batches(model, tokenizer, [bytes(p) for p in prompts], 256, opts, None,
+                       stop_at_eoi)  # fmt: skip
     return [[t for t in toks if t != tokenizer.eos_id] for toks in new]
 
 
@@ -579,16 +456,13 @@ def generate(
     grammar forces (header, restart markers, EOI) in one step (same samples). ``stats``: a
     dict that receives ``forwards`` (model calls) and ``forced`` (jumped tokens).
     """
-    n = _positive_int("n", n)
-    _check(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile, dtype,
-           jump_forward)  # fmt: skip
+    n = positive_int("n", n)
+    opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
+                            compile, dtype, jump_forward)  # fmt: skip
     if prompt is not None and not isinstance(prompt, (bytes, bytearray, memoryview)):
         raise ValueError(f"prompt must be bytes or None, got {type(prompt).__name__}")
     prompt = bytes(prompt or b"")
-    return _generate_prompts(
-        model, tokenizer, [prompt] * n, size, temperature, top_k, top_p, max_tokens,
-        seed, batch_size, constrained, quality, compile, dtype, jump_forward, stats,
-    )  # fmt: skip
+    return _generate_prompts(model, tokenizer, [prompt] * n, size, quality, opts, stats)
 
 
 def complete(
@@ -612,16 +486,13 @@ def complete(
     stats: dict | None = None,
 ) -> list[Sample]:
     """Complete each image from its first ``rows`` rows of MCUs (options as :func:`generate`)."""
-    _check(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained, compile, dtype,
-           jump_forward)  # fmt: skip
+    opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
+                            compile, dtype, jump_forward)  # fmt: skip
     size, quality = codec._check_size(size), codec._check_quality(quality)
-    if not _is_int(rows) or not 0 <= rows < size // 16:
-        raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {_show(rows)}")
+    if not is_int(rows) or not 0 <= rows < size // 16:
+        raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {show(rows)}")
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):
         raise ValueError("complete expects a sequence of images (a list of one for one image)")
     streams = codec.encode_batch(list(images), quality=quality, size=size)
     prompts = [prompt_stream(s, rows, size) for s in streams]
-    return _generate_prompts(
-        model, tokenizer, prompts, size, temperature, top_k, top_p, max_tokens, seed,
-        batch_size, constrained, quality, compile, dtype, jump_forward, stats,
-    )  # fmt: skip
+    return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats)

@@ -547,24 +547,15 @@ def complete(
     frames: int = 10,
     total_frames: int = FRAMES,
     size: tuple[int, int] = (HEIGHT, WIDTH),
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
-    max_tokens: int | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    dtype: str = "fp32",
+    **sampling: Any,
 ) -> list[ClipSample]:
     """Continue each clip (a canonical stream, or frames to :func:`encode`) after its first
     ``frames`` frames, as the paper evaluates AVC-LM (10 frames of prompt, 5 generated):
     unconstrained sampling (H.264 has no scan grammar here), decoded tolerantly into
-    ``total_frames`` frames."""
-    from jpeglm.sample import generate_tokens
-
+    ``total_frames`` frames. ``sampling``: the keyword options of :func:`generate`."""
     streams = [c if isinstance(c, (bytes, bytearray)) else encode(np.asarray(c)) for c in clips]
     prompts = [prompt_stream(s, frames) for s in streams]
-    return _sample(model, tokenizer, prompts, total_frames, size, temperature, top_k, top_p,
-                   max_tokens, seed, batch_size, dtype, generate_tokens)  # fmt: skip
+    return _sample(model, tokenizer, prompts, total_frames, size, sampling)
 
 
 def generate(
@@ -583,20 +574,18 @@ def generate(
     dtype: str = "fp32",
 ) -> list[ClipSample]:
     """``n`` unconditional clips (the model writes the parameter sets too)."""
-    from jpeglm.sample import generate_tokens
-
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    return _sample(model, tokenizer, [b""] * n, total_frames, size, temperature, top_k, top_p,
-                   max_tokens, seed, batch_size, dtype, generate_tokens)  # fmt: skip
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens,
+                    seed=seed, batch_size=batch_size, dtype=dtype)  # fmt: skip
+    return _sample(model, tokenizer, [b""] * n, total_frames, size, sampling)
 
 
-def _sample(model, tokenizer, prompts, total_frames, size, temperature, top_k, top_p, max_tokens,
-            seed, batch_size, dtype, generate_tokens) -> list[ClipSample]:  # fmt: skip
-    new = generate_tokens(
-        model, tokenizer, prompts, temperature=temperature, top_k=top_k, top_p=top_p,
-        max_tokens=max_tokens, seed=seed, batch_size=batch_size, dtype=dtype,
-    )  # fmt: skip
+def _sample(model, tokenizer, prompts: list[bytes], total_frames: int, size: tuple[int, int],
+            sampling: dict[str, Any]) -> list[ClipSample]:  # fmt: skip
+    from jpeglm.sample import generate_tokens
+
+    new = generate_tokens(model, tokenizer, prompts, **{"seed": 0, **sampling})
     out = []
     for prompt, toks in zip(prompts, new):
         data = bytes(prompt) + tokenizer.decode(toks)

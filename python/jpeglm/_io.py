@@ -3,6 +3,7 @@
 A write goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
 the target (atomic on POSIX), and the folder is fsynced so the rename itself is durable. A
 reader therefore sees either the old file or the complete new one, never a torn write.
+:func:`write_png` encodes a picture as PNG in memory and writes it the same way.
 
 The guards of the user's files live here too: :func:`refuse_overwriting` (an output never
 replaces an input), :func:`writable_folder` (fail before the work, not after it) and
@@ -18,7 +19,11 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 
 @contextlib.contextmanager
@@ -90,6 +95,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None:
+    """Encode ``image`` (a uint8 array, as :func:`PIL.Image.fromarray` takes, or a PIL image)
+    as PNG and write it to ``path`` atomically."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    im.save(buf, "PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,382 @@
+"""The ``jpeglm`` subcommands: each ``cmd_*`` takes the parsed arguments, checks them, works
+out its outputs, then calls the library and prints what it did. :mod:`jpeglm.cli` parses the
+command line and runs one; sample / complete / eval are in :mod:`jpeglm.model_commands`.
+
+A mistake of the user's raises :class:`UserError` (one line, exit 2). Before any work a
+command checks its options and plans its outputs (:func:`plan_outputs`): the output folder is
+created and checked writable, an output that would replace an input is refused, and so is a
+file in the way that jpeglm did not write there (the folder's ``.jpeglm-outputs`` lists the
+ones it did). Outputs of inputs with equal names get distinct ones (:func:`distinct_names`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from jpeglm._io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    refuse_overwriting,
+    show,
+    writable_folder,
+    write_png,
+)
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one line, exit code 2."""
+
+
+def plan_outputs(
+    out: str | os.PathLike, names: Iterable[str], inputs: Iterable[str | os.PathLike] = ()
+) -> list[Path]:
+    """The files ``out/NAME`` a command will write, checked before any work: the folder is
+    created and checked writable, then the command is refused when one of them is one of
+    ``inputs`` (after creating: ``-o new/..`` names the folder above only once it exists)."""
+    folder = Path(out)
+    names = list(names)
+    targets = [folder / n for n in names]
+    try:
+        writable_folder(folder)
+        refuse_overwriting(targets, inputs)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    owned = _owned_outputs(folder)
+    for t in targets:
+        if (t.exists() or t.is_symlink()) and t.name not in owned:
+            raise UserError(
+                f"{show(t)} exists and was not written by jpeglm: choose another output folder "
+                "(or move it away)"
+            )
+    if not set(names) <= owned:
+        body = "".join(f"{n}\n" for n in sorted(owned | set(names)))
+        atomic_write_text(folder / OUTPUTS_MANIFEST, OUTPUTS_HEADER + body)
+    return targets
+
+
+#: in every output folder, the names of the files jpeglm commands wrote there: a rerun may
+#: replace those, and nothing else
+OUTPUTS_MANIFEST = ".jpeglm-outputs"
+OUTPUTS_HEADER = "# files written here by jpeglm commands; a rerun may replace only these\n"
+
+
+def _owned_outputs(folder: Path) -> set[str]:
+    path = folder / OUTPUTS_MANIFEST
+    try:
+        if path.stat().st_size > 16 << 20:
+            raise UserError(f"{show(path)} is too large to be jpeglm's list of outputs")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return set()
+    except OSError as e:
+        raise UserError(f"cannot read {show(path)}: {e.strerror}") from e
+    return {x for x in text.splitlines() if x and not x.startswith("#")}
+
+
+def plan_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """One output file (e.g. ``train-tokenizer -o``), checked like :func:`plan_outputs`."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{show(p)} is a folder: give the file to write")
+    return plan_outputs(p.parent, [p.name], inputs)[0]
+
+
+def distinct_names(paths: Sequence[Path], suffix: str) -> list[str]:
+    """``STEM + suffix`` for each path, in order; a name already taken (compared ignoring case,
+    for case-insensitive file systems) becomes ``STEM-1``, ``STEM-2``, ... (the first free)."""
+    taken: set[str] = set()
+    names = []
+    for p in paths:
+        name, k = p.stem + suffix, 0
+        while name.casefold() in taken:
+            k += 1
+            name = f"{p.stem}-{k}{suffix}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+# ------------------------------------------------------------------------------------------------
+# encode / decode
+
+
+def _existing_files(items: Sequence[str], what: str) -> list[Path]:
+    paths = [Path(x) for x in items]
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"no such {what}: {show(p)}")
+    return paths
+
+
+_QUALITY_NAME = re.compile(r"\.q(\d{1,3})\.jlm$", re.IGNORECASE)
+
+
+def stream_suffix(quality: int) -> str:
+    """The file suffix of a stripped stream: ``.jlm`` at the default quality 25, else
+    ``.qNN.jlm`` -- the stream's bytes stay canonical, its name carries the tables it needs."""
+    return ".jlm" if quality == 25 else f".q{quality}.jlm"
+
+
+def stream_quality(path: Path, given: int | None) -> int:
+    """The quality of a stream file: from its name (``x.q90.jlm``), else ``given``, else 25;
+    a name and a ``--quality`` that disagree are refused (wrong tables decode to false
+    colours without any error)."""
+    m = _QUALITY_NAME.search(path.name)
+    named = int(m.group(1)) if m else None
+    if named is not None and given is not None and named != given:
+        raise UserError(f"{show(path)} is a quality-{named} stream (its name says so) but "
+                        f"--quality {given} was given")  # fmt: skip
+    if named is not None:
+        return named
+    return 25 if given is None else given
+
+
+def _stem(path: Path) -> str:
+    m = _QUALITY_NAME.search(path.name)
+    return path.name[: m.start()] if m else path.stem
+
+
+def _check_codec_options(args: argparse.Namespace) -> None:
+    from jpeglm import codec
+
+    try:
+        if getattr(args, "size", None) is not None:
+            codec._check_size(args.size)
+        codec._check_quality(args.quality)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from jpeglm import codec
+
+    _check_codec_options(args)
+    paths = _image_paths(args.images)
+    suffix = ".jpg" if args.full else stream_suffix(args.quality)
+    targets = plan_outputs(args.out, distinct_names(paths, suffix), paths)
+    for p, dst in zip(paths, targets):
+        try:
+            data = codec.encode(p, quality=args.quality, size=args.size)
+        except ValueError as e:
+            raise UserError(f"{show(p)}: {e}") from e
+        if args.full:
+            data = codec.with_tables(data, args.quality)
+        atomic_write_bytes(dst, data)
+        print(f"{show(p)} -> {show(dst)} ({len(data)} bytes)")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from jpeglm import codec
+
+    paths = _existing_files(args.streams, "file")
+    qualities = [stream_quality(p, args.quality) for p in paths]
+    _check_codec_options(argparse.Namespace(quality=qualities[0] if qualities else 25))
+    names = distinct_names([Path(_stem(p) + ".jlm") for p in paths], ".png")
+    targets = plan_outputs(args.out, names, paths)
+    for p, dst, q in zip(paths, targets, qualities):
+        args.quality = q
+        data = p.read_bytes()
+        if args.tolerant:
+            r = codec.decode(data, tolerant=True, quality=args.quality)
+            img, note = r.image, f"{r.valid_mcus}/{r.total_mcus} MCUs valid"
+        else:
+            try:
+                img = codec.decode(data, quality=args.quality)
+            except codec.JPEGError as e:
+                raise UserError(f"{show(p)}: {e} (use --tolerant to decode what is valid)") from e
+            note = "clean"
+        write_png(dst, img)
+        print(f"{show(p)} -> {show(dst)} ({img.shape[1]}x{img.shape[0]}, {note})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def _load_tokenizer(path: Path):
+    from jpeglm.tokenizer import load_file
+
+    if not path.is_file():
+        raise UserError(f"no such tokenizer file: {show(path)}")
+    try:
+        return load_file(path)  # jpeglm's format, or the official sentencepiece .model
+    except ValueError as e:
+        raise UserError(f"{show(path)}: {e}") from e
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from jpeglm import codec, data
+    from jpeglm.tokenizer import Tokenizer
+
+    _check_codec_options(args)
+    paths = _image_paths(args.images)
+    dst = plan_output_file(args.out, paths)
+    kept, images, skipped = data.load_images(paths, size=args.size)  # unreadable ones skipped
+    for rec in skipped:
+        print(f"skipped {rec['source']}: {rec['error']}", file=sys.stderr)
+    if not kept:
+        raise UserError(f"none of the {len(paths)} images could be read")
+    streams = codec.encode_batch(images, quality=args.quality, size=args.size)
+    tok = Tokenizer.train(streams, vocab_size=args.vocab_size, progress=not args.quiet)
+    tok.save(dst)
+    print(f"trained on {len(streams)} images ({len(skipped)} skipped) -> {show(dst)} "
+          f"(vocab {tok.vocab_size})")  # fmt: skip
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from jpeglm import codec
+
+    _check_codec_options(args)
+    tok = _load_tokenizer(Path(args.tokenizer))
+    for src in _image_paths(args.images):
+        try:
+            stream = codec.encode(src, quality=args.quality, size=args.size)
+        except ValueError as e:
+            raise UserError(f"{show(src)}: {e}") from e
+        ids = tok.encode(stream)
+        print(f"{show(src)}: {len(stream)} bytes -> {len(ids)} tokens")
+        if args.ids:
+            print(" ".join(map(str, ids)))
+    return 0
+
+
+def _image_paths(items: Sequence[str]) -> list[Path]:
+    """The images the arguments name (files, and folders searched recursively): the one
+    lister of :func:`jpeglm.data.list_images`, shared with prepare. A missing path, a named
+    file that is not an image, or a folder without images is one line and exit 2."""
+    from jpeglm import data
+
+    paths, problems = data.list_images(items)
+    if problems:
+        p = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{p['source']}: {p['error']}{more}")
+    if not paths:
+        raise UserError("no images found")
+    return paths
+
+
+def _check_temperature(t: float) -> None:
+    """``--temperature`` (the demo's and the model commands') is finite and not negative."""
+    if not (math.isfinite(t) and t >= 0):
+        raise UserError(f"--temperature must be a finite number >= 0 (0: greedy), got {t}")
+
+
+# ------------------------------------------------------------------------------------------------
+# data / training / export / plan
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from jpeglm import data
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    tok = _load_tokenizer(Path(args.tokenizer))
+    video = None
+    if args.video:
+        m = re.fullmatch(r"(\d+)x(\d+)", args.frame_size or "256x144")
+        if not m:
+            raise UserError(f"--frame-size must be WIDTHxHEIGHT, got {args.frame_size!r}")
+        video = {"width": int(m.group(1)), "height": int(m.group(2)), "fps": args.fps,
+                 "seconds": args.seconds, "qp": args.qp}  # fmt: skip
+    try:
+        index = data.prepare(
+            args.src, args.out, tok, size=args.size, quality=args.quality, seq_len=args.seq_len,
+            images_per_shard=args.images_per_shard, workers=args.workers, fast=args.fast,
+            progress=not args.quiet, video=video,
+        )  # fmt: skip
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from e
+    print(
+        f"{index['images']} images -> {index['sequences']} sequences of {args.seq_len} tokens "
+        f"in {sum(1 for s in index['shards'] if s['sequences'])} shards "
+        f"({len(index['skipped'])} skipped, see report.json)"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jpeglm.train import main as train_main
+
+    return train_main(list(args.args))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A trainer checkpoint (DCP, any number of ranks) -> an HF folder with the tokenizer."""
+    try:
+        import torch
+    except ImportError as e:
+        raise UserError("export needs torch: pip install 'jpeglm[train]'") from e
+    from jpeglm import checkpoint
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if args.max_shard_size <= 0:
+        raise UserError("--max-shard-size must be positive")
+    dest = checkpoint.export(args.checkpoint, args.out, dtype=dtypes[args.dtype],
+                             max_shard_size=args.max_shard_size)  # fmt: skip
+    print(f"{dest}: HF folder (config.json, safetensors, tokenizer, jpeglm.json)")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from jpeglm.plan import report
+
+    try:
+        print(report(args))
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from e
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# demo / bench / explain
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Encode the bundled photos canonically, decode them back, show and measure it; then
+    the shipped model (:mod:`jpeglm.demo`)."""
+    from jpeglm import demo
+
+    _check_codec_options(args)
+    _check_temperature(args.temperature)
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {args.samples}")
+    plan_outputs(args.out, demo.output_names(args.codec_only), demo.inputs())
+    demo.run(args.out, quality=args.quality, size=args.size, samples=args.samples,
+             seed=args.seed, temperature=args.temperature, codec_only=args.codec_only)  # fmt: skip
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """A quick, installed-package check of the headline speeds against the peers present
+    (the full harnesses with RESULTS.md are in the repository's benchmarks/)."""
+    from jpeglm import bench
+
+    print(bench.table(bench.run(args.images)))
+    return 0
+
+
+# what jpeglm.reference.explain writes
+EXPLAIN_FILES = [f"{i}_{n}.png" for i, n in enumerate(
+    ["planes", "dct_basis", "block", "zigzag", "mcu_bytes", "mcu_cost", "decoded"], 1
+)] + ["explain.md"]  # fmt: skip
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from jpeglm.reference.explain import explain
+
+    _check_codec_options(args)
+    (src,) = _existing_files([args.image], "image file")
+    plan_outputs(args.out, EXPLAIN_FILES, [src])
+    page = explain(src, args.out, quality=args.quality, size=args.size)
+    print(f"wrote {show(page)} and its pictures")
+    return 0

@@ -1,0 +1,230 @@
+"""The model subcommands of ``jpeglm``: ``sample``, ``complete`` and ``eval``.
+
+They share their options (``--model``, ``--tokenizer``, ``--device``, the sampling settings),
+which are all checked before any model is read; options not given come from the model's own
+record (jpeglm.json). The model's folder, its tokenizer and the outputs are worked out and
+checked (:func:`jpeglm.commands.plan_outputs`) before the model is loaded, and the model is
+refused before sampling when its context cannot hold a stream of the image size asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from jpeglm._io import atomic_write_bytes, show, write_png
+from jpeglm.commands import (
+    UserError,
+    _check_temperature,
+    _image_paths,
+    distinct_names,
+    plan_outputs,
+)
+
+
+def _check_device(name: str) -> str:
+    """``--device`` names a device this machine has (checked before loading any model): the
+    library's check, :func:`jpeglm.sample.check_device`, in the command line's words.
+    Returns the device's canonical name (``" cpu"`` -> ``"cpu"``)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise UserError("sampling needs torch: pip install 'jpeglm[train]'") from e
+    from jpeglm.sample import check_device
+
+    try:
+        return str(check_device(name))
+    except ValueError as e:
+        raise UserError(_device_problem(name, str(e))) from e
+
+
+def _device_problem(name: str, reason: str) -> str:
+    """What is wrong with ``--device NAME``, which :func:`jpeglm.sample.check_device` refused
+    for ``reason``."""
+    import torch
+
+    try:
+        dev = torch.device(name.strip())
+    except (RuntimeError, ValueError, TypeError):
+        return f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)"
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        have = f"{n} CUDA device(s): cuda:0..cuda:{n - 1}" if n else "no CUDA device"
+        return f"--device {name}: no such GPU (this machine has {have})"
+    if dev.type == "mps":
+        return f"--device {name}: MPS is not available on this machine"
+    if dev.type == "cpu":
+        return f"--device {name}: {reason}"
+    return f"--device {name}: unsupported device type (cpu, cuda, cuda:N, mps)"
+
+
+def _check_sampling(args: argparse.Namespace) -> None:
+    """The sampling options given, all checked before any model is read (options left to the
+    model's defaults are checked again once those are filled in)."""
+    from jpeglm import codec
+
+    try:
+        if args.size is not None:
+            codec._check_size(args.size)
+        if getattr(args, "quality", None) is not None:
+            codec._check_quality(args.quality)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if args.temperature is not None:
+        _check_temperature(args.temperature)
+    if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0: no top-k), got {args.top_k}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if getattr(args, "n", 1) < 1:
+        raise UserError(f"-n must be >= 1, got {args.n}")
+    rows = getattr(args, "rows", None)
+    if rows is not None and args.size is not None and not 0 <= rows < args.size // 16:
+        raise UserError(f"--rows must be in 0..{args.size // 16 - 1} for --size {args.size}")
+    args.device = _check_device(args.device)
+
+
+def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
+    """The model folder ``--model`` names (an HF folder, a trainer checkpoint step_N, or a run
+    folder: its final/ export, else its newest checkpoint), its tokenizer file (``--tokenizer``,
+    else tokenizer.jpeglm or the official sentencepiece tokenizer.model inside) and what it
+    says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one)."""
+    from jpeglm import checkpoint
+
+    try:
+        kind, folder = checkpoint.resolve_model(args.model)
+        state = checkpoint.read_train_state(folder) if kind == "dcp" else None
+        info = checkpoint.read_info(folder, state)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
+    if args.tokenizer:
+        return folder, Path(args.tokenizer), info
+    tok = checkpoint.find_tokenizer(folder)
+    if tok is None:
+        raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
+    return folder, tok, info
+
+
+def _apply_model_defaults(args: argparse.Namespace, info: dict) -> None:
+    """Options not given on the command line come from the model's own record."""
+    if args.size is None:
+        args.size = int(info["image_size"])
+    if args.quality is None:
+        args.quality = int(info["quality"])
+    rec = info.get("sampling") or {}
+    for opt, key, fallback in (("temperature", "temperature", 1.0), ("top_k", "top_k", 50),
+                               ("top_p", "top_p", 0.9)):  # fmt: skip
+        if getattr(args, opt) is None:
+            setattr(args, opt, rec.get(key, fallback))
+
+
+def _plan_model_outputs(
+    args: argparse.Namespace, names: Iterable[str], images: Sequence[Path] = ()
+) -> tuple[Path, Path]:
+    """Model files, options (defaults from the model), and outputs checked (in that order)
+    before the model is loaded."""
+    _check_sampling(args)
+    folder, tok_path, info = _model_files(args)
+    _apply_model_defaults(args, info)
+    _check_sampling(args)
+    inputs = [tok_path, *images, *(p for p in folder.iterdir() if p.is_file())]
+    plan_outputs(args.out, names, inputs)
+    return folder, tok_path
+
+
+def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
+    """The model and tokenizer; an image size whose streams cannot fit its context is
+    refused before any sampling."""
+    from jpeglm import checkpoint
+
+    try:
+        loaded = checkpoint.load_model(folder, device=args.device, tokenizer=tok_path)
+        checkpoint.check_context(loaded, args.size, args.quality)
+    except (ValueError, OSError) as e:
+        raise UserError(f"{show(folder)}: {e}") from e
+    return loaded.model, loaded.tokenizer
+
+
+def _sample_stems(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i:03d}" for i in range(n)]
+
+
+def _files_of(stems: Sequence[str]) -> list[str]:
+    return [stem + ext for stem in stems for ext in (".png", ".jpg")]
+
+
+def _write_samples(out: Path, samples_, stems: Sequence[str], quality: int) -> None:
+    """``STEM.png`` (the tolerant decode) and ``STEM.jpg`` (the stream with tables) each."""
+    from jpeglm import codec
+
+    for stem, s in zip(stems, samples_):
+        write_png(out / f"{stem}.png", s.image)
+        if s.data:
+            atomic_write_bytes(out / f"{stem}.jpg", codec.with_tables(s.data, quality))
+        state = "clean" if s.clean else f"{s.valid_mcus}/{s.total_mcus} MCUs valid"
+        print(f"{show(out / f'{stem}.png')}: {len(s.data)} bytes, {state}")
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        size=args.size,
+        quality=args.quality,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        constrained=not args.unconstrained,
+        compile=args.compile,
+        dtype=args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"),
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from jpeglm.sample import generate
+
+    stems = _sample_stems("sample_", max(args.n, 0))
+    folder, tok_path = _plan_model_outputs(args, _files_of(stems))
+    model, tok = _load_model(folder, tok_path, args)
+    out = generate(model, tok, n=args.n, **_sampling_kwargs(args))
+    _write_samples(Path(args.out), out, stems, args.quality)
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    """Completions named after their inputs: ``photo.jpg`` -> ``photo.png`` + ``photo.jpg``
+    (equal names numbered as everywhere: ``photo-1.png``)."""
+    from jpeglm.sample import complete
+
+    images = _image_paths(args.images)
+    stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
+    folder, tok_path = _plan_model_outputs(args, _files_of(stems), images)
+    model, tok = _load_model(folder, tok_path, args)
+    out = complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args))
+    _write_samples(Path(args.out), out, stems, args.quality)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jpeglm import codec
+    from jpeglm.eval import bits_per_byte, evaluate_completion
+
+    paths = _image_paths(args.images)
+    folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], paths)
+    model, tok = _load_model(folder, tok_path, args)
+    kw = _sampling_kwargs(args)
+    streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
+    res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
+                              write_results=False, **kw)  # fmt: skip
+    res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
+    atomic_write_bytes(Path(args.out) / "results.json", (json.dumps(res, indent=2) + "\n").encode())
+    print(json.dumps(res, indent=2))
+    return 0

@@ -13,6 +13,7 @@
 #include "bpe.h"
 #include "codec.h"
 #include "decode_kernels.h"
+#include "jpeg_tables.h"
 #include "parallel.h"
 #include "scan_automaton.h"
 
@@ -47,6 +48,10 @@ ByteView byte_view(const py::buffer_info& info, const char* what) {
   return v;
 }
 
+std::string too_large_message() {
+  return "image too large for JPEG (max " + std::to_string(jpeglm::kMaxDimension) + " per side)";
+}
+
 // An RGB image view: HxWx3 uint8, channels and pixels dense, rows at any stride.
 struct ImageView {
   const uint8_t* data = nullptr;
@@ -63,7 +68,7 @@ ImageView image_view(const py::buffer_info& info) {
     throw py::value_error("image pixels must be contiguous (use numpy.ascontiguousarray)");
   if (info.strides[0] <= 0) throw py::value_error("image rows must have a positive stride");
   if (info.shape[0] > jpeglm::kMaxDimension || info.shape[1] > jpeglm::kMaxDimension)
-    throw py::value_error("image too large for JPEG (max 65500 per side)");
+    throw py::value_error(too_large_message());
   ImageView v;
   v.data = static_cast<const uint8_t*>(info.ptr);
   v.height = static_cast<int>(info.shape[0]);
@@ -91,15 +96,16 @@ py::tuple decode_result(jpeglm::DecodeResult&& r) {
   return py::make_tuple(to_array(std::move(r.pixels), h, w), valid, total, clean);
 }
 
-// Runs fn(i) over a batch with the GIL released; errors name the failing item.
-template <class Fn>
+// Runs fn(i) over a batch with the GIL released; an Error (JpegError, BpeError) is rethrown
+// as the same type with the failing item's index in front of its message.
+template <class Error, class Fn>
 void run_batch(std::size_t n, int threads, Fn&& fn) {
   py::gil_scoped_release release;
   jpeglm::parallel_for(n, threads, [&](std::size_t i) {
     try {
       fn(i);
-    } catch (const jpeglm::JpegError& e) {
-      throw jpeglm::JpegError("item " + std::to_string(i) + ": " + e.what());
+    } catch (const Error& e) {
+      throw Error("item " + std::to_string(i) + ": " + e.what());
     }
   });
 }
@@ -109,6 +115,8 @@ void run_batch(std::size_t n, int threads, Fn&& fn) {
 
 void bind_codec(py::module_& m) {
   py::register_exception<jpeglm::JpegError>(m, "JPEGError", PyExc_ValueError);
+  m.attr("MAX_DIMENSION") = jpeglm::kMaxDimension;  // largest width/height libjpeg takes
+  m.attr("MAX_SIZE") = jpeglm::kMaxSize;            // largest canonical size (multiple of 16)
 
   m.def(
       "encode",
@@ -139,7 +147,7 @@ void bind_codec(py::module_& m) {
           views.push_back(image_view(infos.back()));
         }
         std::vector<std::vector<uint8_t>> outs(n);
-        run_batch(n, threads, [&](std::size_t i) {
+        run_batch<jpeglm::JpegError>(n, threads, [&](std::size_t i) {
           const ImageView& v = views[i];
           jpeglm::encode_rgb_into(outs[i], v.data, v.width, v.height, v.row_stride, quality,
                                   stripped, restart_blocks);
@@ -161,12 +169,12 @@ void bind_codec(py::module_& m) {
         if (info.strides[3] != 1 || info.strides[2] != 3 || info.strides[1] <= 0)
           throw py::value_error("stack pixels must be contiguous");
         if (info.shape[1] > jpeglm::kMaxDimension || info.shape[2] > jpeglm::kMaxDimension)
-          throw py::value_error("image too large for JPEG (max 65500 per side)");
+          throw py::value_error(too_large_message());
         std::size_t n = static_cast<std::size_t>(info.shape[0]);
         const auto* base = static_cast<const uint8_t*>(info.ptr);
         int h = static_cast<int>(info.shape[1]), w = static_cast<int>(info.shape[2]);
         std::vector<std::vector<uint8_t>> outs(n);
-        run_batch(n, threads, [&](std::size_t i) {
+        run_batch<jpeglm::JpegError>(n, threads, [&](std::size_t i) {
           jpeglm::encode_rgb_into(outs[i], base + i * info.strides[0], w, h, info.strides[1],
                                   quality, stripped, restart_blocks);
         });
@@ -225,7 +233,7 @@ void bind_codec(py::module_& m) {
           views.push_back(byte_view(infos.back(), "item"));
         }
         std::vector<jpeglm::DecodeResult> results(n);
-        run_batch(n, threads, [&](std::size_t i) {
+        run_batch<jpeglm::JpegError>(n, threads, [&](std::size_t i) {
           results[i] = tolerant
                            ? jpeglm::decode_tolerant(views[i].data, views[i].size, quality,
                                                      fallback_size)
@@ -463,19 +471,6 @@ py::bytes make_bytes(std::size_t size, Fill&& fill) {
   return out;
 }
 
-// Runs fn(i) over a batch with the GIL released; BPE errors name the failing item.
-template <class Fn>
-void run_bpe_batch(std::size_t n, int threads, Fn&& fn) {
-  py::gil_scoped_release release;
-  jpeglm::parallel_for(n, threads, [&](std::size_t i) {
-    try {
-      fn(i);
-    } catch (const jpeglm::BpeError& e) {
-      throw jpeglm::BpeError("item " + std::to_string(i) + ": " + e.what());
-    }
-  });
-}
-
 thread_local std::vector<uint32_t> tls_ids;
 
 void bind_bpe(py::module_& m) {
@@ -604,7 +599,7 @@ void bind_bpe(py::module_& m) {
             std::vector<ByteView> views = byte_views(items, infos);
             const std::size_t n = views.size();
             std::vector<std::vector<uint32_t>> outs(n);
-            run_bpe_batch(n, threads, [&](std::size_t i) {
+            run_batch<jpeglm::BpeError>(n, threads, [&](std::size_t i) {
               s.bpe->encode(views[i].data, views[i].size, outs[i]);
             });
             py::list result(n);
@@ -622,7 +617,7 @@ void bind_bpe(py::module_& m) {
             auto run = [&](auto tag) -> py::tuple {
               using Id = decltype(tag);
               std::vector<std::vector<Id>> outs(n);
-              run_bpe_batch(n, threads, [&](std::size_t i) {
+              run_batch<jpeglm::BpeError>(n, threads, [&](std::size_t i) {
                 s.bpe->encode(views[i].data, views[i].size, outs[i]);
               });
               py::array_t<int64_t> offsets(static_cast<py::ssize_t>(n + 1));
@@ -677,7 +672,7 @@ void bind_bpe(py::module_& m) {
             for (std::size_t i = 0; i < n; ++i)
               views.push_back(ids_view(seqs[i], "item " + std::to_string(i)));
             std::vector<std::size_t> sizes(n);
-            run_bpe_batch(n, threads, [&](std::size_t i) {
+            run_batch<jpeglm::BpeError>(n, threads, [&](std::size_t i) {
               sizes[i] = visit_ids(views[i], [&](auto* p, std::size_t k) {
                 return s.bpe->decoded_size(p, k, skip_special);
               });
@@ -691,7 +686,7 @@ void bind_bpe(py::module_& m) {
               outs.push_back(py::reinterpret_steal<py::bytes>(b));
               dsts[i] = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(b));
             }
-            run_bpe_batch(n, threads, [&](std::size_t i) {
+            run_batch<jpeglm::BpeError>(n, threads, [&](std::size_t i) {
               visit_ids(views[i], [&](auto* p, std::size_t k) {
                 if (s.bpe->decode_into(p, k, skip_special, dsts[i], sizes[i]) != sizes[i])
                   throw jpeglm::BpeError("the token ids changed while being decoded");

@@ -22,6 +22,9 @@
 #include <mutex>
 
 namespace jpeglm {
+
+static_assert(kMaxDimension == JPEG_MAX_DIMENSION, "jpeg_tables.h: kMaxDimension is libjpeg's");
+
 namespace {
 
 // ---------------------------------------------------------------------------------------------
@@ -191,44 +194,8 @@ bool run_compress(Encoder& e, const uint8_t* rgb, int width, int height,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Standard tables (libjpeg's jcparam.c / ITU-T T.81 Annex K), used to rebuild grey MCUs and
-// to validate scans when a stream carries no DHT.
-
-struct HuffSpec {
-  std::array<uint8_t, 17> bits;  // bits[1..16]
-  std::vector<uint8_t> vals;
-};
-
-const HuffSpec kStdDcLuma = {{0, 0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0},
-                             {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}};
-const HuffSpec kStdDcChroma = {{0, 0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
-                               {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}};
-const HuffSpec kStdAcLuma = {
-    {0, 0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7d},
-    {0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61,
-     0x07, 0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52,
-     0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72, 0x82, 0x09, 0x0a, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x25,
-     0x26, 0x27, 0x28, 0x29, 0x2a, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x43, 0x44, 0x45,
-     0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5a, 0x63, 0x64,
-     0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a, 0x83,
-     0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99,
-     0x9a, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6,
-     0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3,
-     0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xe1, 0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8,
-     0xe9, 0xea, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa}};
-const HuffSpec kStdAcChroma = {
-    {0, 0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77},
-    {0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61,
-     0x71, 0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33,
-     0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1, 0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1, 0x17, 0x18,
-     0x19, 0x1a, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x43, 0x44,
-     0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5a, 0x63,
-     0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a,
-     0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97,
-     0x98, 0x99, 0x9a, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4,
-     0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca,
-     0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7,
-     0xe8, 0xe9, 0xea, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa}};
+// Huffman decoding, to validate scans (and the codes that rebuild grey MCUs). Streams that
+// carry no DHT use the standard tables (jpeg_tables.h).
 
 // Canonical Huffman decoding table (T.81 F.2.2.3: MINCODE/MAXCODE/VALPTR).
 struct HuffDecoder {
@@ -241,14 +208,15 @@ struct HuffDecoder {
   std::array<uint8_t, 256> code_len{};
   bool ok = false;
 
-  void build(const HuffSpec& s) {
-    vals = s.vals;
+  // bits[i]: the number of codes of length i + 1 (a DHT's BITS); vals: its n_vals symbols.
+  void build(const uint8_t* bits, const uint8_t* symbols, std::size_t n_vals) {
+    vals.assign(symbols, symbols + n_vals);
     int32_t c = 0;
     int k = 0;
     for (int l = 1; l <= 16; ++l) {
       valptr[l] = k;
       mincode[l] = c;
-      for (int i = 0; i < s.bits[l]; ++i) {
+      for (int i = 0; i < bits[l - 1]; ++i) {
         if (k < static_cast<int>(vals.size())) {
           code[vals[k]] = static_cast<uint16_t>(c);
           code_len[vals[k]] = static_cast<uint8_t>(l);
@@ -256,11 +224,20 @@ struct HuffDecoder {
         ++c;
         ++k;
       }
-      maxcode[l] = s.bits[l] ? c - 1 : -1;
+      maxcode[l] = bits[l - 1] ? c - 1 : -1;
       c <<= 1;
     }
     maxcode[17] = 0x7fffffff;
     ok = k <= static_cast<int>(vals.size()) && k > 0;
+  }
+  void build(const HuffmanSpec& s) {
+    build(s.bits.data(), s.vals.data(), static_cast<std::size_t>(s.n_vals));
+  }
+  // A table libjpeg read from a DHT segment (its bits[0] is unused; at most 256 symbols).
+  void build(const JHUFF_TBL& t) {
+    int total = 0;
+    for (int i = 1; i <= 16; ++i) total += t.bits[i];
+    build(t.bits + 1, t.huffval, static_cast<std::size_t>(std::min(total, 256)));
   }
 };
 
@@ -442,34 +419,40 @@ bool huff_decode(BitReader& br, const HuffDecoder& h, int* sym) {
   return false;  // no code of length <= 16 (e.g. the reserved all-ones code)
 }
 
+// Decode one MCU's blocks (Huffman codes, coefficient counts); false at the first damage.
+bool decode_mcu(BitReader& br, const ScanLayout& lay, const std::array<HuffDecoder, 4>& dc,
+                const std::array<HuffDecoder, 4>& ac) {
+  for (std::size_t b = 0; b < lay.block_dc.size(); ++b) {
+    int s;
+    if (!huff_decode(br, dc[lay.block_dc[b]], &s) || s > 11) return false;
+    int v;
+    if (s && !br.bits(s, &v)) return false;
+    const HuffDecoder& a = ac[lay.block_ac[b]];
+    for (int k = 1; k < 64;) {
+      int rs;
+      if (!huff_decode(br, a, &rs)) return false;
+      int r = rs >> 4, sz = rs & 15;
+      if (sz == 0) {
+        if (r != 15) break;  // EOB
+        k += 16;
+        if (k > 64) return false;
+        continue;
+      }
+      k += r;
+      if (k > 63 || sz > 10) return false;
+      if (!br.bits(sz, &v)) return false;
+      ++k;
+    }
+  }
+  return true;
+}
+
 // Decode `n_mcus` MCUs of one restart interval from the unstuffed segment bytes.
 bool check_interval(const uint8_t* seg, std::size_t len, int n_mcus, const ScanLayout& lay,
                     const std::array<HuffDecoder, 4>& dc, const std::array<HuffDecoder, 4>& ac) {
   BitReader br{seg, seg + len};
-  for (int m = 0; m < n_mcus; ++m) {
-    for (std::size_t b = 0; b < lay.block_dc.size(); ++b) {
-      int s;
-      if (!huff_decode(br, dc[lay.block_dc[b]], &s) || s > 11) return false;
-      int v;
-      if (s && !br.bits(s, &v)) return false;
-      const HuffDecoder& a = ac[lay.block_ac[b]];
-      for (int k = 1; k < 64;) {
-        int rs;
-        if (!huff_decode(br, a, &rs)) return false;
-        int r = rs >> 4, sz = rs & 15;
-        if (sz == 0) {
-          if (r != 15) break;  // EOB
-          k += 16;
-          if (k > 64) return false;
-          continue;
-        }
-        k += r;
-        if (k > 63 || sz > 10) return false;
-        if (!br.bits(sz, &v)) return false;
-        ++k;
-      }
-    }
-  }
+  for (int m = 0; m < n_mcus; ++m)
+    if (!decode_mcu(br, lay, dc, ac)) return false;
   // Padding: the rest of the last byte must be 1-bits, and no whole byte may be left over.
   if (br.nbits > 0) {
     uint32_t mask = (1u << br.nbits) - 1;
@@ -486,18 +469,6 @@ struct ScanInfo {
   std::array<HuffDecoder, 4> dc, ac;
   bool usable = false;  // baseline, single interleaved scan, tables known
 };
-
-HuffSpec spec_from(const JHUFF_TBL* t) {
-  HuffSpec s;
-  int total = 0;
-  for (int i = 0; i <= 16; ++i) {
-    s.bits[i] = t->bits[i];
-    if (i) total += t->bits[i];
-  }
-  total = std::min(total, 256);
-  s.vals.assign(t->huffval, t->huffval + total);
-  return s;
-}
 
 bool read_scan_info(Decoder& d, const uint8_t* data, std::size_t n, int quality,
                     bool load_tables, ScanInfo* si) {
@@ -534,11 +505,11 @@ bool read_scan_info(Decoder& d, const uint8_t* data, std::size_t n, int quality,
         si->lay.block_ac.push_back(aci);
       }
       if (!si->dc[dci].ok) {
-        if (c.dc_huff_tbl_ptrs[dci]) si->dc[dci].build(spec_from(c.dc_huff_tbl_ptrs[dci]));
+        if (c.dc_huff_tbl_ptrs[dci]) si->dc[dci].build(*c.dc_huff_tbl_ptrs[dci]);
         else si->dc[dci].build(dci == 0 ? kStdDcLuma : kStdDcChroma);
       }
       if (!si->ac[aci].ok) {
-        if (c.ac_huff_tbl_ptrs[aci]) si->ac[aci].build(spec_from(c.ac_huff_tbl_ptrs[aci]));
+        if (c.ac_huff_tbl_ptrs[aci]) si->ac[aci].build(*c.ac_huff_tbl_ptrs[aci]);
         else si->ac[aci].build(aci == 0 ? kStdAcLuma : kStdAcChroma);
       }
       if (!si->dc[dci].ok || !si->ac[aci].ok) si->usable = false;
@@ -637,30 +608,7 @@ std::vector<uint8_t> validate_scan(const uint8_t* data, std::size_t n, const Sca
     }
     // Count leading MCUs that decode (without the padding rule).
     BitReader br{buf.data(), buf.data() + buf.size()};
-    ScanLayout one = si.lay;
-    for (int m = 0; m < total; ++m) {
-      bool ok = true;
-      for (std::size_t b = 0; b < one.block_dc.size() && ok; ++b) {
-        int sym, v;
-        ok = huff_decode(br, si.dc[one.block_dc[b]], &sym) && sym <= 11 && (!sym || br.bits(sym, &v));
-        for (int k = 1; ok && k < 64;) {
-          int rs;
-          if (!huff_decode(br, si.ac[one.block_ac[b]], &rs)) { ok = false; break; }
-          int r = rs >> 4, sz = rs & 15;
-          if (sz == 0) {
-            if (r != 15) break;
-            k += 16;
-            if (k > 64) ok = false;
-            continue;
-          }
-          k += r;
-          if (k > 63 || sz > 10 || !br.bits(sz, &v)) { ok = false; break; }
-          ++k;
-        }
-      }
-      if (!ok) break;
-      valid[m] = 1;
-    }
+    for (int m = 0; m < total && decode_mcu(br, si.lay, si.dc, si.ac); ++m) valid[m] = 1;
     return valid;
   }
   const int n_intervals = (total + ri - 1) / ri;

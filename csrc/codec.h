@@ -13,14 +13,16 @@
 #include <string>
 #include <vector>
 
+#include "jpeg_tables.h"
+
 namespace jpeglm {
 
 struct JpegError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Largest width/height we accept on encode and decode (libjpeg's own limit is 65500).
-constexpr int kMaxDimension = 65500;
+// kMaxDimension (the largest width/height we accept on encode and decode) and kMaxSize (the
+// largest canonical size) live in jpeg_tables.h.
 // Largest decoded image we allocate (pixels); bigger headers are refused before allocation.
 constexpr std::size_t kMaxPixels = std::size_t(1) << 28;  // 268M pixels (~805 MB RGB)
 

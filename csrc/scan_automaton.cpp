@@ -4,46 +4,17 @@
 #include <stdexcept>
 
 #include "codec.h"
+#include "jpeg_tables.h"
 
 namespace jpeglm {
-namespace {
-
-// Standard Huffman tables (T.81 Annex K): BITS[1..16] and HUFFVAL.
-struct Spec {
-  std::array<uint8_t, 16> bits;
-  std::vector<uint8_t> vals;
-};
-
-const Spec kDcLuma = {{0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0},
-                      {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}};
-const Spec kDcChroma = {{0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
-                        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}};
-
-std::vector<uint8_t> hexbytes(const char* h) {
-  std::vector<uint8_t> out;
-  auto nib = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
-  for (; h[0] && h[1]; h += 2) out.push_back(static_cast<uint8_t>(nib(h[0]) * 16 + nib(h[1])));
-  return out;
-}
-
-const Spec kAcLuma = {{0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7d},
-                      hexbytes("01020300041105122131410613516107227114328191a1082342b1c11552d1f0"
-                               "2433627282090a161718191a25262728292a3435363738393a434445464748494a"
-                               "535455565758595a636465666768696a737475767778797a838485868788898a"
-                               "92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4c5c6"
-                               "c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9fa")};
-const Spec kAcChroma = {{0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77},
-                        hexbytes("000102031104052131061241510761711322328108144291a1b1c109233352f0"
-                                 "156272d10a162434e125f11718191a262728292a35363738393a434445464748"
-                                 "494a535455565758595a636465666768696a737475767778797a828384858687"
-                                 "88898a92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3"
-                                 "c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae2e3e4e5e6e7e8e9eaf2f3f4f5f6f7f8f9fa")};
-
-}  // namespace
 
 ScanGrammar::ScanGrammar(int width, int height) : width_(width), height_(height) {
-  if (width <= 0 || height <= 0 || width % 16 || height % 16 || width > 65520 || height > 65520)
+  if (width <= 0 || height <= 0 || width % kMcuSize || height % kMcuSize)
     throw std::invalid_argument("scan grammar: width and height must be positive multiples of 16");
+  if (width > kMaxSize || height > kMaxSize)
+    throw JpegError("scan grammar: size " + std::to_string(width) + "x" + std::to_string(height) +
+                    " too large: exceeds JPEG's limit of " + std::to_string(kMaxSize) +
+                    " per side");
   total_mcus_ = (width / 16) * (height / 16);
   // The fixed header: what the canonical encoder writes before the first MCU. It depends only
   // on the size, so take it from the encoding of a grey image (one row, repeated: stride 0).
@@ -52,7 +23,7 @@ ScanGrammar::ScanGrammar(int width, int height) : width_(width), height_(height)
   HeaderInfo h = parse_header(stream.data(), stream.size());
   header_.assign(stream.begin(), stream.begin() + static_cast<std::ptrdiff_t>(h.scan_offset));
 
-  const Spec* specs[4] = {&kDcLuma, &kAcLuma, &kDcChroma, &kAcChroma};
+  const HuffmanSpec* specs[4] = {&kStdDcLuma, &kStdAcLuma, &kStdDcChroma, &kStdAcChroma};
   for (int t = 0; t < 4; ++t) {
     Tree& tr = trees_[t];
     tr.child.assign(2, -1);  // the root

@@ -43,7 +43,8 @@ struct ScanState {
 
 class ScanGrammar {
  public:
-  // The canonical 4:2:0 stream of a `width` x `height` image (multiples of 16).
+  // The canonical 4:2:0 stream of a `width` x `height` image: positive multiples of 16
+  // (std::invalid_argument otherwise), at most kMaxSize (jpeg_tables.h; JpegError otherwise).
   ScanGrammar(int width, int height);
 
   int width() const { return width_; }

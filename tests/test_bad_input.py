@@ -121,6 +121,16 @@ def test_decode_tolerant_wrong_type_and_huge_fallback():
         codec.decode(b"", tolerant=True, size=65504)
 
 
+def test_tolerant_fallback_beyond_the_pixel_limit():
+    """A fallback size within MAX_SIZE whose square exceeds the decoder's 2**28 pixel limit is
+    refused natively (the size check alone would let it through)."""
+    assert 16400 <= codec.MAX_SIZE and 16400**2 > 1 << 28
+    with pytest.raises(JPEGError, match="too large"):
+        codec.decode(b"", tolerant=True, size=16400)
+    with pytest.raises(JPEGError, match="too large"):
+        codec.decode_batch([b"", b"x"], tolerant=True, size=16400)
+
+
 # ------------------------------------------------------------------------------------------------
 # codec.encode / prepare
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jpeglm import codec, samples
+from jpeglm import _core, codec, samples
 
 COLOR_PHOTOS = [n for n in samples.PHOTOS if n not in ("camera", "coins")]
 
@@ -431,3 +431,26 @@ def test_bad_decode_inputs(prepared):
 def test_codec_does_not_import_torch():
     code = "import sys, jpeglm.codec, jpeglm.samples; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_size_limits_are_one_value():
+    """MAX_SIZE (the largest canonical size) comes from the native core: the largest multiple
+    of 16 up to libjpeg's per-side limit MAX_DIMENSION. check_size takes it and refuses
+    anything above with a JPEGError (a ValueError); small arrays only."""
+    assert codec.MAX_SIZE == _core.MAX_SIZE == 65488
+    assert codec.MAX_DIMENSION == _core.MAX_DIMENSION == 65500
+    assert codec.MAX_SIZE % 16 == 0 and codec.MAX_SIZE <= codec.MAX_DIMENSION < codec.MAX_SIZE + 16
+    assert codec.check_size(codec.MAX_SIZE) == codec.MAX_SIZE
+    assert codec.check_size(np.int64(256)) == 256 and codec.check_quality(np.int32(25)) == 25
+    for size in (codec.MAX_SIZE + 16, 65504, 65520, 1 << 20):
+        with pytest.raises(codec.JPEGError, match="too large"):
+            codec.check_size(size)
+        with pytest.raises(ValueError, match="too large"):
+            codec.encode(np.zeros((16, 16, 3), np.uint8), size=size)
+    # the old private names still work for the modules that use them
+    assert codec._check_size is codec.check_size and codec._check_quality is codec.check_quality
+    # libjpeg itself: any image up to MAX_DIMENSION per side, nothing larger (16 rows: cheap)
+    wide = np.zeros((16, codec.MAX_DIMENSION, 3), np.uint8)
+    assert codec.header(_core.encode(wide))["width"] == codec.MAX_DIMENSION
+    with pytest.raises(ValueError, match="65500"):
+        _core.encode(np.zeros((16, codec.MAX_DIMENSION + 1, 3), np.uint8))

@@ -9,9 +9,9 @@ import copy
 import numpy as np
 import pytest
 
-from jpeglm import codec, samples
-from jpeglm._scan_reference import ScanAutomatonReference
+from jpeglm import _core, codec, samples
 from jpeglm.grammar import ScanAutomaton, TokenConstraint
+from jpeglm.reference.scan import ScanAutomatonReference
 
 QUALITIES = (1, 5, 25, 50, 75, 95, 100)
 
@@ -216,3 +216,28 @@ def test_bad_arguments():
     b = a.copy()
     a.feed(b"\xff\xd8")
     assert b.phase == "header" and copy.copy(b) is not None
+
+
+def test_size_limit_is_the_codecs():
+    """One limit: the grammar takes every size the codec takes (up to MAX_SIZE, the largest
+    multiple of 16 libjpeg accepts) and refuses the rest with a ValueError that says so.
+    Cheap: only 16-pixel-high grammars are built (their header comes from a grey encode)."""
+    top = codec.MAX_SIZE
+    assert top == _core.MAX_SIZE == 65488 and top % 16 == 0
+    g = _core.ScanGrammar(top, 16)
+    assert g.total_mcus == top // 16
+    assert codec.header(g.header + b"\xff\xd9")["width"] == top
+    for w, h in ((top + 16, 16), (16, top + 16), (65504, 16), (65520, 16)):
+        with pytest.raises(ValueError, match="too large"):
+            _core.ScanGrammar(w, h)
+    for size in (top + 16, 65504, 65520):
+        with pytest.raises(ValueError, match="too large"):
+            ScanAutomaton(size)  # the codec's check, before any grammar is built
+        with pytest.raises(ValueError, match="too large"):
+            TokenConstraint([b"\x00", b""], eos_id=1, size=size)
+        with pytest.raises(ValueError, match="too large"):
+            codec.check_size(size)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        _core.ScanGrammar(top + 8, 16)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ScanAutomaton(top + 8)

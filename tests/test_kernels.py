@@ -292,3 +292,20 @@ def test_rope_custom_op_out_of_place_and_compiles():
     with torch.no_grad():
         close(ops.rope(x, cos, sin), reference.rope(x, cos, sin), torch.float32)
         assert torch.equal(x, before)
+
+
+def test_reference_ops_have_one_home():
+    """The PyTorch reference ops live in jpeglm.reference.kernels; jpeglm.kernels.reference
+    (the shim the top-level kernels/ folder keeps) and the torch backend use the same objects,
+    and neither needs the native core."""
+    import subprocess
+    import sys
+
+    from jpeglm.reference import kernels as home
+
+    for name in home.__all__:
+        assert getattr(reference, name) is getattr(home, name), name
+    torch_backend = backends.resolve_backend("torch")
+    assert torch_backend.rms_norm is home.rms_norm and torch_backend.swiglu is home.swiglu
+    code = "import sys, jpeglm.kernels.reference; assert 'jpeglm._core' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

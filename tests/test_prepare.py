@@ -295,3 +295,20 @@ def test_load_images_skips_a_broken_image_as_prepare_does(tok, tmp_path):
     }
     kept, images, skipped = data.load_images([src / "broken.jpg"], SIZE)
     assert kept == [] and images.shape == (0, SIZE, SIZE, 3) and len(skipped) == 1
+
+
+def test_data_needs_torch_only_for_the_dataset():
+    """Preparing data never imports torch: ``data.ShardDataset`` (defined in jpeglm.dataset)
+    is imported on first use; the source listing moved to jpeglm.sources is re-exported."""
+    from jpeglm import sources
+
+    code = "import sys, jpeglm.data; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for name in ("Source", "list_sources", "scan_sources", "list_images", "IMAGE_SUFFIXES"):
+        assert getattr(data, name) is getattr(sources, name), name
+    with pytest.raises(AttributeError):
+        data.no_such_name  # noqa: B018
+    pytest.importorskip("torch")
+    from jpeglm.dataset import ShardDataset
+
+    assert data.ShardDataset is ShardDataset

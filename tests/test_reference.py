@@ -127,3 +127,22 @@ def test_quality_scaling():
     assert R.quant_table(1).max() == 255
     with pytest.raises(ValueError):
         R.quant_table(0)
+
+
+def test_reference_twins_live_together_and_old_imports_still_work():
+    """The twins are under jpeglm.reference; the old module paths are shims to the same
+    objects, and jpeg.py gathers its encoder and decoder halves."""
+    import jpeglm._bpe_reference as old_bpe
+    import jpeglm._scan_reference as old_scan
+    from jpeglm.reference import bpe, jpeg_decode, jpeg_encode, scan
+
+    assert old_bpe.train is bpe.train and old_bpe.encode is bpe.encode
+    assert old_bpe.vocab_from_merges is bpe.vocab_from_merges and old_bpe._merge is bpe._merge
+    assert old_scan.ScanAutomatonReference is scan.ScanAutomatonReference
+    assert R.encode is jpeg_encode.encode and R.decode is jpeg_decode.decode
+    # every public step and table of either half is in jpeg's namespace, as the same object
+    for half in (jpeg_encode, jpeg_decode):
+        for name, obj in vars(half).items():
+            mine = getattr(obj, "__module__", None) == half.__name__ or name.isupper()
+            if mine and not name.startswith("_"):
+                assert name in R.__all__ and getattr(R, name) is obj, name

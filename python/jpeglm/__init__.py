@@ -47,6 +47,6 @@ _source_checkout_kernels()
 def __getattr__(name: str):  # lazy submodules: `jpeglm.codec` without importing torch
     import importlib
 
-    if name in {"codec", "tokenizer", "data", "model", "sample", "train", "eval", "datasets"}:
+    if name in {"codec", "tokenizer", "data", "model", "sample", "train", "eval"}:
         return importlib.import_module(f"jpeglm.{name}")
     raise AttributeError(f"module 'jpeglm' has no attribute {name!r}")

@@ -8,6 +8,11 @@ from numpy.typing import NDArray
 
 class JPEGError(ValueError): ...
 
+# Limits (csrc/jpeg_tables.h): the largest width/height libjpeg takes (65500), and the largest
+# canonical size, a multiple of 16 (65488).
+MAX_DIMENSION: int
+MAX_SIZE: int
+
 def encode(
     image: Any, quality: int = 25, stripped: bool = True, restart_blocks: int = 1
 ) -> bytes: ...

@@ -7,7 +7,7 @@ Two backends exist:
   SwiGLU, chunked linear + cross-entropy) and flash-attn 2 for causal attention when it is
   importable (else ``scaled_dot_product_attention``). Chosen automatically on CUDA when Triton
   imports.
-* ``"torch"`` -- the plain PyTorch reference ops of :mod:`jpeglm.kernels.reference` and
+* ``"torch"`` -- the plain PyTorch reference ops of :mod:`jpeglm.reference.kernels` and
   ``scaled_dot_product_attention``. Chosen everywhere else; what ``torch.compile`` sees best.
 
 ``JPEGLM_BACKEND=triton|torch|auto`` overrides the choice. Forcing ``triton`` without CUDA runs
@@ -30,16 +30,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from jpeglm.kernels import reference
+from jpeglm.reference import kernels as reference
 
-__all__ = ["Backend", "BACKEND_NAMES", "get_backend", "resolve_backend"]
+__all__ = ["Backend", "BACKEND_NAMES", "resolve_backend"]
 
 BACKEND_NAMES = ("auto", "triton", "torch")
 
 
 @dataclass(frozen=True)
 class Backend:
-    """The ops the model calls. Layouts follow :mod:`jpeglm.kernels.reference`."""
+    """The ops the model calls. Layouts follow :mod:`jpeglm.reference.kernels`."""
 
     name: str  # "triton" or "torch"
     attention_impl: str  # "flash_attn" or "sdpa"
@@ -178,13 +178,3 @@ def resolve_backend(name: str | Backend | None = None) -> Backend:
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown {source}: expected one of {', '.join(BACKEND_NAMES)}")
     return _build(_auto_name() if name == "auto" else name)
-
-
-def get_backend() -> Backend:
-    """The process-wide default backend (``JPEGLM_BACKEND`` or capability), resolved once."""
-    return _default()
-
-
-@functools.lru_cache(maxsize=1)
-def _default() -> Backend:
-    return resolve_backend(None)

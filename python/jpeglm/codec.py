@@ -45,6 +45,10 @@ __all__ = [
     "Coefficients",
     "DEFAULT_QUALITY",
     "DEFAULT_SIZE",
+    "MAX_SIZE",
+    "MAX_DIMENSION",
+    "check_quality",
+    "check_size",
 ]
 
 #: Raised for data libjpeg cannot decode (a subclass of ValueError), with libjpeg's message.
@@ -52,6 +56,11 @@ JPEGError = _core.JPEGError
 
 DEFAULT_QUALITY = 25
 DEFAULT_SIZE = 256
+#: The largest canonical ``size``: the largest multiple of 16 libjpeg accepts per side (its
+#: limit, :data:`MAX_DIMENSION`, is 65500). One value, defined natively (``csrc/jpeg_tables.h``).
+MAX_SIZE: int = _core.MAX_SIZE
+#: The largest width or height libjpeg encodes or decodes (any image, not only canonical ones).
+MAX_DIMENSION: int = _core.MAX_DIMENSION
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike | bytes | bytearray | memoryview
 BytesLike = bytes | bytearray | memoryview | np.ndarray
@@ -83,7 +92,8 @@ class TolerantDecode(NamedTuple):
 # Argument checks
 
 
-def _check_quality(quality: int) -> int:
+def check_quality(quality: int) -> int:
+    """``quality`` as an int, checked to be in 1..100 (TypeError / ValueError otherwise)."""
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
         raise TypeError(f"quality must be an int in 1..100, got {type(quality).__name__}")
     if not 1 <= int(quality) <= 100:
@@ -91,14 +101,22 @@ def _check_quality(quality: int) -> int:
     return int(quality)
 
 
-def _check_size(size: int) -> int:
+def check_size(size: int) -> int:
+    """``size`` as an int, checked to be a canonical size: a positive multiple of 16 (whole
+    4:2:0 MCUs) up to :data:`MAX_SIZE`. TypeError for a non-int; ValueError otherwise -- a
+    :class:`JPEGError` (a ValueError) above the limit, as the native codec raises there."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"size must be an int, got {type(size).__name__}")
     if size <= 0 or size % 16 != 0:
         raise ValueError(f"size must be a positive multiple of 16 (whole 4:2:0 MCUs), got {size}")
-    if size > 65504:
-        raise ValueError(f"size {size} exceeds JPEG's limit")
+    if size > MAX_SIZE:
+        raise JPEGError(f"size {size} too large: exceeds JPEG's limit of {MAX_SIZE} per side")
     return int(size)
+
+
+# The old private names, still used by modules outside the codec.
+_check_quality = check_quality
+_check_size = check_size
 
 
 def _threads(threads: int | None) -> int:
@@ -251,7 +269,7 @@ def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
     composited on white, ``round((c * a + 255 * (255 - a)) / 255)`` -- a fully opaque image is
     unchanged; any other mode through Pillow's ``convert("RGB")``.
     """
-    size = _check_size(size)
+    size = check_size(size)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3):
         return np.ascontiguousarray(image)
     im = _to_rgb(_open(image))
@@ -277,7 +295,7 @@ def encode(image: ImageLike, quality: int = DEFAULT_QUALITY, size: int = DEFAULT
     Byte-identical to Pillow's ``save(f, "JPEG", quality=quality, subsampling="4:2:0",
     streamtype=2, restart_marker_blocks=1)`` of the prepared image.
     """
-    quality = _check_quality(quality)
+    quality = check_quality(quality)
     return _core.encode(prepare(image, size), quality)
 
 
@@ -292,8 +310,8 @@ def encode_batch(
     ``images`` may be a sequence of anything ``encode`` accepts, or one ``(N, size, size, 3)``
     uint8 array (no per-image Python work at all). An empty batch gives ``[]``.
     """
-    quality = _check_quality(quality)
-    size = _check_size(size)
+    quality = check_quality(quality)
+    size = check_size(size)
     nthreads = _threads(threads)
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
@@ -316,7 +334,7 @@ def tables(quality: int = DEFAULT_QUALITY) -> bytes:
 
     Pillow's ``streamtype=1``; libjpeg's ``jpeg_write_tables``. The same for every image.
     """
-    return _core.tables(_check_quality(quality))
+    return _core.tables(check_quality(quality))
 
 
 def with_tables(stripped: BytesLike, quality: int = DEFAULT_QUALITY) -> bytes:
@@ -324,7 +342,7 @@ def with_tables(stripped: BytesLike, quality: int = DEFAULT_QUALITY) -> bytes:
 
     A stream that already carries its tables is returned unchanged.
     """
-    return _core.with_tables(_as_buffer(stripped), _check_quality(quality))
+    return _core.with_tables(_as_buffer(stripped), check_quality(quality))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,11 +367,11 @@ def decode(
     read, the image is a grey ``size`` x ``size`` square with ``valid_mcus == 0``.
     """
     buf = _as_buffer(data)
-    quality = _check_quality(quality)
+    quality = check_quality(quality)
     if not isinstance(tolerant, bool):
         raise TypeError(f"tolerant must be a bool, got {type(tolerant).__name__}")
     if tolerant:
-        size = _check_size(size)
+        size = check_size(size)
         img, valid, total, _ = _core.decode(buf, quality, True, size)
         return TolerantDecode(img, valid, total)
     return _core.decode(buf, quality, False, 0)[0]
@@ -374,14 +392,14 @@ def decode_batch(
     if isinstance(items, (bytes, bytearray, memoryview)):
         raise TypeError("decode_batch expects a sequence of streams; use decode() for one")
     bufs = [_as_buffer(x, f"item {i}") for i, x in enumerate(items)]
-    quality = _check_quality(quality)
+    quality = check_quality(quality)
     if not isinstance(tolerant, bool):
         raise TypeError(f"tolerant must be a bool, got {type(tolerant).__name__}")
     nthreads = _threads(threads)
     if not bufs:
         return []
     if tolerant:
-        size = _check_size(size)
+        size = check_size(size)
         out = _core.decode_batch(bufs, quality, True, nthreads, size)
         return [TolerantDecode(img, v, t) for img, v, t, _ in out]
     return [r[0] for r in _core.decode_batch(bufs, quality, False, nthreads, 0)]
@@ -394,7 +412,7 @@ def header(data: BytesLike) -> dict:
 
 def mcu_validity(data: BytesLike, quality: int = DEFAULT_QUALITY) -> np.ndarray:
     """Per-MCU validity (bool array, raster order) of a baseline stream with restart markers."""
-    return _core.mcu_validity(_as_buffer(data), _check_quality(quality))
+    return _core.mcu_validity(_as_buffer(data), check_quality(quality))
 
 
 def coefficients(data: BytesLike, quality: int = DEFAULT_QUALITY) -> list[Coefficients]:
@@ -403,5 +421,5 @@ def coefficients(data: BytesLike, quality: int = DEFAULT_QUALITY) -> list[Coeffi
 
     Strict: corrupt data raises :class:`JPEGError`.
     """
-    comps = _core.coefficients(_as_buffer(data), _check_quality(quality))
+    comps = _core.coefficients(_as_buffer(data), check_quality(quality))
     return [Coefficients(c["coefficients"], c["quant"], c["h_samp"], c["v_samp"]) for c in comps]

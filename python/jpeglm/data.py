@@ -35,12 +35,15 @@ Fast mode (``fast=True``): JPEG sources much larger than the target are decoded 
 libjpeg's DCT-domain scaling (Pillow's ``draft``: 1/2, 1/4 or 1/8) before the resize -- much
 faster on big photos, slightly different pixels (the benchmark reports the PSNR).
 
+The sources are listed by :mod:`jpeglm.sources` (:func:`scan_sources`; re-exported here with
+:func:`list_images`, :func:`list_sources`, :class:`Source` and the suffix sets);
 :func:`list_images` and :func:`load_images` are the same listing and skipping for the commands
 that take image files and folders on the command line (encode, eval, train-tokenizer).
 
-``ShardDataset`` is a torch ``IterableDataset`` over the shards: memory-mapped, sequences
-shuffled deterministically per epoch from a seed, split across distributed ranks and
-data-loader workers without overlap.
+``ShardDataset`` (:mod:`jpeglm.dataset`, reached here as ``data.ShardDataset``) is a torch
+``IterableDataset`` over the shards: memory-mapped, sequences shuffled deterministically per
+epoch from a seed, split across distributed ranks and data-loader workers without overlap.
+Only it needs torch; it is imported on first use.
 """
 
 from __future__ import annotations
@@ -52,11 +55,8 @@ import io
 import json
 import os
 import re
-import tarfile
-import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,165 +71,18 @@ from jpeglm._io import (
     show,
     writable_folder,
 )
+from jpeglm.sources import (  # noqa: F401 - re-exported: the listing moved to jpeglm.sources
+    IMAGE_SUFFIXES,
+    TAR_SUFFIXES,
+    VIDEO_SUFFIXES,
+    Source,
+    list_images,
+    list_sources,
+    scan_sources,
+)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
-#: video sources (``prepare(..., video=...)``): files PyAV decodes, or ``.npy`` frame arrays
-#: ``(T, H, W[, 3])`` uint8 taken as already at the clip rate
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".npy"}
 INDEX = "index.json"
 REPORT = "report.json"
-TAR_SUFFIXES = {".tar", ".tgz", ".gz", ".tbz", ".tbz2", ".bz2", ".txz", ".xz"}
-
-
-# ------------------------------------------------------------------------------------------------
-# Sources
-
-
-@dataclass(frozen=True)
-class Source:
-    """One image to read: a file path, or a member of a tar archive."""
-
-    name: str  # how it is reported
-    path: str
-    member: str | None = None
-    # where the member's data starts and how long it is (read without rescanning the archive)
-    info: tarfile.TarInfo | None = field(default=None, compare=False, repr=False)
-
-    def read(self) -> bytes:
-        if self.member is None:
-            with open(self.path, "rb") as f:
-                return f.read()
-        with tarfile.open(self.path) as tf:
-            f = tf.extractfile(self.info if self.info is not None else self.member)
-            if f is None:
-                raise ValueError("not a regular file in the archive")
-            return f.read()
-
-
-def list_sources(src: str | os.PathLike) -> list[Source]:
-    """The images of a folder (recursively, sorted), a ``.txt`` list file, or a tar archive."""
-    return scan_sources(src)[0]
-
-
-def scan_sources(
-    src: str | os.PathLike, suffixes: set[str] | None = None
-) -> tuple[list[Source], list[dict]]:
-    """:func:`list_sources` and the problems met listing them, as ``{"source", "error"}``
-    entries for ``report.json``: names that are not valid UTF-8 (shown with ``\\xNN``
-    escapes; they could not be listed in ``sources.txt``), and a tar archive that is truncated
-    or corrupt part way (the members before the damage are listed)."""
-    p = Path(src)
-    if not p.exists():
-        raise FileNotFoundError(f"no such folder, list or archive: {show(p)}")
-    problems: list[dict] = []
-    if p.is_dir():
-        out = [Source(str(f.relative_to(p)), str(f)) for f in _folder_images(p, suffixes)]
-    elif p.suffix == ".txt":
-        text = p.read_bytes().decode("utf-8", "surrogateescape")
-        lines = [ln.strip() for ln in text.splitlines()]
-        out = [
-            Source(ln, str((p.parent / ln) if not os.path.isabs(ln) else ln)) for ln in lines if ln
-        ]
-    elif tarfile.is_tarfile(p):
-        out = _tar_sources(p, problems, suffixes)
-    elif p.suffix.lower() in TAR_SUFFIXES:
-        raise ValueError(f"{show(p)}: not a readable tar archive (truncated or corrupt?)")
-    else:
-        raise ValueError(f"{show(p)}: expected a folder, a .txt list of paths, or a tar archive")
-    good = []
-    for s in out:
-        try:
-            s.name.encode("utf-8")
-        except UnicodeEncodeError:
-            problems.append({"source": show(s.name), "error": "file name is not valid UTF-8"})
-        else:
-            good.append(s)
-    if not good:
-        why = f" ({problems[0]['source']}: {problems[0]['error']})" if problems else ""
-        raise ValueError(f"no images found in {show(p)}{why}")
-    return good, problems
-
-
-def _folder_images(folder: Path, suffixes: set[str] | None = None) -> list[Path]:
-    """The image files (by suffix, any case) under ``folder``, recursively, sorted."""
-    suffixes = IMAGE_SUFFIXES if suffixes is None else suffixes
-    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in suffixes and f.is_file())
-
-
-def list_images(items: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
-    """The image files named by command-line arguments, and the problems met listing them.
-
-    The policy shared by the commands that take images (encode, eval, train-tokenizer, ...):
-
-    - a folder gives every file under it, recursively, whose suffix (any case) is one of
-      :data:`IMAGE_SUFFIXES`, sorted by path; its other files are ignored silently, and a
-      folder without any image file is a problem;
-    - a file gives itself when its suffix is one of :data:`IMAGE_SUFFIXES`, else it is a
-      problem (not read: whether it decodes is :func:`load_images`' business);
-    - a path that does not exist (or is neither a file nor a folder) is a problem;
-    - the arguments keep their order; a file met a second time (named twice, or inside two
-      folders given) is kept the first time only.
-
-    The problems are ``{"source", "error"}`` records, as in ``report.json`` (the path shown
-    with :func:`~jpeglm._io.show`); the caller decides whether they are fatal. No image at all
-    is not an error here either: the list is empty.
-    """
-    paths: list[Path] = []
-    problems: list[dict] = []
-    seen: set[Path] = set()
-
-    def add(f: Path) -> None:
-        key = Path(os.path.abspath(f))
-        if key not in seen:
-            seen.add(key)
-            paths.append(f)
-
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = _folder_images(p)
-            if not found:
-                problems.append({"source": show(p), "error": "no image files in this folder"})
-            for f in found:
-                add(f)
-        elif p.is_file():
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                add(p)
-            else:
-                why = f"not an image file name (expected {', '.join(sorted(IMAGE_SUFFIXES))})"
-                problems.append({"source": show(p), "error": why})
-        elif p.exists():
-            problems.append({"source": show(p), "error": "not a regular file or a folder"})
-        else:
-            problems.append({"source": show(p), "error": "no such file or folder"})
-    return paths, problems
-
-
-def _tar_sources(p: Path, problems: list[dict], suffixes: set[str] | None = None) -> list[Source]:
-    """The image members of a tar archive, up to the first damage (reported in ``problems``)."""
-    suffixes = IMAGE_SUFFIXES if suffixes is None else suffixes
-    members = []
-    try:
-        with tarfile.open(p) as tf:
-            for m in tf:
-                if m.isfile() and Path(m.name).suffix.lower() in suffixes:
-                    members.append(m)
-            # tarfile ends quietly at a cut header: what follows the last member must be the
-            # zero blocks that end an archive, else the rest of it is lost
-            tf.fileobj.seek(tf.offset)
-            while block := tf.fileobj.read(1 << 20):
-                if block.count(0) != len(block):
-                    raise tarfile.ReadError("a member header is cut or corrupt")
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        if not members:
-            raise ValueError(f"{show(p)}: cannot read the archive ({type(e).__name__}: {e})") from e
-        problems.append({
-            "source": show(p.name),
-            "error": f"{type(e).__name__}: archive truncated or corrupt after "
-                     f"{len(members)} image members ({e}); the rest is not read",
-        })  # fmt: skip
-    members.sort(key=lambda m: m.name)
-    return [Source(f"{p.name}:{m.name}", str(p), m.name, m) for m in members]
 
 
 def load_image(data: bytes, size: int, fast: bool = False) -> np.ndarray:
@@ -287,7 +140,7 @@ def load_images(
     each file that could not be read or decoded (missing, not an image, truncated, ...), in
     the order of ``paths``. Reads on ``workers`` threads (None: all cores).
     """
-    size = codec._check_size(size)
+    size = codec.check_size(size)
     paths = [Path(p) for p in paths]
     with _pool(workers or os.cpu_count() or 1) as pool:
         results = list(pool.map(lambda p: _read_image(p.read_bytes, size, fast), paths))
@@ -347,8 +200,8 @@ def prepare(
     """
     from tqdm.auto import tqdm
 
-    size = codec._check_size(size)
-    codec._check_quality(quality)
+    size = codec.check_size(size)
+    codec.check_quality(quality)
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
     if images_per_shard < 1:
@@ -615,83 +468,11 @@ def read_index(folder: str | os.PathLike) -> dict:
     return index
 
 
-# ------------------------------------------------------------------------------------------------
-# Dataset
+def __getattr__(name: str):
+    """``ShardDataset`` (:mod:`jpeglm.dataset`) needs torch: imported on first use, so that
+    preparing data never imports torch."""
+    if name == "ShardDataset":
+        from jpeglm.dataset import ShardDataset
 
-
-def _sequence_table(folders: Sequence[str | os.PathLike]) -> tuple[list[np.ndarray], np.ndarray]:
-    arrays, table = [], []
-    for folder in folders:
-        index = read_index(folder)
-        for s in index["shards"]:
-            if s["sequences"] == 0:
-                continue
-            arr = np.load(Path(folder) / s["file"], mmap_mode="r")
-            if arr.dtype != np.uint16 or arr.ndim != 2:
-                raise ValueError(f"{folder}/{s['file']}: not a uint16 (sequences, seq_len) shard")
-            table += [(len(arrays), r) for r in range(arr.shape[0])]
-            arrays.append(arr)
-    return arrays, np.asarray(table, dtype=np.int64).reshape(-1, 2)
-
-
-try:
-    import torch
-    from torch.utils.data import IterableDataset, get_worker_info
-
-    class ShardDataset(IterableDataset):
-        """Sequences of the shards in ``folders`` as int64 tensors of ``seq_len`` tokens.
-
-        Deterministic given ``seed`` and the epoch (:meth:`set_epoch`); rank ``r`` of ``world``
-        gets every ``world``-th sequence of the shuffled order (the order is truncated to a
-        multiple of ``world`` so ranks see equal counts), and data-loader workers split a
-        rank's share the same way. ``start`` skips that many of the rank's sequences (resume).
-        """
-
-        def __init__(
-            self,
-            folders: str | os.PathLike | Sequence[str | os.PathLike],
-            seed: int = 0,
-            shuffle: bool = True,
-            rank: int = 0,
-            world: int = 1,
-        ) -> None:
-            if isinstance(folders, (str, os.PathLike)):
-                folders = [folders]
-            if not 0 <= rank < world:
-                raise ValueError(f"rank {rank} outside world size {world}")
-            self.folders = list(folders)
-            self.arrays, self.table = _sequence_table(self.folders)
-            self.config = read_index(self.folders[0])["config"]
-            for f in self.folders[1:]:
-                if read_index(f)["config"]["tokenizer"] != self.config["tokenizer"]:
-                    raise ValueError(f"{f} was prepared with another tokenizer")
-            self.seq_len = int(self.arrays[0].shape[1])
-            self.seed, self.shuffle, self.rank, self.world = seed, shuffle, rank, world
-            self.epoch = 0
-            self.start = 0
-
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
-
-        def order(self) -> np.ndarray:
-            """This rank's sequence indices for the current epoch."""
-            n = len(self.table) - len(self.table) % self.world
-            idx = np.arange(len(self.table))
-            if self.shuffle:
-                idx = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.table))
-            return idx[:n][self.rank :: self.world]
-
-        def __len__(self) -> int:
-            return len(self.table) // self.world
-
-        def __iter__(self) -> Iterator[torch.Tensor]:
-            mine = self.order()[self.start :]
-            info = get_worker_info()
-            if info is not None:
-                mine = mine[info.id :: info.num_workers]
-            for i in mine:
-                a, r = self.table[i]
-                yield torch.from_numpy(self.arrays[a][r].astype(np.int64))
-
-except ImportError:  # torch is optional: the preparation side works without it
-    pass
+        return ShardDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

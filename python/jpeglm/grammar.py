@@ -5,7 +5,7 @@ scan of a canonical JPEG-LM stream is a regular language. :class:`ScanAutomaton`
 stream byte by byte and says which next bytes keep it decodable; :class:`TokenConstraint`
 lifts that to a BPE vocabulary — a (batch, vocab) mask of allowed next tokens, computed
 natively — so a sampler can make undecodable output impossible. The slow, readable twin is
-``jpeglm._scan_reference``.
+:mod:`jpeglm.reference.scan`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from jpeglm import _core
+from jpeglm.codec import check_size
 
 __all__ = ["ScanAutomaton", "TokenConstraint"]
-
-
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise TypeError(f"size must be an int, got {type(size).__name__}")
-    if size <= 0 or size % 16:
-        raise ValueError(f"size must be a positive multiple of 16, got {size}")
-    return int(size)
 
 
 class ScanAutomaton:
@@ -34,7 +27,7 @@ class ScanAutomaton:
     """
 
     def __init__(self, size: int = 256, at_scan: bool = False) -> None:
-        size = _check_size(size)
+        size = check_size(size)
         self.grammar = _core.ScanGrammar(size, size)
         self.state = self.grammar.initial(at_scan)
 
@@ -88,7 +81,7 @@ class TokenConstraint:
     """
 
     def __init__(self, tokens: Sequence[bytes], eos_id: int, size: int = 256) -> None:
-        size = _check_size(size)
+        size = check_size(size)
         if not tokens:
             raise ValueError("empty vocabulary")
         if not 0 <= eos_id < len(tokens):

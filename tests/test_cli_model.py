@@ -70,6 +70,16 @@ def test_complete_and_eval(official_dir, tmp_path, capsys):
     res = json.loads((tmp_path / "e" / "results.json").read_text())
     assert res["decodable"] == 1.0 and res["held_out"]["bits_per_byte"] > 0
     assert (tmp_path / "e" / "grid.png").is_file()
+    # --judge: unconditional samples judged by the digit classifier, beside its references
+    out = tmp_path / "j"
+    assert main(["eval", *common, "--judge", "4", "-o", str(out), *imgs]) == 0
+    judged = json.loads((out / "results.json").read_text())["judge"]
+    assert judged["samples"]["n"] == 4 and 0 <= judged["samples"]["share"] <= 1
+    assert judged["held_out_digits"]["share"] >= 0.8 > 0.05 >= judged["non_digits_jpeg"]["share"]
+    bad = ["eval", "--model", str(official_dir), "--size", "16", "--judge", "2", "-o",
+           str(tmp_path / "k"), *imgs]  # fmt: skip
+    assert main(bad) == 2  # a 16x16 model is no digit model: refused before any work
+    assert "--judge needs a 32x32" in capsys.readouterr().err
 
 
 def test_tokenizer_commands(tmp_path, capsys):

@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(ev)
     ev.add_argument("images", nargs="+")
     ev.add_argument("--rows", type=int, default=8)
+    ev.add_argument("--judge", type=int, default=0, metavar="N",
+                    help="also sample N images and judge them with the digit classifier "
+                    "(32x32 digit models)")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("demo", help="encode + decode the bundled photos; side-by-side PNG")

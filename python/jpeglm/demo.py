@@ -144,7 +144,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
     from PIL import Image, ImageDraw
 
     from jpeglm import codec, samples
-    from jpeglm.eval import bits_per_byte, completion_scores, image_grid
+    from jpeglm.eval import bits_per_byte, completion_scores, image_grid, judge_digits
     from jpeglm.model import Transformer
     from jpeglm.sample import complete, generate
     from jpeglm.tokenizer import Tokenizer
@@ -168,6 +168,8 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
     bpb = bits_per_byte(model, tok, streams, size=size)
     bpb_c = bits_per_byte(model, tok, streams, constrained=True, size=size)
     scores = completion_scores(originals, [c.image for c in comp], rows=1)
+    judged = judge_digits([s.image for s in gen])
+    judged_u = judge_digits([s.image for s in gen_u])["samples"]
     dt = time.perf_counter() - t0
 
     k = min(8, n)
@@ -200,6 +202,8 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
         "held_out_bits_per_byte": bpb["bits_per_byte"],
         "held_out_bits_per_byte_constrained": bpb_c["bits_per_byte"],
         "completion": scores,
+        "judge": judged,
+        "judge_unconstrained": judged_u,
         "seconds": dt,
     }
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -212,5 +216,10 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
         f"  completion of the lower half: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f} "
         f"(repeat-last-row baseline: {scores['baseline_psnr']:.2f} dB, "
         f"{scores['baseline_ssim']:.3f})\n"
+        f"  recognised as digits (judge, p >= 0.9): {judged['samples']['share']:.0%} of "
+        f"constrained samples ({judged['samples']['distinct']} distinct digits), "
+        f"{judged_u['share']:.0%} unconstrained; real held-out digits "
+        f"{judged['held_out_digits']['share']:.0%}, "
+        f"garbage {judged['non_digits_jpeg']['share']:.0%}\n"
         f"wrote {out / 'samples_grid.png'} and {out / 'report.json'} ({dt:.1f} s)"
     )

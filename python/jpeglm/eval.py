@@ -7,6 +7,8 @@ the original and against a trivial baseline), and a picture grid.
 * ``completion_scores``: for prefix completion, PSNR and SSIM of the completed rows (those
   below the prompt) against the original, and the same for the baseline that repeats the last
   known row of MCUs downwards.
+* ``judge_digits``: for 32x32 digit models, the share of samples a digit classifier
+  recognises (:mod:`jpeglm.judge`), beside real digits and garbage.
 * FID needs Inception weights; nothing is downloaded at run time, so it is not computed here.
 """
 
@@ -32,6 +34,7 @@ __all__ = [
     "completion_scores",
     "image_grid",
     "evaluate_completion",
+    "judge_digits",
 ]
 
 
@@ -168,6 +171,18 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] = ())
             d.text((c * (w + 2) + 2, 1), text, fill=(0, 0, 0))
         grid = np.asarray(im)
     return grid
+
+
+def judge_digits(images: Sequence[np.ndarray], threshold: float = 0.9) -> dict:
+    """Sample quality of a 32x32 digit model by :mod:`jpeglm.judge`: the share of ``images``
+    recognised as one digit with probability >= ``threshold`` and the distinct digits among
+    them, beside the same figures for the references that keep the judge honest (real
+    held-out digits after the canonical round trip: most pass; noise, grey and block garbage:
+    almost none)."""
+    from jpeglm.judge import calibration, default_judge
+
+    judge = default_judge()
+    return {"samples": judge.score(images, threshold), **calibration(judge, threshold=threshold)}
 
 
 def evaluate_completion(

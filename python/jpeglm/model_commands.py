@@ -217,6 +217,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jpeglm import codec
     from jpeglm.eval import bits_per_byte, evaluate_completion
 
+    if args.judge and args.size != 32:
+        raise UserError(f"--judge needs a 32x32 digit model (--size 32), not {args.size}")
     paths = _image_paths(args.images)
     folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], paths)
     model, tok = _load_model(folder, tok_path, args)
@@ -225,6 +227,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
                               write_results=False, **kw)  # fmt: skip
     res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
+    if args.judge:  # unconditional samples judged by the digit classifier
+        from jpeglm.eval import judge_digits
+        from jpeglm.sample import generate
+
+        gen = generate(model, tok, n=args.judge, **kw)
+        res["judge"] = judge_digits([s.image for s in gen])
     atomic_write_bytes(Path(args.out) / "results.json", (json.dumps(res, indent=2) + "\n").encode())
     print(json.dumps(res, indent=2))
     return 0

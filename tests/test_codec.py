@@ -447,8 +447,6 @@ def test_size_limits_are_one_value():
             codec.check_size(size)
         with pytest.raises(ValueError, match="too large"):
             codec.encode(np.zeros((16, 16, 3), np.uint8), size=size)
-    # the old private names still work for the modules that use them
-    assert codec._check_size is codec.check_size and codec._check_quality is codec.check_quality
     # libjpeg itself: any image up to MAX_DIMENSION per side, nothing larger (16 rows: cheap)
     wide = np.zeros((16, codec.MAX_DIMENSION, 3), np.uint8)
     assert codec.header(_core.encode(wide))["width"] == codec.MAX_DIMENSION

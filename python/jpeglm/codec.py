@@ -114,11 +114,6 @@ def check_size(size: int) -> int:
     return int(size)
 
 
-# The old private names, still used by modules outside the codec.
-_check_quality = check_quality
-_check_size = check_size
-
-
 def _threads(threads: int | None) -> int:
     if threads is None:
         return 0  # all cores

@@ -147,8 +147,8 @@ def _check_codec_options(args: argparse.Namespace) -> None:
 
     try:
         if getattr(args, "size", None) is not None:
-            codec._check_size(args.size)
-        codec._check_quality(args.quality)
+            codec.check_size(args.size)
+        codec.check_quality(args.quality)
     except ValueError as e:
         raise UserError(str(e)) from e
 

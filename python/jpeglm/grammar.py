@@ -95,7 +95,7 @@ class TokenConstraint:
     @classmethod
     def from_tokenizer(cls, tokenizer, size: int = 256) -> TokenConstraint:
         """Build from a :class:`jpeglm.tokenizer.Tokenizer` (its byte strings and EOS id)."""
-        by_id = {i: b for b, i in tokenizer.mergeable_ranks.items()}
+        by_id = tokenizer.token_byte_values()
         tokens = [by_id.get(i, b"") for i in range(tokenizer.vocab_size)]
         if tokenizer.eos_id is None:
             raise ValueError("the tokenizer has no EOS token to end a stream with")

@@ -68,9 +68,9 @@ def _check_sampling(args: argparse.Namespace) -> None:
 
     try:
         if args.size is not None:
-            codec._check_size(args.size)
+            codec.check_size(args.size)
         if getattr(args, "quality", None) is not None:
-            codec._check_quality(args.quality)
+            codec.check_quality(args.quality)
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.temperature is not None:

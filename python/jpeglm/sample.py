@@ -350,8 +350,8 @@ def _generate_prompts(
     opts: SamplingSettings,
     stats: dict | None = None,
 ) -> list[Sample]:
-    size = codec._check_size(size)
-    quality = codec._check_quality(quality)
+    size = codec.check_size(size)
+    quality = codec.check_quality(quality)
     new = _run_batches(model, tokenizer, prompt_bytes, size, opts, stats)
     return [_finish(tokenizer, p, toks, size, quality) for p, toks in zip(prompt_bytes, new)]
 
@@ -488,7 +488,7 @@ def complete(
     """Complete each image from its first ``rows`` rows of MCUs (options as :func:`generate`)."""
     opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
                             compile, dtype, jump_forward)  # fmt: skip
-    size, quality = codec._check_size(size), codec._check_quality(quality)
+    size, quality = codec.check_size(size), codec.check_quality(quality)
     if not is_int(rows) or not 0 <= rows < size // 16:
         raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {show(rows)}")
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):

@@ -147,7 +147,7 @@ def _check_int(value: Any, name: str) -> int:
 # The tokenizer
 
 
-class _State(NamedTuple):
+class Parts(NamedTuple):
     """All a tokenizer is: what its files store, its pickle carries and ``==`` compares."""
 
     tokens: list[bytes | None]  # id -> bytes; None for a special token
@@ -240,9 +240,12 @@ class Tokenizer:
         self._bpe = _core.BPE(tokens, ranks, -1 if unk is None else unk, fuse_unk, whole_token)
 
     @classmethod
-    def _create(
+    def from_parts(
         cls, tokens: list[bytes | None], ranks: list[int], names: dict[int, str], **kw: Any
     ) -> Tokenizer:
+        """A tokenizer from its parts (the bytes of each id, the merge ranks, the special
+        tokens' names, their roles and flags as :class:`Parts` names them): the constructor
+        the file-format readers of :mod:`jpeglm.tokenizer_formats` use."""
         self = cls.__new__(cls)
         self._init(tokens, ranks, names, **kw)
         return self
@@ -305,7 +308,7 @@ class Tokenizer:
         first = len(tokens)
         names = {first + k: name for k, name in enumerate(SPECIALS)}
         tokens += [None] * len(SPECIALS)
-        return cls._create(
+        return cls.from_parts(
             tokens,
             list(range(len(tokens))),
             names,
@@ -382,9 +385,10 @@ class Tokenizer:
             f"eos_id={self._eos}, pad_id={self._pad})"
         )
 
-    def _state(self) -> _State:
-        """Everything this tokenizer is (what :mod:`jpeglm.tokenizer_formats` writes)."""
-        return _State(
+    def parts(self) -> Parts:
+        """Everything this tokenizer is (what :mod:`jpeglm.tokenizer_formats` writes;
+        ``Tokenizer.from_parts`` takes it back)."""
+        return Parts(
             self._tokens,
             self._ranks,
             self._names,
@@ -399,13 +403,13 @@ class Tokenizer:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Tokenizer):
             return NotImplemented
-        return self._state() == other._state()
+        return self.parts() == other.parts()
 
     def __hash__(self) -> int:
         return hash((len(self._tokens), self._bos, self._eos))
 
     def __reduce__(self) -> tuple:
-        return (_from_state, (tuple(self._state()),))
+        return (_from_state, (tuple(self.parts()),))
 
     # -- encoding ---------------------------------------------------------------------------------
 
@@ -507,9 +511,9 @@ class Tokenizer:
 
 
 def _from_state(state: tuple) -> Tokenizer:
-    """The tokenizer of a :class:`_State` tuple (how pickles are loaded)."""
-    st = _State(*state)
-    return Tokenizer._create(
+    """The tokenizer of a :class:`Parts` tuple (how pickles are loaded)."""
+    st = Parts(*state)
+    return Tokenizer.from_parts(
         st.tokens,
         st.ranks,
         st.names,

@@ -102,7 +102,7 @@ def load_file(path: PathLike, cls: type[Tokenizer] = Tokenizer) -> Tokenizer:
 
 def save_jpeglm(tok: Tokenizer, path: PathLike) -> None:
     """Write ``tok`` in the text format of this module's docstring, atomically."""
-    st = tok._state()
+    st = tok.parts()
 
     def opt(i: int | None) -> str:
         return "none" if i is None else str(i)
@@ -212,7 +212,7 @@ def _parse_jpeglm(text: str, cls: type[Tokenizer]) -> Tokenizer:
         else:
             raise _ParseError(n, f"unknown token kind {parts[1]!r}")
     try:
-        return cls._create(tokens, ranks, names, **roles, **flags)
+        return cls.from_parts(tokens, ranks, names, **roles, **flags)
     except ValueError as e:
         raise _ParseError(hn, str(e)) from None
 
@@ -222,7 +222,7 @@ def _parse_jpeglm(text: str, cls: type[Tokenizer]) -> Tokenizer:
 
 
 def _check_tiktoken(tok: Tokenizer) -> None:
-    st = tok._state()
+    st = tok.parts()
     if len(st.tokens) < 256 or any(st.tokens[b] != bytes([b]) for b in range(256)):
         raise ValueError("not tiktoken-compatible: ids 0..255 must be the single bytes")
     previous = -1
@@ -244,7 +244,7 @@ def save_tiktoken(tok: Tokenizer, path: PathLike) -> None:
     _check_tiktoken(tok)
     lines = [
         f"{base64.b64encode(b).decode('ascii')} {i}"
-        for i, b in enumerate(tok._state().tokens)
+        for i, b in enumerate(tok.parts().tokens)
         if b is not None
     ]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("ascii"))
@@ -278,7 +278,7 @@ def save_hf(tok: Tokenizer, path: PathLike) -> None:
     the rank of the result. Its decoder fuses the pieces; map them back with
     :func:`~jpeglm.tokenizer.braille_to_bytes`.
     """
-    st = tok._state()
+    st = tok.parts()
     vocab: dict[str, int] = {}
     by_bytes: dict[bytes, int] = {}
     for i, b in enumerate(st.tokens):
@@ -435,7 +435,7 @@ def _from_pieces(
             "this tokenizer encodes the raw bytes only",
             stacklevel=stacklevel,
         )
-    return cls._create(
+    return cls.from_parts(
         tokens,
         ranks,
         names,

@@ -57,6 +57,20 @@ def round_robin(
     return best
 
 
+def parse_device_args(ap):  # noqa: ANN001, ANN201 - argparse parser in, (args, gpu) out
+    """Add the torch benchmarks' shared flags (--threads, --no-write; ``--device`` must be
+    defined already), parse, apply --threads; returns ``(args, gpu)``."""
+    import torch
+
+    ap.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: all)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    return args, gpu
+
+
 def write_section(title: str, body: str) -> None:
     """Replace (or append) the ``## title`` section of RESULTS.md, atomically."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"

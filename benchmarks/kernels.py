@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, round_robin, today, write_section  # noqa: E402
+from _common import machine, parse_device_args, round_robin, today, write_section  # noqa: E402
 
 from jpeglm.kernels import reference  # noqa: E402
 
@@ -317,12 +317,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ap.add_argument("--tokens", type=int, default=8192, help="tokens per op on GPU")
     ap.add_argument("--repeats", type=int, default=5, help="round-robin repeats on CPU")
-    ap.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: all)")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    args, gpu = parse_device_args(ap)
     t0 = time.perf_counter()
     body = run_gpu(args.tokens) if gpu else run_cpu(args.repeats)
     print(body)

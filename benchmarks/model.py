@@ -41,7 +41,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, today, write_section  # noqa: E402
+from _common import machine, parse_device_args, today, write_section  # noqa: E402
 
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 
@@ -206,12 +206,7 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None,
                     help="GPU: autocast (fp32 weights, the trainer's) and/or bf16 (FSDP-style "
                          "bf16 parameters); default both. CPU: always fp32")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: all)")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    args, gpu = parse_device_args(ap)
     device = "cuda" if gpu else "cpu"
     sizes = args.sizes or (["base", "1B"] if gpu else ["tiny", "small"])
     seq = args.seq or (12288 if gpu else 256)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import os
 import platform
 import tempfile
@@ -79,28 +78,9 @@ def cpu_model() -> str:
 
 
 def train_sentencepiece(texts: list[str], vocab_size: int, threads: int) -> bytes:
-    import sentencepiece as spm
+    from jpeglm.tokenizer_formats import train_sentencepiece as train
 
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        character_coverage=1.0,
-        add_dummy_prefix=False,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_by_whitespace=False,
-        split_by_unicode_script=False,
-        split_by_number=False,
-        max_sentence_length=1 << 17,
-        hard_vocab_limit=False,
-        input_sentence_size=0,
-        num_threads=threads,
-        minloglevel=2,
-    )
-    return model.getvalue()
+    return train(texts, vocab_size, threads)
 
 
 def train_hf(texts: list[str], vocab_size: int):

@@ -4,7 +4,6 @@ sentencepiece tokenizer.model mapping byte b to chr(b + 10240))."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image
 
 from jpeglm import codec, samples
 from jpeglm.cli import main
+from jpeglm.tokenizer_formats import train_sentencepiece
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -25,16 +25,8 @@ def official_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("jpeg-lm")
     docs = [codec.encode(p, quality=q, size=s) for p in samples.photo_paths() for q in (20, 25)
             for s in (16, 32, 64)]  # fmt: skip
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(["".join(chr(b + 10240) for b in doc) for doc in docs]),
-        model_writer=model, model_type="bpe", vocab_size=320, character_coverage=1.0,
-        add_dummy_prefix=False, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, split_by_whitespace=False, split_by_unicode_script=False,
-        split_by_number=False, max_sentence_length=1 << 16, hard_vocab_limit=False,
-        num_threads=2, minloglevel=2,
-    )  # fmt: skip
-    (d / "tokenizer.model").write_bytes(model.getvalue())
+    model = train_sentencepiece(docs, 320, max_sentence_length=1 << 16)
+    (d / "tokenizer.model").write_bytes(model)
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
         vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

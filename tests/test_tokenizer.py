@@ -3,7 +3,6 @@ plain-Python reference, tiktoken, HF tokenizers and sentencepiece; files; bad in
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import random
@@ -244,26 +243,11 @@ def test_hf_parity_random(hf_pair, data, deep):
 @pytest.fixture(scope="module")
 def sp_pair(train_docs, tmp_path_factory):
     spm = pytest.importorskip("sentencepiece")
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([bytes_to_braille(d) for d in train_docs]),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=320,
-        character_coverage=1.0,
-        add_dummy_prefix=False,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_by_whitespace=False,
-        split_by_unicode_script=False,
-        split_by_number=False,
-        max_sentence_length=1 << 16,
-        hard_vocab_limit=False,
-        num_threads=2,
-        minloglevel=2,
-    )
+    from jpeglm.tokenizer_formats import train_sentencepiece
+
+    model = train_sentencepiece(train_docs, 320, max_sentence_length=1 << 16)
     path = tmp_path_factory.mktemp("sp") / "jpeg.model"
-    path.write_bytes(model.getvalue())
+    path.write_bytes(model)
     return Tokenizer.from_sentencepiece(path), spm.SentencePieceProcessor(model_file=str(path))
 
 

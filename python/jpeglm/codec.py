@@ -48,6 +48,7 @@ __all__ = [
     "MAX_SIZE",
     "MAX_DIMENSION",
     "check_quality",
+    "check_threads",
     "check_size",
 ]
 
@@ -114,7 +115,8 @@ def check_size(size: int) -> int:
     return int(size)
 
 
-def _threads(threads: int | None) -> int:
+def check_threads(threads: int | None) -> int:
+    """The native ``threads`` argument: ``None`` -> 0 (all cores), else a positive int."""
     if threads is None:
         return 0  # all cores
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
@@ -307,7 +309,7 @@ def encode_batch(
     """
     quality = check_quality(quality)
     size = check_size(size)
-    nthreads = _threads(threads)
+    nthreads = check_threads(threads)
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             raise TypeError(f"image stack must be uint8, got {images.dtype}")
@@ -390,7 +392,7 @@ def decode_batch(
     quality = check_quality(quality)
     if not isinstance(tolerant, bool):
         raise TypeError(f"tolerant must be a bool, got {type(tolerant).__name__}")
-    nthreads = _threads(threads)
+    nthreads = check_threads(threads)
     if not bufs:
         return []
     if tolerant:

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jpeglm import _core
+from jpeglm.codec import check_threads
 
 __all__ = [
     "Tokenizer",
@@ -127,14 +128,6 @@ def _as_ids(tokens: Any, what: str) -> Any:
     if isinstance(tokens, Iterable):
         return list(tokens)
     raise TypeError(f"{what}: expected a sequence of token ids, got {type(tokens).__name__}")
-
-
-def _threads(threads: int | None) -> int:
-    if threads is None:
-        return 0  # all cores
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    return int(threads)
 
 
 def _check_int(value: Any, name: str) -> int:
@@ -285,7 +278,7 @@ class Tokenizer:
         if not any(len(d) for d in docs):
             raise ValueError("the corpus is empty (no bytes to train on)")
         num_merges = vocab_size - low
-        nthreads = _threads(threads)
+        nthreads = check_threads(threads)
 
         bar = None
         callback = None
@@ -430,7 +423,7 @@ class Tokenizer:
         self, items: Iterable[BytesLike], threads: int | None = None
     ) -> list[list[int]]:
         """:meth:`encode` over many inputs, natively on ``threads`` threads (None: all cores)."""
-        return self._bpe.encode_batch(self._items(items, "encode_batch"), _threads(threads))
+        return self._bpe.encode_batch(self._items(items, "encode_batch"), check_threads(threads))
 
     def encode_batch_to_numpy(
         self, items: Iterable[BytesLike], threads: int | None = None
@@ -438,7 +431,7 @@ class Tokenizer:
         """All inputs' ids in one flat array, and int64 ``offsets`` of length ``n + 1``:
         item ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``. No per-item Python objects."""
         return self._bpe.encode_batch_to_numpy(
-            self._items(items, "encode_batch_to_numpy"), _threads(threads)
+            self._items(items, "encode_batch_to_numpy"), check_threads(threads)
         )
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -458,7 +451,7 @@ class Tokenizer:
         if isinstance(batch, np.ndarray) and batch.ndim == 1:
             raise TypeError("decode_batch expects a sequence of id sequences; use decode()")
         seqs = [_as_ids(t, f"item {i}") for i, t in enumerate(batch)]
-        return self._bpe.decode_batch(seqs, bool(skip_special), _threads(threads))
+        return self._bpe.decode_batch(seqs, bool(skip_special), check_threads(threads))
 
     # -- files: jpeglm.tokenizer_formats, imported on use (it imports this module) -------------
 

@@ -338,6 +338,33 @@ def save_hf(tok: Tokenizer, path: PathLike) -> None:
 # sentencepiece
 
 
+def train_sentencepiece(
+    docs: Iterable[bytes | str],
+    vocab_size: int = 320,
+    threads: int = 2,
+    max_sentence_length: int = 1 << 17,
+) -> bytes:
+    """Train a sentencepiece BPE model the way the official JPEG-LM tokenizer was made: each
+    document's bytes as braille characters (U+2800 + byte; a ``str`` is taken as already
+    converted), no normalisation, no splitting, no dummy prefix, full character coverage.
+    Returns the serialized model (what :func:`load_sentencepiece` and
+    ``Tokenizer.from_sentencepiece`` read). Needs the ``sentencepiece`` package."""
+    import io
+
+    import sentencepiece as spm
+
+    texts = (d if isinstance(d, str) else bytes_to_braille(bytes(d)) for d in docs)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=texts, model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        character_coverage=1.0, add_dummy_prefix=False, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_by_whitespace=False, split_by_unicode_script=False,
+        split_by_number=False, max_sentence_length=max_sentence_length, hard_vocab_limit=False,
+        input_sentence_size=0, num_threads=threads, minloglevel=2,
+    )  # fmt: skip
+    return model.getvalue()
+
+
 def load_sentencepiece(
     model: PathLike | bytes,
     cls: type[Tokenizer] = Tokenizer,

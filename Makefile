@@ -31,7 +31,7 @@ $(FUZZ_DIR)/obj/%.o: csrc/%.cpp csrc/*.h
 # halves the speed and the guided harness mode already finds the legal bytes.
 COV_scan_automaton := -fno-sanitize-coverage=trace-cmp
 
-$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.cpp fuzz/fuzz_common.h $(NATIVE_OBJS)
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.cpp fuzz/*.h $(NATIVE_OBJS)
 	@mkdir -p $(dir $@)
 	$(CLANGXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer $< $(NATIVE_OBJS) -ljpeg -lpthread -o $@
 

@@ -52,6 +52,16 @@ std::string too_large_message() {
   return "image too large for JPEG (max " + std::to_string(jpeglm::kMaxDimension) + " per side)";
 }
 
+// fn(view) on a bytes-like argument, with the GIL released; returns what fn returns. The
+// buffer stays requested (alive, unmoved) while fn runs and is released with the GIL held.
+template <class Fn>
+auto call_nogil(py::buffer data, Fn&& fn) {
+  py::buffer_info info = data.request();
+  ByteView v = byte_view(info, "data");
+  py::gil_scoped_release release;
+  return fn(v);
+}
+
 // An RGB image view: HxWx3 uint8, channels and pixels dense, rows at any stride.
 struct ImageView {
   const uint8_t* data = nullptr;
@@ -77,6 +87,20 @@ ImageView image_view(const py::buffer_info& info) {
   return v;
 }
 
+// Encodes one image into `out` (the GIL may be released: no Python objects are touched).
+void encode_image(std::vector<uint8_t>& out, const ImageView& v, int quality, bool stripped,
+                  int restart_blocks) {
+  jpeglm::encode_rgb_into(out, v.data, v.width, v.height, v.row_stride, quality, stripped,
+                          restart_blocks);
+}
+
+// Decodes one stream, strictly or tolerantly (the GIL may be released, as for encode_image).
+jpeglm::DecodeResult decode_bytes(const ByteView& v, int quality, bool tolerant,
+                                  int fallback_size) {
+  return tolerant ? jpeglm::decode_tolerant(v.data, v.size, quality, fallback_size)
+                  : jpeglm::decode(v.data, v.size, quality);
+}
+
 // Hands the pixel buffer to numpy without a copy: the capsule frees it with the array.
 py::array_t<uint8_t> to_array(std::unique_ptr<uint8_t[]>&& pixels, int h, int w) {
   uint8_t* raw = pixels.get();
@@ -96,6 +120,32 @@ py::tuple decode_result(jpeglm::DecodeResult&& r) {
   return py::make_tuple(to_array(std::move(r.pixels), h, w), valid, total, clean);
 }
 
+// Views of the buffers in a sequence, in order: check(item, i) vets each item before its buffer
+// is requested, make(info, i) checks the buffer and returns its view. `infos` keeps the buffers
+// alive while the views are used.
+template <class Check, class Make>
+auto buffer_views(py::sequence items, std::vector<py::buffer_info>& infos, Check&& check,
+                  Make&& make) {
+  const std::size_t n = py::len(items);
+  std::vector<decltype(make(infos.front(), n))> views;
+  infos.reserve(n);
+  views.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    py::object item = items[i];
+    check(item, i);
+    infos.push_back(py::reinterpret_borrow<py::buffer>(item).request());
+    views.push_back(make(infos.back(), i));
+  }
+  return views;
+}
+
+// The same with no check on the items (a non-buffer fails in request()): make(info) views each.
+template <class Make>
+auto buffer_views(py::sequence items, std::vector<py::buffer_info>& infos, Make make) {
+  return buffer_views(items, infos, [](py::handle, std::size_t) {},
+                      [&](const py::buffer_info& info, std::size_t) { return make(info); });
+}
+
 // Runs fn(i) over a batch with the GIL released; an Error (JpegError, BpeError) is rethrown
 // as the same type with the failing item's index in front of its message.
 template <class Error, class Fn>
@@ -108,6 +158,19 @@ void run_batch(std::size_t n, int threads, Fn&& fn) {
       throw Error("item " + std::to_string(i) + ": " + e.what());
     }
   });
+}
+
+// Encodes n images on threads (image_at(i): the i-th ImageView); a list of n bytes objects.
+template <class ImageAt>
+py::list encode_images(std::size_t n, int threads, int quality, bool stripped, int restart_blocks,
+                       ImageAt&& image_at) {
+  std::vector<std::vector<uint8_t>> outs(n);
+  run_batch<jpeglm::JpegError>(n, threads, [&](std::size_t i) {
+    encode_image(outs[i], image_at(i), quality, stripped, restart_blocks);
+  });
+  py::list result(n);
+  for (std::size_t i = 0; i < n; ++i) result[i] = to_bytes(outs[i]);
+  return result;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -126,8 +189,7 @@ void bind_codec(py::module_& m) {
         std::vector<uint8_t> out;
         {
           py::gil_scoped_release release;
-          jpeglm::encode_rgb_into(out, v.data, v.width, v.height, v.row_stride, quality, stripped,
-                                  restart_blocks);
+          encode_image(out, v, quality, stripped, restart_blocks);
         }
         return to_bytes(out);
       },
@@ -137,24 +199,10 @@ void bind_codec(py::module_& m) {
   m.def(
       "encode_batch",
       [](py::sequence images, int quality, int threads, bool stripped, int restart_blocks) {
-        std::size_t n = py::len(images);
         std::vector<py::buffer_info> infos;
-        std::vector<ImageView> views;
-        infos.reserve(n);
-        views.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) {
-          infos.push_back(py::reinterpret_borrow<py::buffer>(images[i]).request());
-          views.push_back(image_view(infos.back()));
-        }
-        std::vector<std::vector<uint8_t>> outs(n);
-        run_batch<jpeglm::JpegError>(n, threads, [&](std::size_t i) {
-          const ImageView& v = views[i];
-          jpeglm::encode_rgb_into(outs[i], v.data, v.width, v.height, v.row_stride, quality,
-                                  stripped, restart_blocks);
-        });
-        py::list result(n);
-        for (std::size_t i = 0; i < n; ++i) result[i] = to_bytes(outs[i]);
-        return result;
+        std::vector<ImageView> views = buffer_views(images, infos, image_view);
+        return encode_images(views.size(), threads, quality, stripped, restart_blocks,
+                             [&](std::size_t i) { return views[i]; });
       },
       "images"_a, "quality"_a = 25, "threads"_a = 0, "stripped"_a = true,
       "restart_blocks"_a = 1, "Encode a sequence of (H, W, 3) uint8 arrays on all cores.");
@@ -173,14 +221,9 @@ void bind_codec(py::module_& m) {
         std::size_t n = static_cast<std::size_t>(info.shape[0]);
         const auto* base = static_cast<const uint8_t*>(info.ptr);
         int h = static_cast<int>(info.shape[1]), w = static_cast<int>(info.shape[2]);
-        std::vector<std::vector<uint8_t>> outs(n);
-        run_batch<jpeglm::JpegError>(n, threads, [&](std::size_t i) {
-          jpeglm::encode_rgb_into(outs[i], base + i * info.strides[0], w, h, info.strides[1],
-                                  quality, stripped, restart_blocks);
+        return encode_images(n, threads, quality, stripped, restart_blocks, [&](std::size_t i) {
+          return ImageView{base + i * info.strides[0], w, h, info.strides[1]};
         });
-        py::list result(n);
-        for (std::size_t i = 0; i < n; ++i) result[i] = to_bytes(outs[i]);
-        return result;
       },
       "stack"_a, "quality"_a = 25, "threads"_a = 0, "stripped"_a = true, "restart_blocks"_a = 1,
       "Encode an (N, H, W, 3) uint8 array on all cores.");
@@ -193,29 +236,16 @@ void bind_codec(py::module_& m) {
   m.def(
       "with_tables",
       [](py::buffer data, int quality) {
-        py::buffer_info info = data.request();
-        ByteView v = byte_view(info, "data");
-        std::vector<uint8_t> out;
-        {
-          py::gil_scoped_release release;
-          out = jpeglm::with_tables(v.data, v.size, quality);
-        }
-        return to_bytes(out);
+        return to_bytes(call_nogil(
+            data, [&](ByteView v) { return jpeglm::with_tables(v.data, v.size, quality); }));
       },
       "data"_a, "quality"_a = 25, "Splice the tables of `quality` into a stripped stream.");
 
   m.def(
       "decode",
       [](py::buffer data, int quality, bool tolerant, int fallback_size) {
-        py::buffer_info info = data.request();
-        ByteView v = byte_view(info, "data");
-        jpeglm::DecodeResult r;
-        {
-          py::gil_scoped_release release;
-          r = tolerant ? jpeglm::decode_tolerant(v.data, v.size, quality, fallback_size)
-                       : jpeglm::decode(v.data, v.size, quality);
-        }
-        return decode_result(std::move(r));
+        return decode_result(call_nogil(
+            data, [&](ByteView v) { return decode_bytes(v, quality, tolerant, fallback_size); }));
       },
       "data"_a, "quality"_a = 25, "tolerant"_a = false, "fallback_size"_a = 0,
       "Decode to (pixels[H, W, 3], valid_mcus, total_mcus, clean).");
@@ -223,21 +253,14 @@ void bind_codec(py::module_& m) {
   m.def(
       "decode_batch",
       [](py::sequence items, int quality, bool tolerant, int threads, int fallback_size) {
-        std::size_t n = py::len(items);
         std::vector<py::buffer_info> infos;
-        std::vector<ByteView> views;
-        infos.reserve(n);
-        views.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) {
-          infos.push_back(py::reinterpret_borrow<py::buffer>(items[i]).request());
-          views.push_back(byte_view(infos.back(), "item"));
-        }
+        std::vector<ByteView> views = buffer_views(items, infos, [](const py::buffer_info& info) {
+          return byte_view(info, "item");
+        });
+        const std::size_t n = views.size();
         std::vector<jpeglm::DecodeResult> results(n);
         run_batch<jpeglm::JpegError>(n, threads, [&](std::size_t i) {
-          results[i] = tolerant
-                           ? jpeglm::decode_tolerant(views[i].data, views[i].size, quality,
-                                                     fallback_size)
-                           : jpeglm::decode(views[i].data, views[i].size, quality);
+          results[i] = decode_bytes(views[i], quality, tolerant, fallback_size);
         });
         py::list out(n);
         for (std::size_t i = 0; i < n; ++i) out[i] = decode_result(std::move(results[i]));
@@ -268,13 +291,8 @@ void bind_codec(py::module_& m) {
   m.def(
       "mcu_validity",
       [](py::buffer data, int quality) {
-        py::buffer_info info = data.request();
-        ByteView v = byte_view(info, "data");
-        std::vector<uint8_t> valid;
-        {
-          py::gil_scoped_release release;
-          valid = jpeglm::mcu_validity(v.data, v.size, quality);
-        }
+        std::vector<uint8_t> valid = call_nogil(
+            data, [&](ByteView v) { return jpeglm::mcu_validity(v.data, v.size, quality); });
         py::array_t<bool> out(static_cast<py::ssize_t>(valid.size()));
         auto* p = out.mutable_data();
         for (std::size_t i = 0; i < valid.size(); ++i) p[i] = valid[i] != 0;
@@ -285,13 +303,8 @@ void bind_codec(py::module_& m) {
   m.def(
       "coefficients",
       [](py::buffer data, int quality) {
-        py::buffer_info info = data.request();
-        ByteView v = byte_view(info, "data");
-        std::vector<jpeglm::ComponentCoefficients> comps;
-        {
-          py::gil_scoped_release release;
-          comps = jpeglm::read_coefficients(v.data, v.size, quality);
-        }
+        std::vector<jpeglm::ComponentCoefficients> comps = call_nogil(
+            data, [&](ByteView v) { return jpeglm::read_coefficients(v.data, v.size, quality); });
         py::list out;
         for (auto& c : comps) {
           py::array_t<int16_t> coefs({py::ssize_t(c.blocks_high), py::ssize_t(c.blocks_wide),
@@ -358,21 +371,20 @@ py::array_t<T> vector_to_array(std::vector<T>&& v) {
                         {static_cast<py::ssize_t>(sizeof(T))}, heap->data(), owner);
 }
 
-// Byte buffers of a sequence (kept alive by `infos` while the views are used).
+// Byte buffers of a sequence (kept alive by `infos` while the views are used), each item
+// named by its index in errors.
 std::vector<ByteView> byte_views(py::sequence items, std::vector<py::buffer_info>& infos) {
-  const std::size_t n = py::len(items);
-  std::vector<ByteView> views;
-  infos.reserve(n);
-  views.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    py::object item = items[i];
-    if (!PyObject_CheckBuffer(item.ptr()))
-      throw py::type_error("item " + std::to_string(i) + ": expected a bytes-like object, got " +
-                           std::string(py::str(py::type::handle_of(item).attr("__name__"))));
-    infos.push_back(py::reinterpret_borrow<py::buffer>(item).request());
-    views.push_back(byte_view(infos.back(), ("item " + std::to_string(i)).c_str()));
-  }
-  return views;
+  return buffer_views(
+      items, infos,
+      [](py::handle item, std::size_t i) {
+        if (!PyObject_CheckBuffer(item.ptr()))
+          throw py::type_error("item " + std::to_string(i) +
+                               ": expected a bytes-like object, got " +
+                               std::string(py::str(py::type::handle_of(item).attr("__name__"))));
+      },
+      [](const py::buffer_info& info, std::size_t i) {
+        return byte_view(info, ("item " + std::to_string(i)).c_str());
+      });
 }
 
 // Token ids from Python: a buffer of integers (numpy, array.array; no copy) or a sequence of
@@ -750,10 +762,9 @@ void bind_grammar(py::module_& m) {
       .def(
           "feed",
           [](const jpeglm::ScanGrammar& g, jpeglm::ScanState& s, py::buffer data) {
-            py::buffer_info info = data.request();
-            ByteView v = byte_view(info, "data");
-            py::gil_scoped_release release;
-            return static_cast<long long>(g.feed(s, v.data, v.size));
+            return call_nogil(data, [&](ByteView v) {
+              return static_cast<long long>(g.feed(s, v.data, v.size));
+            });
           },
           "state"_a, "data"_a, "Feed bytes; -1 if all accepted, else the first rejected index.")
       .def(

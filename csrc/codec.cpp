@@ -120,31 +120,48 @@ extern "C" void jl_term_destination(j_compress_ptr cinfo) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A libjpeg object (Cinfo: jpeg_compress_struct or jpeg_decompress_struct) with our error
+// manager: created with this, destroyed with it, never copied (libjpeg points into it).
+
+void create_object(jpeg_compress_struct& c) { jpeg_create_compress(&c); }
+void create_object(jpeg_decompress_struct& c) { jpeg_create_decompress(&c); }
+void destroy_object(jpeg_compress_struct& c) { jpeg_destroy_compress(&c); }
+void destroy_object(jpeg_decompress_struct& c) { jpeg_destroy_decompress(&c); }
+
+template <class Cinfo>
+struct LibjpegObject {
+  Cinfo cinfo;
+  ErrorMgr err;
+  LibjpegObject() {
+    init_error_mgr(err);
+    cinfo.err = &err.pub;
+    create_object(cinfo);  // cannot fail except out of memory (then error_exit)
+  }
+  ~LibjpegObject() { destroy_object(cinfo); }
+  LibjpegObject(const LibjpegObject&) = delete;
+  LibjpegObject& operator=(const LibjpegObject&) = delete;
+};
+
+// This thread's T, created on first use and reused by every later call on the thread.
+template <class T>
+T& thread_instance() {
+  thread_local T instance;
+  return instance;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Per-thread compressor
 
-struct Encoder {
-  jpeg_compress_struct cinfo;
-  ErrorMgr err;
+struct Encoder : LibjpegObject<jpeg_compress_struct> {
   OutBuf out;
   std::vector<JSAMPROW> rows;
   Encoder() {
-    init_error_mgr(err);
-    cinfo.err = &err.pub;
-    jpeg_create_compress(&cinfo);  // cannot fail except out of memory (then error_exit)
     out.pub.init_destination = jl_init_destination;
     out.pub.empty_output_buffer = jl_empty_output_buffer;
     out.pub.term_destination = jl_term_destination;
     cinfo.dest = &out.pub;
   }
-  ~Encoder() { jpeg_destroy_compress(&cinfo); }
-  Encoder(const Encoder&) = delete;
-  Encoder& operator=(const Encoder&) = delete;
 };
-
-Encoder& thread_encoder() {
-  thread_local Encoder enc;
-  return enc;
-}
 
 void check_quality(int quality) {
   if (quality < 1 || quality > 100)
@@ -262,25 +279,10 @@ std::vector<uint8_t> build_tables_stream(int quality) {
 // it (libjpeg keeps tables across images of one object: the documented way to decode
 // abbreviated image streams), or -1 when unknown.
 
-struct Decoder {
-  jpeg_decompress_struct cinfo;
-  ErrorMgr err;
+struct Decoder : LibjpegObject<jpeg_decompress_struct> {
   int tables_quality = -1;
   std::vector<JSAMPROW> rows;
-  Decoder() {
-    init_error_mgr(err);
-    cinfo.err = &err.pub;
-    jpeg_create_decompress(&cinfo);
-  }
-  ~Decoder() { jpeg_destroy_decompress(&cinfo); }
-  Decoder(const Decoder&) = delete;
-  Decoder& operator=(const Decoder&) = delete;
 };
-
-Decoder& thread_decoder() {
-  thread_local Decoder dec;
-  return dec;
-}
 
 uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
 
@@ -680,7 +682,7 @@ void encode_rgb_into(std::vector<uint8_t>& out, const uint8_t* rgb, int width, i
   if (restart_blocks < 0 || restart_blocks > 65535)
     throw JpegError("restart_blocks must be in 0..65535");
   if (!rgb) throw JpegError("null image buffer");
-  Encoder& e = thread_encoder();
+  Encoder& e = thread_instance<Encoder>();
   reset_error_state(e.err, true);
   e.rows.resize(static_cast<std::size_t>(height));
   for (int y = 0; y < height; ++y)
@@ -768,15 +770,22 @@ HeaderInfo checked_header(const uint8_t* data, std::size_t n) {
   if (!data || n == 0) throw JpegError("empty input");
   return parse_header(data, n);
 }
-}  // namespace
 
-DecodeResult decode(const uint8_t* data, std::size_t n, int quality) {
-  check_quality(quality);
+// checked_header, for a decode to pixels or coefficients: also refuses an image of more than
+// kMaxPixels pixels.
+HeaderInfo checked_decode_header(const uint8_t* data, std::size_t n) {
   HeaderInfo h = checked_header(data, n);
   if (std::size_t(h.width) * std::size_t(h.height) > kMaxPixels)
     throw JpegError("image too large: " + std::to_string(h.width) + "x" +
                     std::to_string(h.height));
-  Decoder& d = thread_decoder();
+  return h;
+}
+}  // namespace
+
+DecodeResult decode(const uint8_t* data, std::size_t n, int quality) {
+  check_quality(quality);
+  HeaderInfo h = checked_decode_header(data, n);
+  Decoder& d = thread_instance<Decoder>();
   DecodeResult r;
   bool ok = guarded(d, "decoding",
                     [&] { return run_decompress(d, data, n, quality, !has_tables(h), &r, true); });
@@ -788,7 +797,7 @@ DecodeResult decode(const uint8_t* data, std::size_t n, int quality) {
 std::vector<uint8_t> mcu_validity(const uint8_t* data, std::size_t n, int quality) {
   check_quality(quality);
   HeaderInfo h = checked_header(data, n);
-  Decoder& d = thread_decoder();
+  Decoder& d = thread_instance<Decoder>();
   ScanInfo si;
   si.hdr = h;
   if (!read_scan_info(d, data, n, quality, !has_tables(h), &si))
@@ -819,7 +828,7 @@ DecodeResult decode_tolerant(const uint8_t* data, std::size_t n, int quality, in
   }
   if (h.width <= 0 || h.height <= 0 || std::size_t(h.width) * h.height > kMaxPixels)
     return fallback("bad image size in header");
-  Decoder& d = thread_decoder();
+  Decoder& d = thread_instance<Decoder>();
   ScanInfo si;
   si.hdr = h;
   if (!read_scan_info(d, data, n, quality, !has_tables(h), &si))
@@ -920,11 +929,8 @@ bool run_read_coefficients(Decoder& d, const uint8_t* data, std::size_t n, int q
 std::vector<ComponentCoefficients> read_coefficients(const uint8_t* data, std::size_t n,
                                                      int quality) {
   check_quality(quality);
-  HeaderInfo h = checked_header(data, n);
-  if (std::size_t(h.width) * std::size_t(h.height) > kMaxPixels)
-    throw JpegError("image too large: " + std::to_string(h.width) + "x" +
-                    std::to_string(h.height));
-  Decoder& d = thread_decoder();
+  HeaderInfo h = checked_decode_header(data, n);
+  Decoder& d = thread_instance<Decoder>();
   std::vector<ComponentCoefficients> out;
   bool ok = guarded(d, "reading coefficients", [&] {
     return run_read_coefficients(d, data, n, quality, !has_tables(h), &out);

@@ -11,21 +11,15 @@
 
 #include "codec.h"
 #include "fuzz_common.h"
+#include "fuzz_grammar.h"
 #include "scan_automaton.h"
-
-namespace {
-const jpeglm::ScanGrammar& grammar(int i) {
-  static const jpeglm::ScanGrammar g16(16, 16), g32(32, 32);
-  return i ? g32 : g16;
-}
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
   const uint8_t mode = data[0];
   ++data;
   --size;
-  const jpeglm::ScanGrammar& g = grammar(mode & 1);
+  const jpeglm::ScanGrammar& g = fuzz_grammar(mode & 1);
   const bool at_scan = mode & 2;
   const bool guided = mode & 4;
   jpeglm::ScanState s = g.initial(at_scan);

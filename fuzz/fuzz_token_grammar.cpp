@@ -9,21 +9,15 @@
 #include <vector>
 
 #include "fuzz_common.h"
+#include "fuzz_grammar.h"
 #include "scan_automaton.h"
-
-namespace {
-const jpeglm::ScanGrammar& grammar(int i) {
-  static const jpeglm::ScanGrammar g16(16, 16), g32(32, 32);
-  return i ? g32 : g16;
-}
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   if (size < 2) return 0;
   const uint8_t flags = data[0];
   std::size_t n_extra = data[1] % 32;
   std::size_t i = 2;
-  const jpeglm::ScanGrammar& g = grammar(flags & 1);
+  const jpeglm::ScanGrammar& g = fuzz_grammar(flags & 1);
   const bool at_scan = flags & 2, singles = flags & 4, guided = flags & 8;
 
   std::vector<std::string> tokens;

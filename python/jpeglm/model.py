@@ -1,4 +1,4 @@
-"""The JPEG-LM model: a plain Llama-2 decoder over JPEG tokens, in one readable file.
+"""The JPEG-LM model: a plain Llama-2 decoder over JPEG tokens, in the manner of gpt-fast.
 
 No convolutions, no 2-D positions: token embeddings, ``n_layers`` pre-norm blocks of
 (RMSNorm -> causal self-attention with rotary embeddings) and (RMSNorm -> SwiGLU MLP), a final
@@ -10,12 +10,10 @@ The ops that have fast kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy, a
 called through a :class:`jpeglm.backends.Backend`, picked once by capability (Triton kernels
 and flash-attn on CUDA, the PyTorch reference elsewhere; ``JPEGLM_BACKEND`` overrides).
 
-Checkpoints are Hugging Face Llama folders (``config.json`` + safetensors, sharded or not):
-:meth:`Transformer.from_pretrained` reads them -- including the official JPEG-LM checkpoint,
-a plain ``LlamaForCausalLM`` -- and :meth:`Transformer.save_pretrained` writes folders that
-``transformers.LlamaForCausalLM.from_pretrained`` loads. The rotary layout is HF's
-``rotate_half`` one, so weights move across without any permutation. Pickle files are never
-loaded.
+Checkpoints are Hugging Face Llama folders, the official JPEG-LM checkpoint included:
+:meth:`Transformer.from_pretrained` reads them and :meth:`Transformer.save_pretrained` writes
+them (the format is :mod:`jpeglm.hf`). Beside the model: :mod:`jpeglm.kv_cache`,
+:mod:`jpeglm.inference_weights` (sampling) and :mod:`jpeglm.activation_checkpoint` (training).
 """
 
 from __future__ import annotations
@@ -30,14 +28,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from jpeglm import inference_weights
+from jpeglm.activation_checkpoint import ACTIVATION_CHECKPOINT_MODES, check_mode, context_fn
 from jpeglm.backends import Backend, resolve_backend
-from jpeglm.inference import (
-    INFERENCE_DTYPES,
-    InferenceLinear,
-    cache_attention,
-    cache_attention_applies,
-    inference_act_dtype,
-)
+from jpeglm.dtensor import copy_full_
+from jpeglm.inference import INFERENCE_DTYPES, InferenceLinear, inference_act_dtype
+from jpeglm.kv_cache import KVCache
 
 __all__ = [
     "ACTIVATION_CHECKPOINT_MODES",
@@ -48,6 +44,7 @@ __all__ = [
     "ModelArgs",
     "Transformer",
     "copy_full_",
+    "inference_act_dtype",  # re-exported from jpeglm.inference (benchmarks/generate.py)
 ]
 
 
@@ -122,184 +119,22 @@ class ModelArgs:
             raise TypeError(f"unknown ModelArgs field(s): {', '.join(sorted(unknown))}")
         return cls(**{**CONFIGS[name], **overrides})
 
-    # -- Hugging Face LlamaConfig <-> ModelArgs
+    # -- Hugging Face LlamaConfig <-> ModelArgs (the mapping lives in jpeglm.hf)
 
     def to_hf_config(self, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
         """A ``config.json`` dict for ``transformers.LlamaConfig``."""
-        dtype_name = str(dtype).removeprefix("torch.")
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.dim,
-            "intermediate_size": self.hidden_dim,
-            "num_hidden_layers": self.n_layers,
-            "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": self.max_seq_len,
-            "rms_norm_eps": self.norm_eps,
-            "rope_theta": self.rope_theta,  # transformers < 5
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
-            "attention_bias": False,
-            "mlp_bias": False,
-            "tie_word_embeddings": self.tie_embeddings,
-            "dtype": dtype_name,
-            "torch_dtype": dtype_name,  # transformers < 5
-        }
+        from jpeglm.hf import config_from_args
+
+        return config_from_args(self, dtype)
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> ModelArgs:
-        """Map a HF Llama ``config.json`` dict; refuse features this model does not have.
+        """Map a HF Llama ``config.json`` dict, refusing features this model does not have and
+        sizes over :data:`jpeglm.hf.HF_CONFIG_LIMITS` (see :func:`jpeglm.hf.args_from_config`)."""
+        from jpeglm.hf import args_from_config
 
-        The file is untrusted, so nothing is sized from it unchecked: every field read must have
-        its JSON type (integers are JSON integers -- not floats such as ``1e12`` or ``64.0``,
-        strings or booleans; ``rms_norm_eps`` / ``rope_theta`` finite positive numbers;
-        ``tie_word_embeddings`` and the bias flags booleans) and lie within
-        :data:`HF_CONFIG_LIMITS`, and the whole model within :data:`HF_MAX_PARAMETERS`
-        parameters. Each problem is one ``ValueError`` line naming the field.
-        """
-        if not isinstance(config, dict):
-            raise ValueError(f"config.json must hold a JSON object, got {type(config).__name__}")
+        return args_from_config(config)
 
-        def show(value: Any) -> str:
-            text = repr(value)
-            return text if len(text) <= 40 else text[:37] + "..."
-
-        def integer(key: str, value: Any) -> int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(
-                    f"config.json: {key} must be an integer, got {show(value)} "
-                    f"({type(value).__name__})"
-                )
-            if not 1 <= value <= HF_CONFIG_LIMITS[key]:
-                raise ValueError(
-                    f"config.json: {key} = {show(value)} is outside 1..{HF_CONFIG_LIMITS[key]}"
-                )
-            return value
-
-        def number(key: str, value: Any) -> float:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ValueError(
-                    f"config.json: {key} must be a finite positive number, got {show(value)}"
-                )
-            return float(value)
-
-        def flag(key: str) -> bool:
-            value = config.get(key)
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f"config.json: {key} must be true or false, got {show(value)}")
-            return bool(value)
-
-        def text(key: str, default: str) -> str:
-            value = config.get(key, default)
-            if not isinstance(value, str):
-                raise ValueError(f"config.json: {key} must be a string, got {show(value)}")
-            return value
-
-        if text("model_type", "llama") != "llama":
-            raise ValueError(f"config.json: model_type {show(config['model_type'])} is not 'llama'")
-        required = ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "vocab_size")  # fmt: skip
-        missing = [k for k in required if config.get(k) is None]
-        if missing:
-            raise ValueError(f"config.json is missing {', '.join(missing)}")
-        if text("hidden_act", "silu") != "silu":
-            raise ValueError(f"config.json: hidden_act {show(config['hidden_act'])} is not 'silu'")
-        if flag("attention_bias") or flag("mlp_bias"):
-            raise ValueError("config.json: attention/MLP biases are not supported")
-        sections = {}
-        for key in ("rope_parameters", "rope_scaling"):  # transformers >= 5 / < 5
-            section = config.get(key)
-            if section is not None and not isinstance(section, dict):
-                raise ValueError(
-                    f"config.json: {key} must be an object or null, got {show(section)}"
-                )
-            sections[key] = section or {}
-            rope_type = sections[key].get("rope_type", sections[key].get("type", "default"))
-            if rope_type != "default":
-                raise ValueError(f"config.json: rope type {show(rope_type)} is not supported")
-        rope = sections["rope_parameters"]
-        theta = config.get("rope_theta")
-        key = "rope_theta"
-        if theta is None:
-            theta, key = rope.get("rope_theta", 10000.0), "rope_parameters.rope_theta"
-        theta = number(key, theta)
-        eps = config.get("rms_norm_eps")
-        eps = 1e-6 if eps is None else number("rms_norm_eps", eps)
-
-        dim = integer("hidden_size", config["hidden_size"])
-        n_layers = integer("num_hidden_layers", config["num_hidden_layers"])
-        n_heads = integer("num_attention_heads", config["num_attention_heads"])
-        hidden_dim = integer("intermediate_size", config["intermediate_size"])
-        vocab_size = integer("vocab_size", config["vocab_size"])
-        n_kv_heads = config.get("num_key_value_heads")
-        n_kv_heads = n_heads if n_kv_heads is None else integer("num_key_value_heads", n_kv_heads)
-        max_seq_len = config.get("max_position_embeddings")
-        max_seq_len = (
-            12288 if max_seq_len is None else integer("max_position_embeddings", max_seq_len)
-        )
-        head_dim = config.get("head_dim")
-        if head_dim is not None and integer("head_dim", head_dim) * n_heads != dim:
-            raise ValueError(
-                f"config.json: head_dim {head_dim} x num_attention_heads {n_heads} != "
-                f"hidden_size {dim} (decoupled head sizes are not supported)"
-            )
-        args = cls(
-            dim=dim,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            hidden_dim=hidden_dim,
-            vocab_size=vocab_size,
-            max_seq_len=max_seq_len,
-            norm_eps=eps,
-            rope_theta=theta,
-            tie_embeddings=flag("tie_word_embeddings"),
-        )
-        rope_table = max_seq_len * args.head_dim  # float32 cos + sin tables, built on load
-        if rope_table > HF_CONFIG_LIMITS["max_position_embeddings x head_dim"]:
-            raise ValueError(
-                f"config.json: max_position_embeddings {max_seq_len} x head_dim {args.head_dim} "
-                f"is over {HF_CONFIG_LIMITS['max_position_embeddings x head_dim']} (rotary tables)"
-            )
-        kv = n_kv_heads * args.head_dim
-        per_layer = 2 * dim * dim + 2 * dim * kv + 3 * dim * hidden_dim + 2 * dim
-        total = n_layers * per_layer + vocab_size * dim * (1 if args.tie_embeddings else 2) + dim
-        if total > HF_MAX_PARAMETERS:
-            raise ValueError(
-                f"config.json: num_hidden_layers {n_layers}, hidden_size {dim}, intermediate_size "
-                f"{hidden_dim} and vocab_size {vocab_size} make {total:.3g} parameters, more than "
-                f"the {HF_MAX_PARAMETERS:.0e} accepted"
-            )
-        return args
-
-
-#: Upper bounds on the sizes an untrusted HF ``config.json`` may ask for (each also >= 1):
-#: generous for any Llama (Llama 3.1 405B: 126 layers, hidden 16384, intermediate 53248,
-#: 128 heads, vocab 128256, 131072 positions), small enough that a hostile file cannot make
-#: the loader allocate without end. ``max_position_embeddings x head_dim`` bounds the rotary
-#: tables (float32 cos + sin: 4 bytes each, 1 GiB at the limit).
-HF_CONFIG_LIMITS: dict[str, int] = {
-    "num_hidden_layers": 1024,
-    "hidden_size": 2**17,
-    "intermediate_size": 2**17,
-    "num_attention_heads": 1024,
-    "num_key_value_heads": 1024,
-    "head_dim": 2**17,
-    "vocab_size": 2**20,
-    "max_position_embeddings": 2**20,
-    "max_position_embeddings x head_dim": 2**28,
-}
-#: Upper bound on the parameter count of a model loaded from a HF ``config.json`` (2e11: 30x
-#: the 7B JPEG-LM), computed from the config before anything is allocated.
-HF_MAX_PARAMETERS = 200_000_000_000
 
 # Named sizes. Parameter counts are for the default vocabulary (323).
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -364,34 +199,6 @@ class RotaryEmbedding(nn.Module):
         return self
 
 
-class KVCache(nn.Module):
-    """Static key/value cache ``(max_batch, n_kv_heads, max_seq, head_dim)`` for one layer."""
-
-    def __init__(
-        self,
-        max_batch_size: int,
-        max_seq_len: int,
-        n_kv_heads: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device | None = None,
-    ) -> None:
-        super().__init__()
-        shape = (max_batch_size, n_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), False)
-
-    def update(
-        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v ``(batch, seq, n_kv_heads, head_dim)`` at ``input_pos``; return the caches."""
-        batch = k.shape[0]
-        k_out, v_out = self.k_cache[:batch], self.v_cache[:batch]
-        k_out[:, :, input_pos] = k.transpose(1, 2).to(k_out.dtype)
-        v_out[:, :, input_pos] = v.transpose(1, 2).to(v_out.dtype)
-        return k_out, v_out
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, ops: Backend) -> None:
         super().__init__()
@@ -430,54 +237,10 @@ class Attention(nn.Module):
         if input_pos is None:  # training / scoring: causal over the whole chunk
             y = self.ops.attention(q, k, v)
         else:  # generation: attend to the filled part of the cache, up to each query's position
-            cache = self.kv_cache
-            assert cache is not None, "setup_caches() first"
-            if (
-                self.ops.attention_impl == "flash_attn"
-                and q.is_cuda
-                and q.dtype in (torch.float16, torch.bfloat16)
-                and not torch.compiler.is_compiling()
-            ):
-                y = _flash_kvcache(q, k, v, cache, input_pos)
-            else:
-                k_all, v_all = cache.update(input_pos, k, v)
-                exact = mask is None  # the queries are the last filled slots
-                if exact and cache_attention_applies(q, cache.k_cache):
-                    y = cache_attention(q, cache.k_cache, cache.v_cache, input_pos)
-                    return wo(y.reshape(batch, seq, q_size))
-                if exact and kv_len is None:
-                    raise ValueError("an exact step needs kv_len off the cache kernel")
-                if kv_len is not None:
-                    k_all, v_all = k_all[:, :, :kv_len], v_all[:, :, :kv_len]
-                if exact and seq > 1:  # the queries are the last `seq` of the kv_len slots
-                    slots = torch.arange(k_all.shape[2], device=x.device)
-                    mask = slots[None, :] <= input_pos[:, None]
-                y = F.scaled_dot_product_attention(
-                    q.transpose(1, 2),
-                    k_all,
-                    v_all,
-                    attn_mask=mask,
-                    enable_gqa=self.n_heads != self.n_kv_heads,
-                ).transpose(1, 2)
+            assert self.kv_cache is not None, "setup_caches() first"
+            flash = self.ops.attention_impl == "flash_attn"
+            y = self.kv_cache.attend(q, k, v, input_pos, mask, kv_len, flash)
         return wo(y.reshape(batch, seq, q_size))
-
-
-def _flash_kvcache(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, input_pos: torch.Tensor
-) -> torch.Tensor:
-    """flash-attn's ``flash_attn_with_kvcache``: appends k, v at ``input_pos[0]`` and attends
-    causally over the filled part only (the cache is read through (batch, seq, heads, dim)
-    views, last dimension contiguous). Not exercised by the CPU test suite."""
-    from flash_attn import flash_attn_with_kvcache
-
-    batch = q.shape[0]
-    k_cache = cache.k_cache[:batch].transpose(1, 2)
-    v_cache = cache.v_cache[:batch].transpose(1, 2)
-    seqlens = input_pos[:1].to(torch.int32).expand(batch).contiguous()
-    return flash_attn_with_kvcache(
-        q, k_cache, v_cache, k=k.to(k_cache.dtype), v=v.to(v_cache.dtype),
-        cache_seqlens=seqlens, causal=True,
-    )  # fmt: skip
 
 
 class FeedForward(nn.Module):
@@ -520,70 +283,6 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-# ------------------------------------------------------------------ activation checkpointing
-
-ACTIVATION_CHECKPOINT_MODES = ("none", "full", "selective")
-
-
-def _saved_ops() -> set:
-    """Ops whose outputs selective checkpointing keeps: matmuls and attention."""
-    aten = torch.ops.aten
-    names = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention",
-             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-             "_scaled_dot_product_flash_attention_for_cpu")  # fmt: skip
-    ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
-    flash = getattr(torch.ops, "flash_attn", None)  # flash-attn's custom op, when installed
-    for n in ("_flash_attn_forward",):
-        try:
-            ops.add(getattr(flash, n).default)
-        except (AttributeError, RuntimeError):
-            pass
-    return ops
-
-
-def _selective_policy(ctx, op, *args, **kwargs):  # noqa: ANN001 - torch's policy signature
-    from torch.utils.checkpoint import CheckpointPolicy
-
-    if op in _SAVED_OPS:
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
-
-
-_SAVED_OPS: set = set()
-
-
-def _ac_context(model: Transformer):
-    if model.activation_checkpoint != "selective":
-        from torch.utils.checkpoint import noop_context_fn
-
-        return noop_context_fn
-    from functools import partial
-
-    from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
-    if not _SAVED_OPS:
-        _SAVED_OPS.update(_saved_ops())
-    return partial(create_selective_checkpoint_contexts, _selective_policy)
-
-
-@torch.no_grad()
-def copy_full_(param: torch.Tensor, full: torch.Tensor) -> None:
-    """Copy the full-size tensor ``full`` into ``param``: all of it, or for a sharded DTensor
-    (FSDP2) just this rank's slice, cut locally -- no communication."""
-    try:
-        from torch.distributed.tensor import DTensor, distribute_tensor
-    except ImportError:  # torch built without distributed
-        DTensor = ()  # noqa: N806
-    if isinstance(param, DTensor):
-        local = distribute_tensor(
-            full.to(param.device, param.dtype), param.device_mesh, param.placements,
-            src_data_rank=None,
-        )  # fmt: skip
-        param.to_local().copy_(local.to_local())
-    else:
-        param.copy_(full)
-
-
 # ------------------------------------------------------------------------------------- model
 
 
@@ -620,19 +319,9 @@ class Transformer(nn.Module):
                 module.ops = ops
 
     def set_activation_checkpointing(self, mode: str) -> None:
-        """Recompute activations in the backward pass instead of keeping them (training only).
-
-        * ``"none"``: keep everything (fastest, most memory).
-        * ``"full"``: keep only each block's input; the whole block runs again in backward.
-        * ``"selective"``: keep the outputs of the matmuls and of attention, recompute the
-          cheap element-wise ops (norms, RoPE, SiLU, products) -- most of the saving of
-          ``"full"`` on the element-wise tensors at a fraction of its recompute cost.
-        """
-        if mode not in ACTIVATION_CHECKPOINT_MODES:
-            raise ValueError(
-                f"activation_checkpoint must be one of {', '.join(ACTIVATION_CHECKPOINT_MODES)}, "
-                f"got {mode!r}"
-            )
+        """Recompute activations in the backward pass instead of keeping them (training only):
+        ``"none"``, ``"full"`` or ``"selective"`` (see :mod:`jpeglm.activation_checkpoint`)."""
+        check_mode(mode)
         self.activation_checkpoint = mode
 
     @torch.no_grad()
@@ -684,38 +373,6 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None
 
-    # -- inference weights
-
-    def prepare_inference(self, dtype: str = "fp32") -> None:
-        """Build the sampling weights: fused ``wqkv`` (q, k, v stacked) and ``w13`` (gate, up
-        stacked) projections and every linear weight in format ``dtype`` (``"fp32"``,
-        ``"bf16"``, ``"fp16"``, ``"int8"``: see :class:`InferenceLinear`), norms and embeddings
-        in the matching activation dtype.
-
-        They are used by every forward run without gradients (sampling, scoring under
-        ``torch.no_grad``); with gradients enabled -- training -- the parameters are used as
-        before. Parameters, their names and checkpoints are untouched. The weights are copies:
-        when the parameters change (an optimizer step, ``load_state_dict``, ``.to``) the next
-        gradient-free forward rebuilds them. :meth:`clear_inference` drops them.
-        """
-        act = inference_act_dtype(dtype, self.output.weight.dtype)
-        for layer in self.layers:
-            a, f = layer.attention, layer.feed_forward
-            qkv = torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]).detach()
-            a.fused = (InferenceLinear(qkv, dtype, act), InferenceLinear(a.wo.weight, dtype, act))
-            w13 = torch.cat([f.w1.weight, f.w3.weight]).detach()
-            f.fused = (InferenceLinear(w13, dtype, act), InferenceLinear(f.w2.weight, dtype, act))
-            layer.attention_norm.fused = layer.attention_norm.weight.detach().to(act)
-            layer.ffn_norm.fused = layer.ffn_norm.weight.detach().to(act)
-        self.norm.fused = self.norm.weight.detach().to(act)
-        self.inference = {
-            "dtype": dtype,
-            "act_dtype": act,
-            "key": self._param_key(),
-            "embedding": self.tok_embeddings.weight.detach().to(act),
-            "output": InferenceLinear(self.output.weight, dtype, act),
-        }
-
     def copy_cache_row(self, rows: int, length: int) -> None:
         """Copy row 0's first ``length`` cache slots into rows ``1 .. rows-1`` of every
         layer's cache: a prompt the whole batch shares is prefilled once."""
@@ -724,37 +381,30 @@ class Transformer(nn.Module):
             cache.k_cache[1:rows, :, :length] = cache.k_cache[:1, :, :length]
             cache.v_cache[1:rows, :, :length] = cache.v_cache[:1, :, :length]
 
+    # -- inference weights (built in jpeglm.inference_weights)
+
+    def prepare_inference(self, dtype: str = "fp32") -> None:
+        """Build the sampling weights (see :mod:`jpeglm.inference_weights`): fused projections
+        and every linear weight in format ``dtype`` (``"fp32"``, ``"bf16"``, ``"fp16"``,
+        ``"int8"``: see :class:`InferenceLinear`). Every forward without gradients (sampling,
+        scoring under ``torch.no_grad``) uses them, rebuilt when the parameters have changed
+        (an optimizer step, ``load_state_dict``, ``.to``); training uses the parameters.
+        Parameters, their names and checkpoints are untouched."""
+        inference_weights.prepare(self, dtype)
+
     def clear_inference(self) -> None:
         """Drop the weights of :meth:`prepare_inference`."""
-        for m in self.modules():
-            if isinstance(m, (Attention, FeedForward, RMSNorm)):
-                m.fused = None
-        self.inference = None
+        inference_weights.clear(self)
 
     def inference_bytes(self) -> int:
         """Bytes of the linear-layer weights a decode step reads (prepared or not)."""
-        if self.inference is None:
-            return sum(
-                m.weight.numel() * m.weight.element_size()
-                for m in self.modules()
-                if isinstance(m, nn.Linear)
-            )
-        linears = [self.inference["output"]]
-        for layer in self.layers:
-            linears += [*layer.attention.fused, *layer.feed_forward.fused]
-        return sum(lin.nbytes() for lin in linears)
+        return inference_weights.linear_bytes(self)
 
-    def _param_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+    def param_key(self) -> tuple:
+        """Changes whenever a parameter is replaced, modified in place or cast."""
+        return inference_weights.param_key(self)
 
-    def _fresh_inference(self) -> dict | None:
-        """The inference weights if they exist and gradients are off, rebuilt when stale."""
-        inf = self.inference
-        if inf is None or torch.is_grad_enabled():
-            return None
-        if inf["key"] != self._param_key():
-            self.prepare_inference(inf["dtype"])
-        return self.inference
+    _param_key = param_key  # the name jpeglm.sample uses
 
     # -- forward
 
@@ -791,7 +441,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"input_pos must be ({seq},), got {tuple(input_pos.shape)}")
             if kv_len is not None and not 0 < kv_len <= cache.k_cache.shape[2]:
                 raise ValueError(f"kv_len {kv_len} outside 1..{cache.k_cache.shape[2]}")
-        inf = self._fresh_inference()
+        inf = inference_weights.fresh(self)
         if targets is not None:
             if targets.shape != idx.shape:
                 raise ValueError(
@@ -851,8 +501,9 @@ class Transformer(nn.Module):
         )
         for layer in self.layers:
             if recompute:
+                recompute_fn = context_fn(self.activation_checkpoint)
                 x = torch.utils.checkpoint.checkpoint(
-                    layer, x, cos, sin, use_reentrant=False, context_fn=_ac_context(self)
+                    layer, x, cos, sin, use_reentrant=False, context_fn=recompute_fn
                 )
             else:
                 x = layer(x, cos, sin, input_pos, mask, kv_len)
@@ -877,13 +528,7 @@ class Transformer(nn.Module):
         attn = 12 * a.n_layers * a.dim * seq_len
         return 6 * self.num_params(non_embedding=True) + (attn / 2 if causal else attn)
 
-    # -- Hugging Face checkpoints (the I/O lives in jpeglm.checkpoint)
-
-    def _hf_names(self) -> dict[str, str]:
-        """Our parameter name -> HF ``LlamaForCausalLM`` name."""
-        from jpeglm.checkpoint import hf_names
-
-        return hf_names(self.args)
+    # -- Hugging Face checkpoints (the I/O lives in jpeglm.hf)
 
     @classmethod
     def from_pretrained(
@@ -902,20 +547,10 @@ class Transformer(nn.Module):
         must equal the checkpoint's. Every tensor is checked: missing, unexpected or wrongly
         shaped ones raise ``ValueError`` naming them.
         """
-        from jpeglm.checkpoint import load_hf_state
+        from jpeglm.hf import load_pretrained
 
-        args, state = load_hf_state(path, device=device, vocab_size=vocab_size)
-        with torch.device("meta"):
-            model = cls(args, backend=backend)
-        dtype = dtype or state["tok_embeddings.weight"].dtype
-        state = {k: v.to(dtype) for k, v in state.items()}
-        if args.tie_embeddings:
-            state["output.weight"] = state["tok_embeddings.weight"]
-        model.load_state_dict(state, strict=True, assign=True)
-        if args.tie_embeddings:
-            model.output.weight = model.tok_embeddings.weight
-        model.rope.reset(device)  # the tables were built on meta
-        return model
+        return load_pretrained(path, dtype=dtype, device=device, backend=backend,
+                               vocab_size=vocab_size)  # fmt: skip
 
     def save_pretrained(
         self,
@@ -931,8 +566,17 @@ class Transformer(nn.Module):
         ``extra_config`` adds keys to ``config.json`` (e.g. ``bos_token_id``). Shards of an
         earlier save with a different layout are removed afterwards.
         """
-        from jpeglm.checkpoint import save_hf_files
+        from jpeglm.hf import save_pretrained
 
-        state = dict(self.named_parameters(remove_duplicate=False))
-        save_hf_files(path, self.args, state, dtype=dtype or self.output.weight.dtype,
-                      max_shard_size=max_shard_size, extra_config=extra_config)  # fmt: skip
+        save_pretrained(self, path, dtype=dtype, max_shard_size=max_shard_size,
+                        extra_config=extra_config)  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """``HF_CONFIG_LIMITS`` and ``HF_MAX_PARAMETERS``, which live in :mod:`jpeglm.hf` (it
+    imports this module, so it is imported on first use here, not at the top)."""
+    if name in ("HF_CONFIG_LIMITS", "HF_MAX_PARAMETERS"):
+        from jpeglm import hf
+
+        return getattr(hf, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

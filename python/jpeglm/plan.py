@@ -512,7 +512,7 @@ def report(ns: argparse.Namespace) -> str:
     if config is not None and "=" in config:  # only overrides given
         config, overrides = None, [config, *overrides]
     if config is not None or overrides:
-        from jpeglm.train import TrainConfig
+        from jpeglm.train_config import TrainConfig
 
         cfg = TrainConfig.load(config, overrides)
         models = [ns.model or cfg.model]

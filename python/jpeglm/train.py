@@ -33,276 +33,59 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 import torch.distributed as dist
 
 from jpeglm._io import atomic_open
 from jpeglm.data import ShardDataset, read_index
-from jpeglm.model import ModelArgs, Transformer
+from jpeglm.model import ModelArgs
+from jpeglm.parallel import (
+    build_model,
+    build_optimizer,
+    check_memory,
+    clip_grad_norm_,
+    setup_distributed,
+)
+from jpeglm.train_config import TrainConfig, lr_at
+from jpeglm.train_data import (
+    check_shards,
+    data_position,
+    epoch_sequences,
+    micro_batches,
+    targets_of,
+)
 
-
-@dataclass
-class TrainConfig:
-    # model
-    model: str = "tiny"  #: a ModelArgs.from_name preset
-    model_args: dict[str, Any] = field(default_factory=dict)  #: overrides of the preset
-    backend: str | None = None  #: kernels: None (auto) | "torch" | "triton"
-    compile: bool = False  #: torch.compile the model
-    # data
-    train_data: list[str] = field(default_factory=list)  #: prepared shard folders
-    eval_data: list[str] = field(default_factory=list)
-    tokenizer: str = ""  #: tokenizer file (checked against the shards)
-    # optimisation
-    batch_size: int = 8  #: global batch (sequences per optimizer step, over all ranks)
-    micro_batch_size: int = 0  #: per rank per forward; 0: batch_size / world (no accumulation)
-    max_steps: int = 1000
-    stop_at: int = 0  #: stop (with a checkpoint) at this step; the schedule still ends at max_steps
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  #: clip the global gradient norm to this; 0: no clipping
-    seed: int = 0
-    # evaluation, checkpoints, logs
-    eval_every: int = 200
-    eval_batches: int = 8
-    ckpt_every: int = 500
-    keep: int = 2
-    out: str = "runs/jpeglm"
-    resume: bool = False  #: continue the run in OUT from its newest readable checkpoint
-    progress: bool = True
-    fsdp: bool = False  #: shard parameters (FSDP2 fully_shard) instead of DDP
-    activation_checkpoint: str = "none"  #: "none" | "full" | "selective" (recompute in backward)
-    init_from: str = ""  #: an HF folder: initial weights (and architecture); no optimizer state
-    export_dtype: str = "float32"  #: dtype of the HF export written into OUT/final
-    export_shard_size: int = 5 * 2**30  #: bytes per safetensors file of the export
-    tensorboard: bool = True  #: also log to OUT/tb when tensorboard is installed
-    peak_flops: float = 0.0  #: per-device peak FLOP/s for MFU; 0: by GPU name (none on CPU)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
-        """Read a TOML file and apply ``key=value`` overrides (values parsed as TOML)."""
-        raw: dict[str, Any] = {}
-        if path is not None:
-            p = Path(path)
-            if not p.is_file():
-                raise FileNotFoundError(f"no such config file: {p}")
-            if p.stat().st_size > 1 << 20:
-                raise ValueError(f"{p}: config file too large")
-            raw = tomllib.loads(p.read_text())
-        for o in overrides:
-            if "=" not in o:
-                raise ValueError(f"override {o!r} is not key=value")
-            k, v = o.split("=", 1)
-            try:
-                raw[k.strip()] = tomllib.loads(f"v = {v}")["v"]
-            except tomllib.TOMLDecodeError:
-                raw[k.strip()] = v  # a bare string
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
-        for k in ("train_data", "eval_data"):
-            if isinstance(raw.get(k), str):
-                raw[k] = [raw[k]]
-        cfg = cls(**raw)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def default_toml(cls) -> str:
-        """A complete config with every key at its default, one comment line each."""
-        help_lines = dict(
-            (line.split("=", 1)[0].strip(), line) for line in cls.keys_help().splitlines()
-        )
-        out = ["# jpeglm train config: every key at its default (`jpeglm train --help`)."]
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            comment = help_lines[f.name].split(")", 1)[-1].strip()
-            if comment:
-                out.append(f"# {comment}")
-            if default is None:
-                out.append(f"# {f.name} = (unset)")
-            elif isinstance(default, dict):
-                body = ", ".join(f"{k} = {json.dumps(v)}" for k, v in default.items())
-                out.append(f"{f.name} = {{{body}}}" if body else f"{f.name} = {{}}")
-            else:
-                out.append(f"{f.name} = {json.dumps(default)}")
-        return "\n".join(out) + "\n"
-
-    @classmethod
-    def keys_help(cls) -> str:
-        """Every key with its type, default and meaning (for ``--help``)."""
-        import inspect
-
-        comments: dict[str, str] = {}
-        for line in inspect.getsource(cls).splitlines():
-            line = line.strip()
-            if "#:" in line and ":" in line.split("#:")[0]:
-                comments[line.split(":", 1)[0].strip()] = line.split("#:", 1)[1].strip()
-        rows = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append(
-                f"  {f.name} = {json.dumps(default)}  ({f.type})  {comments.get(f.name, '')}"
-            )
-        return "\n".join(rows)
-
-    def validate(self) -> None:
-        """Check every field's type and range; ``ValueError`` naming the first bad one."""
-        from jpeglm.model import ACTIVATION_CHECKPOINT_MODES, CONFIGS, ModelArgs
-
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = str(f.type)
-            ok = {
-                "int": isinstance(value, int) and not isinstance(value, bool),
-                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-                "bool": isinstance(value, bool),
-                "str": isinstance(value, str),
-                "str | None": value is None or isinstance(value, str),
-                "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
-                "dict[str, Any]": isinstance(value, dict),
-            }[kind]
-            if not ok:
-                raise ValueError(f"{f.name} must be {_KIND_NAMES[kind]}, got {value!r}")
-            if kind == "float":
-                if not math.isfinite(value):
-                    raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-                setattr(self, f.name, float(value))
-        if not self.train_data:
-            raise ValueError("train_data: give at least one prepared shard folder")
-        if not self.tokenizer:
-            raise ValueError("tokenizer: give the tokenizer file the shards were made with")
-        for k in ("batch_size", "max_steps", "eval_every", "eval_batches", "ckpt_every", "keep",
-                  "export_shard_size"):  # fmt: skip
-            if getattr(self, k) <= 0:
-                raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
-        for k in ("micro_batch_size", "stop_at", "warmup_steps", "seed", "weight_decay",
-                  "min_lr", "grad_clip", "peak_flops"):  # fmt: skip
-            if getattr(self, k) < 0:
-                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(
-                f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps})"
-            )
-        for k in ("beta1", "beta2"):
-            if not 0 <= getattr(self, k) < 1:
-                raise ValueError(f"{k} must be in [0, 1), got {getattr(self, k)}")
-        if self.micro_batch_size > self.batch_size:
-            raise ValueError(
-                f"micro_batch_size ({self.micro_batch_size}) exceeds batch_size ({self.batch_size})"
-            )
-        if self.model not in CONFIGS:
-            raise ValueError(f"model must be one of {', '.join(CONFIGS)}, got {self.model!r}")
-        fields = {f.name for f in dataclasses.fields(ModelArgs)} - {"vocab_size", "max_seq_len"}
-        unknown = sorted(set(self.model_args) - fields)
-        if unknown:
-            raise ValueError(
-                f"model_args: unknown field(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(fields))}"
-            )
-        try:
-            ModelArgs.from_name(self.model, **self.model_args)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"model_args: {e}") from e
-        if self.backend not in (None, "auto", "torch", "triton"):
-            raise ValueError(f"backend must be auto, torch or triton, got {self.backend!r}")
-        if self.activation_checkpoint not in ACTIVATION_CHECKPOINT_MODES:
-            raise ValueError(
-                f"activation_checkpoint must be one of {', '.join(ACTIVATION_CHECKPOINT_MODES)}"
-            )
-        if self.export_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError("export_dtype must be float32, bfloat16 or float16")
-        if not self.out:
-            raise ValueError("out: give the run folder")
-
-
-_KIND_NAMES = {
-    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-    "str | None": "a string", "list[str]": "a list of strings (or one string)",
-    "dict[str, Any]": "a table of key = value",
-}  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at ``max_steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-# ------------------------------------------------------------------------------------------------
-
-
-def _setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world, device) -- from torchrun's environment, else one process. Multi-node
-    launches are plain torchrun (``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``):
-    only the environment it sets is read here."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            if local >= torch.cuda.device_count():
-                raise ValueError(
-                    f"local rank {local} but only {torch.cuda.device_count()} GPU(s) visible: "
-                    "start fewer processes per node (or CUDA_VISIBLE_DEVICES='' for CPU)"
-                )
-            torch.cuda.set_device(local)
-            return rank, world, torch.device("cuda", local)
-        return rank, world, torch.device("cpu")
-    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _batches(ds: ShardDataset, micro: int, start_epoch: int, skip: int):
-    """Endless micro-batches of (micro, seq_len) tokens; resumes at (epoch, skip sequences)."""
-    epoch = start_epoch
-    while True:
-        ds.set_epoch(epoch)
-        ds.start = skip
-        buf = []
-        for seq in ds:
-            buf.append(seq)
-            if len(buf) == micro:
-                yield epoch, torch.stack(buf)
-                buf = []
-        epoch, skip = epoch + 1, 0
-
-
-def targets_of(x: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    """Next-token targets of a batch of sequences; padding (the dataset's last, partial
-    sequence is padded by ``prepare``) is ignored by the loss (-100)."""
-    targets = x[:, 1:]
-    if pad_id is not None:
-        targets = targets.masked_fill(targets == pad_id, -100)
-    return targets
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "Interrupted",
+    "evaluate",
+    "main",
+    "peak_flops",
+    "resume",
+    "train",
+    # re-exported: the trainer's parts, importable from here as before
+    "TrainConfig",
+    "build_model",
+    "build_optimizer",
+    "check_memory",
+    "clip_grad_norm_",
+    "data_position",
+    "epoch_sequences",
+    "lr_at",
+    "targets_of",
+]
 
 
 @torch.no_grad()
-def evaluate(model, ds: ShardDataset, micro: int, n_batches: int, device, bytes_per_token: float,
-             autocast, pad_id: int | None = None) -> dict:  # fmt: skip
+def evaluate(model: torch.nn.Module, ds: ShardDataset, micro: int, n_batches: int,
+             device: torch.device, bytes_per_token: float, autocast: torch.autocast,
+             pad_id: int | None = None) -> dict:  # fmt: skip
     """Mean held-out loss over ``n_batches`` micro-batches per rank, averaged over ranks (every
     rank runs the same number of forwards, as FSDP's collectives need)."""
     model.eval()
@@ -324,113 +107,6 @@ def evaluate(model, ds: ShardDataset, micro: int, n_batches: int, device, bytes_
         t = t / dist.get_world_size()
     loss = float(t)
     return {"eval_loss": loss, "eval_bits_per_byte": loss / math.log(2) / bytes_per_token}
-
-
-# ------------------------------------------------------------------------------------------------
-# the parallelize step: one place that builds the model for 1 process, DDP or FSDP2
-
-
-def build_model(args: ModelArgs, cfg: TrainConfig, device: torch.device, world: int):
-    """The model, ready to train: built on the meta device (no memory), activation
-    checkpointing set, each block compiled (before sharding, as torchtitan does), sharded with
-    FSDP2 per block then the root (``fsdp=true``, bf16 compute / fp32 gradient reduction on
-    CUDA), materialised on ``device`` and initialised -- each rank drawing every full parameter
-    and keeping its slice, so the weights equal the unsharded model's for the same seed --
-    then wrapped in DDP where that is the strategy. Returns ``(model, forward_module)``."""
-    with torch.device("meta"):
-        model = Transformer(args, backend=cfg.backend)
-    model.set_activation_checkpointing(cfg.activation_checkpoint)
-    if cfg.compile:
-        for layer in model.layers:
-            layer.compile()
-    sharded = cfg.fsdp and world > 1
-    if sharded:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = MixedPrecisionPolicy()
-        if device.type == "cuda":
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for layer in model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-    model.to_empty(device=device)
-    torch.manual_seed(cfg.seed)
-    model.reset_parameters()
-    if cfg.init_from:
-        from jpeglm.checkpoint import load_hf_into
-
-        load_hf_into(cfg.init_from, model)
-    fwd = model
-    if world > 1 and not sharded:
-        fwd = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True,  # no second fp32 copy of every gradient in buckets
-        )
-    return model, fwd
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW over the model's (possibly sharded) parameters -- created after sharding, so it
-    holds the DTensors FSDP trains; weight decay on matrices only."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]  # matrices; not norms
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda",
-    )  # fmt: skip
-
-
-def clip_grad_norm_(model: torch.nn.Module, max_norm: float) -> float:
-    """Clip the gradients' global norm (sharded DTensor gradients included); returns it."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
-    if hasattr(total, "full_tensor"):  # a DTensor: the norm of every rank's shard together
-        total = total.full_tensor()
-    if max_norm > 0:  # 0: clipping off (the norm is still reported)
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return float(total)
-
-
-# ------------------------------------------------------------------------------------------------
-# data position: where the stream of sequences stands, in terms that survive a new world size
-
-
-def epoch_sequences(per_rank: int, micro: int, world: int) -> int:
-    """Sequences one epoch feeds the model over all ranks: each rank's share cut to whole
-    micro-batches (``_batches`` drops the rest)."""
-    return per_rank // micro * micro * world
-
-
-def data_position(state: dict, cfg: TrainConfig, per_rank: int, micro: int, world: int) -> dict:
-    """``(epoch, skip)`` for this rank after the checkpointed step. Step ``s`` consumes the
-    global sequences ``[s B, (s+1) B)`` of the epoch order whatever the world size (rank ``r``
-    takes every world-th one), so a checkpoint resumes exactly on another world size when the
-    global batch is the same, an epoch holds as many sequences, and the position in the epoch
-    is a whole number of micro-batches on every rank. Otherwise: ``ValueError``, one line."""
-    e_new = epoch_sequences(per_rank, micro, world)
-    if state["batch_size"] != cfg.batch_size:
-        raise ValueError(
-            f"cannot resume: the checkpoint was trained with batch_size {state['batch_size']}, "
-            f"the config says {cfg.batch_size}"
-        )
-    if state["epoch_sequences"] != e_new:
-        raise ValueError(
-            f"cannot resume exactly on {world} rank(s) with micro_batch_size {micro}: an epoch "
-            f"would hold {e_new} sequences instead of {state['epoch_sequences']}; resume with "
-            f"{state['world']} rank(s) and micro_batch_size {state['micro_batch_size']}"
-        )
-    consumed = state["step"] * cfg.batch_size
-    epoch, offset = divmod(consumed, e_new)
-    if offset % (world * micro):
-        raise ValueError(
-            f"cannot resume exactly on {world} rank(s) with micro_batch_size {micro}: step "
-            f"{state['step']} ends mid-micro-batch; resume with {state['world']} rank(s)"
-        )
-    return {"epoch": epoch, "skip": offset // world}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -491,57 +167,6 @@ class _Stop:
         return flag
 
 
-def _check_shards(folders: list[str], fingerprint: str, tokenizer: str, key: str) -> int:
-    """Every folder prepared with ``tokenizer`` and one sequence length; returns it."""
-    lengths = {}
-    for f in folders:
-        config = read_index(f)["config"]
-        if config.get("tokenizer") != fingerprint:
-            raise ValueError(f"{key}: {f} was prepared with another tokenizer than {tokenizer}")
-        lengths[f] = int(config.get("seq_len", 0))
-    if len(set(lengths.values())) > 1:
-        detail = ", ".join(f"{f}: {n}" for f, n in lengths.items())
-        raise ValueError(f"{key}: the folders have different sequence lengths ({detail})")
-    return next(iter(lengths.values()))
-
-
-def _available_memory(device: torch.device) -> tuple[float, str]:
-    """(bytes this process may use, what they are) on ``device``."""
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        return float(total), f"{torch.cuda.get_device_name(device)} memory"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024, "available RAM"
-    except OSError:
-        pass
-    return math.inf, "RAM"
-
-
-def check_memory(args: ModelArgs, cfg: TrainConfig, device: torch.device, world: int) -> None:
-    """Refuse up front a model whose fp32 weights, gradients and AdamW state alone (16 bytes
-    per parameter, divided over the ranks under FSDP) cannot fit this device's memory -- a
-    lower bound: activations come on top (``jpeglm plan`` gives the full picture)."""
-    from jpeglm.plan import param_counts
-
-    total = param_counts(args)[0]
-    shards = world if cfg.fsdp and world > 1 else 1
-    need = 16.0 * total / shards
-    procs = 1
-    if device.type == "cpu":  # the processes of this node share its RAM
-        procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    have, what = _available_memory(device)
-    if need * procs > have:
-        gib = 2.0**30
-        raise ValueError(
-            f"model {cfg.model} ({total / 1e9:.2f}B parameters) needs at least "
-            f"{need * procs / gib:.1f} GiB for weights, gradients and AdamW state "
-            f"({procs} process(es) here) but {what} is {have / gib:.1f} GiB: use fsdp=true over "
-            "more GPUs or a smaller model (`jpeglm plan` shows what fits)"
-        )
-
-
 def _run_id(rank: int) -> str:
     """A fresh run's id, the same on every rank (rank 0's, broadcast)."""
     import uuid
@@ -552,7 +177,13 @@ def _run_id(rank: int) -> str:
     return ids[0]
 
 
-def resume(checkpoints: list[Path], model, opt, args: ModelArgs, rank: int) -> dict:
+def resume(
+    checkpoints: list[Path],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    args: ModelArgs,
+    rank: int,
+) -> dict:
     """Load the newest readable checkpoint; an unreadable newest one is reported and the one
     before it taken (every rank reads the same files, and DCP fails on all ranks together)."""
     from jpeglm import checkpoint as ckpt
@@ -620,7 +251,7 @@ def train(cfg: TrainConfig) -> dict:
     from jpeglm.data import tokenizer_fingerprint
     from jpeglm.tokenizer import Tokenizer
 
-    rank, world, device = _setup_distributed()
+    rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -629,9 +260,9 @@ def train(cfg: TrainConfig) -> dict:
     tok = Tokenizer.load(cfg.tokenizer)
     fingerprint = tokenizer_fingerprint(tok)
     index = read_index(cfg.train_data[0])
-    seq_len = _check_shards(cfg.train_data, fingerprint, cfg.tokenizer, "train_data")
+    seq_len = check_shards(cfg.train_data, fingerprint, cfg.tokenizer, "train_data")
     if cfg.eval_data:
-        eval_len = _check_shards(cfg.eval_data, fingerprint, cfg.tokenizer, "eval_data")
+        eval_len = check_shards(cfg.eval_data, fingerprint, cfg.tokenizer, "eval_data")
         if eval_len > seq_len:
             raise ValueError(
                 f"eval_data has sequences of {eval_len} tokens, longer than the model's context "
@@ -704,7 +335,7 @@ def train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         log = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed at the end
         writer = _tensorboard(out, cfg)
-    batches = _batches(train_ds, micro, epoch, skip)
+    batches = micro_batches(train_ds, micro, epoch, skip)
     flops_per_token = model.flops_per_token(seq_len - 1)  # causal attention counted as half
     peak = peak_flops(device, cfg.peak_flops)
     bar = tqdm(

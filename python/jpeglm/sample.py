@@ -140,7 +140,7 @@ def prepare_for_sampling(model, dtype: str = "fp32") -> None:
     (:meth:`jpeglm.model.Transformer.prepare_inference`). Cheap when already prepared in that
     format with unchanged parameters. Training and checkpoints are unaffected."""
     inf = getattr(model, "inference", None)
-    if inf is not None and inf["dtype"] == dtype and inf["key"] == model._param_key():
+    if inf is not None and inf["dtype"] == dtype and inf["key"] == model.param_key():
         return
     model.prepare_inference(dtype)
 

@@ -194,7 +194,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
         d.text((4, r * (grid.shape[0] // len(labels)) + 40), text, fill=(0, 0, 0))
     write_png(out / "samples_grid.png", canvas)
     report = {
-        "checkpoint": str(DEMO_CHECKPOINT),
+        "checkpoint": DEMO_CHECKPOINT.relative_to(Path(__file__).parents[1]).as_posix(),
         "parameters": model.num_params(),
         "samples": n,
         "decodable_constrained": sum(s.clean for s in gen) / n,

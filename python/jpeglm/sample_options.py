@@ -34,54 +34,6 @@ def positive_int(name: str, value: object, optional: bool = False) -> int | None
     return int(value)  # type: ignore[arg-type]
 
 
-def _check(
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    max_tokens: int | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    constrained: bool = True,
-    compile: bool = False,
-    dtype: str = "fp32",
-    jump_forward: bool = True,
-) -> tuple[float, int | None, float | None, int | None, int | None, int | None]:
-    """Refuse a bad sampling option with one ``ValueError`` line naming it, before any work;
-    returns the options as plain Python numbers."""
-    real = (int, float, np.integer, np.floating)
-    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, real):
-        raise ValueError(f"temperature must be a number >= 0, got {show(temperature)}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and (not is_int(top_k) or top_k < 0):
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off) or None, got {show(top_k)}")
-    if top_p is not None:
-        if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, real):
-            raise ValueError(f"top_p must be a number in (0, 1] or None, got {show(top_p)}")
-        if not 0 < top_p <= 1:  # NaN fails too
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    max_tokens = positive_int("max_tokens", max_tokens, optional=True)
-    batch_size = positive_int("batch_size", batch_size, optional=True)
-    if seed is not None and (not is_int(seed) or not -(2**63) <= seed < 2**64):
-        raise ValueError(
-            f"seed must be an integer in -2**63 .. 2**64 - 1 or None, got {show(seed)}"
-        )
-    flags = (("constrained", constrained), ("compile", compile), ("jump_forward", jump_forward))
-    for name, value in flags:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {show(value)}")
-    if not isinstance(dtype, str) or dtype not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {show(dtype)}")
-    return (
-        float(temperature),
-        None if top_k is None else int(top_k),
-        None if top_p is None else float(top_p),
-        max_tokens,
-        None if seed is None else int(seed),
-        batch_size,
-    )
-
-
 @dataclass(frozen=True)
 class SamplingSettings:
     """The sampling options of :func:`generate`, :func:`complete` and
@@ -100,15 +52,49 @@ class SamplingSettings:
     jump_forward: bool = True
 
     def __post_init__(self) -> None:
-        checked = _check(
-            self.temperature, self.top_k, self.top_p, self.max_tokens, self.seed,
-            self.batch_size, self.constrained, self.compile, self.dtype, self.jump_forward,
-        )  # fmt: skip
-        names = ("temperature", "top_k", "top_p", "max_tokens", "seed", "batch_size")
-        for name, value in zip(names, checked):
+        """Refuse a bad option with one ``ValueError`` line naming it, before any work."""
+        temperature, top_k, top_p = self.temperature, self.top_k, self.top_p
+        max_tokens, seed, batch_size = self.max_tokens, self.seed, self.batch_size
+        dtype = self.dtype
+        constrained, compile, jump_forward = self.constrained, self.compile, self.jump_forward
+        real = (int, float, np.integer, np.floating)
+        if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, real):
+            raise ValueError(f"temperature must be a number >= 0, got {show(temperature)}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
+        if top_k is not None and (not is_int(top_k) or top_k < 0):
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off) or None, got {show(top_k)}")
+        if top_p is not None:
+            if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, real):
+                raise ValueError(f"top_p must be a number in (0, 1] or None, got {show(top_p)}")
+            if not 0 < top_p <= 1:  # NaN fails too
+                raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        max_tokens = positive_int("max_tokens", max_tokens, optional=True)
+        batch_size = positive_int("batch_size", batch_size, optional=True)
+        if seed is not None and (not is_int(seed) or not -(2**63) <= seed < 2**64):
+            raise ValueError(
+                f"seed must be an integer in -2**63 .. 2**64 - 1 or None, got {show(seed)}"
+            )
+        flags = (("constrained", constrained), ("compile", compile), ("jump_forward", jump_forward))
+        for name, value in flags:
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {show(value)}")
+        if not isinstance(dtype, str) or dtype not in INFERENCE_DTYPES:
+            allowed = ", ".join(INFERENCE_DTYPES)
+            raise ValueError(f"dtype must be one of {allowed}, got {show(dtype)}")
+        plain = {
+            "temperature": float(temperature),
+            "top_k": None if top_k is None else int(top_k),
+            "top_p": None if top_p is None else float(top_p),
+            "max_tokens": max_tokens,
+            "seed": None if seed is None else int(seed),
+            "batch_size": batch_size,
+            "constrained": bool(constrained),
+            "compile": bool(compile),
+            "jump_forward": bool(jump_forward),
+        }
+        for name, value in plain.items():
             object.__setattr__(self, name, value)
-        for name in ("constrained", "compile", "jump_forward"):
-            object.__setattr__(self, name, bool(getattr(self, name)))
 
 
 def check_device(device: str | torch.device | int) -> torch.device:

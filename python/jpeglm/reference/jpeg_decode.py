@@ -24,6 +24,7 @@ from jpeglm.reference.jpeg_encode import (
     ZIGZAG,
     _descale,
     dct_matrix,
+    islow_odd_part,
     quant_table,
 )
 
@@ -117,17 +118,7 @@ def _idct_1d(d: list[np.ndarray], shift: int) -> list[np.ndarray]:
     tmp10, tmp13 = tmp0 + tmp3, tmp0 - tmp3
     tmp11, tmp12 = tmp1 + tmp2, tmp1 - tmp2
     t0, t1, t2, t3 = d[7], d[5], d[3], d[1]
-    z1, z2, z3, z4 = t0 + t3, t1 + t2, t0 + t2, t1 + t3
-    z5 = (z3 + z4) * _F["1_175875602"]
-    t0 = t0 * _F["0_298631336"]
-    t1 = t1 * _F["2_053119869"]
-    t2 = t2 * _F["3_072711026"]
-    t3 = t3 * _F["1_501321110"]
-    z1 = z1 * -_F["0_899976223"]
-    z2 = z2 * -_F["2_562915447"]
-    z3 = z3 * -_F["1_961570560"] + z5
-    z4 = z4 * -_F["0_390180644"] + z5
-    t0, t1, t2, t3 = t0 + z1 + z3, t1 + z2 + z4, t2 + z2 + z3, t3 + z1 + z4
+    t0, t1, t2, t3 = islow_odd_part(t0, t1, t2, t3)
     return [
         _descale(tmp10 + t3, shift), _descale(tmp11 + t2, shift),
         _descale(tmp12 + t1, shift), _descale(tmp13 + t0, shift),

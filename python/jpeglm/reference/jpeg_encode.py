@@ -221,21 +221,27 @@ def _fdct_1d(d: list[np.ndarray], pass1: bool) -> list[np.ndarray]:
     out[2] = _descale(z1 + tmp13 * _F["0_765366865"], shift)
     out[6] = _descale(z1 - tmp12 * _F["1_847759065"], shift)
     # Odd part.
-    z1, z2, z3, z4 = tmp4 + tmp7, tmp5 + tmp6, tmp4 + tmp6, tmp5 + tmp7
+    odd = islow_odd_part(tmp4, tmp5, tmp6, tmp7)
+    out[7], out[5], out[3], out[1] = (_descale(v, shift) for v in odd)
+    return out
+
+
+def islow_odd_part(t0: np.ndarray, t1: np.ndarray, t2: np.ndarray, t3: np.ndarray) -> tuple:
+    """The odd part of libjpeg's islow (Loeffler-Ligtenberg-Moschytz) DCT, which its forward
+    and inverse transforms share: four rotations in 13-bit fixed point. The forward DCT gives
+    it the differences of mirrored samples (outputs 7, 5, 3, 1); the inverse gives it the odd
+    coefficients 7, 5, 3, 1 (outputs to be added to / subtracted from the even part)."""
+    z1, z2, z3, z4 = t0 + t3, t1 + t2, t0 + t2, t1 + t3
     z5 = (z3 + z4) * _F["1_175875602"]
-    tmp4 = tmp4 * _F["0_298631336"]
-    tmp5 = tmp5 * _F["2_053119869"]
-    tmp6 = tmp6 * _F["3_072711026"]
-    tmp7 = tmp7 * _F["1_501321110"]
+    t0 = t0 * _F["0_298631336"]
+    t1 = t1 * _F["2_053119869"]
+    t2 = t2 * _F["3_072711026"]
+    t3 = t3 * _F["1_501321110"]
     z1 = z1 * -_F["0_899976223"]
     z2 = z2 * -_F["2_562915447"]
     z3 = z3 * -_F["1_961570560"] + z5
     z4 = z4 * -_F["0_390180644"] + z5
-    out[7] = _descale(tmp4 + z1 + z3, shift)
-    out[5] = _descale(tmp5 + z2 + z4, shift)
-    out[3] = _descale(tmp6 + z2 + z3, shift)
-    out[1] = _descale(tmp7 + z1 + z4, shift)
-    return out
+    return t0 + z1 + z3, t1 + z2 + z4, t2 + z2 + z3, t3 + z1 + z4
 
 
 def fdct_islow(blocks: np.ndarray) -> np.ndarray:

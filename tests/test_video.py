@@ -194,6 +194,26 @@ def test_ffmpeg_command_line_agrees(clip, stream):
         assert a.shape == b.shape and (mse == 0 or 10 * np.log10(255**2 / mse) > 30)
 
 
+def test_clip_scores_against_the_repeat_last_frame_baseline(clip):
+    from jpeglm.video_eval import clip_scores, repeat_last_frame_baseline
+
+    frames = video.decode(video.encode(clip))
+    base = repeat_last_frame_baseline(frames, 10)
+    assert (base[10:] == frames[9]).all() and (base[:10] == frames[:10]).all()
+    exact = clip_scores([frames], [frames], 10)
+    assert exact["psnr"] == 100.0 and exact["ssim"] == pytest.approx(1.0)
+    assert exact["scored_frames"] == len(frames) - 10
+    assert exact["baseline_psnr"] < 100 and exact["baseline_ssim"] < 1  # the digits move
+    same = clip_scores([frames], [base], 10)  # generating the baseline scores as the baseline
+    assert same["psnr"] == same["baseline_psnr"] and same["ssim"] == same["baseline_ssim"]
+    grey = clip_scores([frames], [np.full_like(frames, 128)], 10)
+    assert grey["psnr"] < same["psnr"]
+    with pytest.raises(ValueError):
+        clip_scores([frames], [frames[:5]], 3)
+    with pytest.raises(ValueError):
+        repeat_last_frame_baseline(frames, 0)
+
+
 def test_moving_mnist_clips():
     a = samples.moving_mnist(3, frames=15, size=64, seed=1)
     assert a.shape == (3, 15, 64, 64) and a.dtype == np.uint8
@@ -255,3 +275,11 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     assert got[0].valid_frames >= 3  # the prompt's frames at least
     np.testing.assert_array_equal(got[0].frames[:3], video.decode(streams[1])[:3])
     assert got[0].data.startswith(video.prompt_stream(streams[1], 3))
+    # eval: generated frames against the held-out ones, beside repeat-the-last-frame
+    from jpeglm.video_eval import evaluate_clip_completion
+
+    res = evaluate_clip_completion(loaded.model, loaded.tokenizer, [streams[1], streams[2]],
+                                   frames=3, total_frames=6, max_tokens=200, seed=0)  # fmt: skip
+    assert res["clips"] == 2 and res["scored_frames"] == 6 and res["prompt_frames"] == 3
+    assert 0 <= res["valid_generated_frames"] <= 1 and -1 <= res["ssim"] <= 1
+    assert 0 < res["baseline_psnr"] < 100 and list(res["per_frame_psnr"]) == [3, 4, 5]

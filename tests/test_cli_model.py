@@ -68,8 +68,8 @@ def test_complete_and_eval(official_dir, tmp_path, capsys):
     judged = json.loads((out / "results.json").read_text())["judge"]
     assert judged["samples"]["n"] == 4 and 0 <= judged["samples"]["share"] <= 1
     assert judged["held_out_digits"]["share"] >= 0.8 > 0.05 >= judged["non_digits_jpeg"]["share"]
-    bad = ["eval", "--model", str(official_dir), "--size", "16", "--judge", "2", "-o",
-           str(tmp_path / "k"), *imgs]  # fmt: skip
+    bad = ["eval", "--model", str(official_dir), "--size", "16", "--rows", "0", "--judge", "2",
+           "-o", str(tmp_path / "k"), *imgs]  # fmt: skip
     assert main(bad) == 2  # a 16x16 model is no digit model: refused before any work
     assert "--judge needs a 32x32" in capsys.readouterr().err
 

@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from PIL import Image
 
 av = pytest.importorskip("av")
 
@@ -283,3 +284,21 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     assert res["clips"] == 2 and res["scored_frames"] == 6 and res["prompt_frames"] == 3
     assert 0 <= res["valid_generated_frames"] <= 1 and -1 <= res["ssim"] <= 1
     assert 0 < res["baseline_psnr"] < 100 and list(res["per_frame_psnr"]) == [3, 4, 5]
+    # the CLI: sample / complete / eval know a video model from its record
+    from jpeglm.cli import main
+
+    model = ["--model", str(out), "--max-tokens", "200", "--seed", "0"]
+    assert main(["sample", *model, "-o", str(tmp_path / "s"), "-n", "2"]) == 0
+    for i in range(2):
+        strip = np.asarray(Image.open(tmp_path / "s" / f"sample_{i:03d}.png"))
+        assert strip.shape == (32, 32 * 6, 3)  # the clip's 6 frames side by side
+        assert (tmp_path / "s" / f"sample_{i:03d}.h264").stat().st_size > 0
+    held = [str(clips_dir / "001.npy"), str(clips_dir / "002.npy")]
+    assert main(["complete", *model, "--frames", "3", "-o", str(tmp_path / "c"), *held]) == 0
+    done = (tmp_path / "c" / "001.h264").read_bytes()
+    assert done.startswith(video.prompt_stream(streams[1], 3))
+    assert main(["eval", *model, "--frames", "3", "-o", str(tmp_path / "e"), *held]) == 0
+    res = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert res["clips"] == 2 and res["scored_frames"] == 6 and res["held_out"]["bits_per_byte"] > 0
+    assert main(["eval", *model, "--frames", "6", "-o", str(tmp_path / "f"), *held]) == 2
+    assert main(["sample", *model, "--size", "32", "-o", str(tmp_path / "g")]) == 2

@@ -210,12 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(co)
     co.add_argument("images", nargs="+")
     co.add_argument("--rows", type=int, default=8)
+    co.add_argument("--frames", type=int, default=None,
+                    help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
     co.set_defaults(func=cmd_complete)
 
     ev = sub.add_parser("eval", help="bits/byte, decodability, completion PSNR/SSIM, grid")
     sampling(ev)
     ev.add_argument("images", nargs="+")
     ev.add_argument("--rows", type=int, default=8)
+    ev.add_argument("--frames", type=int, default=None,
+                    help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
     ev.add_argument("--judge", type=int, default=0, metavar="N",
                     help="also sample N images and judge them with the digit classifier "
                     "(32x32 digit models)")  # fmt: skip

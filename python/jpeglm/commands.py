@@ -106,7 +106,7 @@ def distinct_names(paths: Sequence[Path], suffix: str) -> list[str]:
 # encode / decode
 
 
-def _existing_files(items: Sequence[str], what: str) -> list[Path]:
+def existing_files(items: Sequence[str], what: str) -> list[Path]:
     paths = [Path(x) for x in items]
     for p in paths:
         if not p.is_file():
@@ -157,7 +157,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from jpeglm import codec
 
     _check_codec_options(args)
-    paths = _image_paths(args.images)
+    paths = image_paths(args.images)
     suffix = ".jpg" if args.full else stream_suffix(args.quality)
     targets = plan_outputs(args.out, distinct_names(paths, suffix), paths)
     for p, dst in zip(paths, targets):
@@ -175,7 +175,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     from jpeglm import codec
 
-    paths = _existing_files(args.streams, "file")
+    paths = existing_files(args.streams, "file")
     qualities = [stream_quality(p, args.quality) for p in paths]
     _check_codec_options(argparse.Namespace(quality=qualities[0] if qualities else 25))
     names = distinct_names([Path(_stem(p) + ".jlm") for p in paths], ".png")
@@ -217,7 +217,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from jpeglm.tokenizer import Tokenizer
 
     _check_codec_options(args)
-    paths = _image_paths(args.images)
+    paths = image_paths(args.images)
     dst = plan_output_file(args.out, paths)
     kept, images, skipped = data.load_images(paths, size=args.size)  # unreadable ones skipped
     for rec in skipped:
@@ -237,7 +237,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
     _check_codec_options(args)
     tok = _load_tokenizer(Path(args.tokenizer))
-    for src in _image_paths(args.images):
+    for src in image_paths(args.images):
         try:
             stream = codec.encode(src, quality=args.quality, size=args.size)
         except ValueError as e:
@@ -249,7 +249,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_paths(items: Sequence[str]) -> list[Path]:
+def image_paths(items: Sequence[str]) -> list[Path]:
     """The images the arguments name (files, and folders searched recursively): the one
     lister of :func:`jpeglm.data.list_images`, shared with prepare. A missing path, a named
     file that is not an image, or a folder without images is one line and exit 2."""
@@ -265,7 +265,7 @@ def _image_paths(items: Sequence[str]) -> list[Path]:
     return paths
 
 
-def _check_temperature(t: float) -> None:
+def check_temperature(t: float) -> None:
     """``--temperature`` (the demo's and the model commands') is finite and not negative."""
     if not (math.isfinite(t) and t >= 0):
         raise UserError(f"--temperature must be a finite number >= 0 (0: greedy), got {t}")
@@ -347,7 +347,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from jpeglm import demo
 
     _check_codec_options(args)
-    _check_temperature(args.temperature)
+    check_temperature(args.temperature)
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
     plan_outputs(args.out, demo.output_names(args.codec_only), demo.inputs())
@@ -375,7 +375,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from jpeglm.reference.explain import explain
 
     _check_codec_options(args)
-    (src,) = _existing_files([args.image], "image file")
+    (src,) = existing_files([args.image], "image file")
     plan_outputs(args.out, EXPLAIN_FILES, [src])
     page = explain(src, args.out, quality=args.quality, size=args.size)
     print(f"wrote {show(page)} and its pictures")

@@ -107,22 +107,28 @@ def _read_image(read, size: int, fast: bool) -> np.ndarray | str:
         return f"{type(e).__name__}: {e}"
 
 
-def _read_clip(read, name: str, video: dict) -> bytes | str:
-    """The canonical H.264 stream (:mod:`jpeglm.video`) of one clip source, or why not."""
+def clip_stream(data: bytes, name: str, video: dict) -> bytes:
+    """The canonical H.264 stream (:mod:`jpeglm.video`) of one clip source: ``data`` is a
+    video file's bytes or an ``.npy`` of ``(T, H, W[, 3])`` uint8 frames (``name`` tells),
+    ``video`` the settings ``prepare --video`` records (fps, seconds, width, height, qp)."""
     from jpeglm import video as vid
 
+    kw = {k: video[k] for k in ("fps", "seconds", "width", "height")}
+    if name.lower().endswith(".npy"):
+        frames = np.load(io.BytesIO(data), allow_pickle=False)
+        if frames.dtype != np.uint8 or frames.ndim not in (3, 4):
+            raise ValueError(f"expected (T, H, W[, 3]) uint8 frames, got {frames.dtype} "
+                             f"{frames.shape}")  # fmt: skip
+        clip = vid.prepare(list(frames), **kw)
+    else:
+        clip = vid.prepare(data, **kw)
+    return vid.encode(clip, qp=video["qp"], fps=int(video["fps"]))
+
+
+def _read_clip(read, name: str, video: dict) -> bytes | str:
+    """:func:`clip_stream` of one source, or why not."""
     try:
-        data = read()
-        kw = {k: video[k] for k in ("fps", "seconds", "width", "height")}
-        if name.lower().endswith(".npy"):
-            frames = np.load(io.BytesIO(data), allow_pickle=False)
-            if frames.dtype != np.uint8 or frames.ndim not in (3, 4):
-                raise ValueError(f"expected (T, H, W[, 3]) uint8 frames, got {frames.dtype} "
-                                 f"{frames.shape}")  # fmt: skip
-            clip = vid.prepare(list(frames), **kw)
-        else:
-            clip = vid.prepare(data, **kw)
-        return vid.encode(clip, qp=video["qp"], fps=int(video["fps"]))
+        return clip_stream(read(), name, video)
     except Exception as e:  # noqa: BLE001 - any unreadable clip is skipped
         return f"{type(e).__name__}: {e}"
 

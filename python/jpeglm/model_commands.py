@@ -15,12 +15,14 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from jpeglm import video_commands
 from jpeglm._io import atomic_write_bytes, show, write_png
 from jpeglm.commands import (
     UserError,
-    _check_temperature,
-    _image_paths,
+    check_temperature,
     distinct_names,
+    existing_files,
+    image_paths,
     plan_outputs,
 )
 
@@ -74,7 +76,7 @@ def _check_sampling(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.temperature is not None:
-        _check_temperature(args.temperature)
+        check_temperature(args.temperature)
     if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.top_k is not None and args.top_k < 0:
@@ -112,12 +114,23 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     return folder, tok, info
 
 
+def _model_info(args: argparse.Namespace) -> dict:
+    """The model's record (jpeglm.json), the options checked first: what kind of model it is
+    decides the outputs' names."""
+    _check_sampling(args)
+    return _model_files(args)[2]
+
+
 def _apply_model_defaults(args: argparse.Namespace, info: dict) -> None:
     """Options not given on the command line come from the model's own record."""
-    if args.size is None:
-        args.size = int(info["image_size"])
-    if args.quality is None:
-        args.quality = int(info["quality"])
+    if info.get("kind") == "video":  # clips: their settings are the record's "video"
+        if args.size is not None:
+            raise UserError("--size is for image models; a video model's clip size is fixed")
+    else:
+        if args.size is None:
+            args.size = int(info["image_size"])
+        if args.quality is None:
+            args.quality = int(info["quality"])
     rec = info.get("sampling") or {}
     for opt, key, fallback in (("temperature", "temperature", 1.0), ("top_k", "top_k", 50),
                                ("top_p", "top_p", 0.9)):  # fmt: skip
@@ -146,7 +159,8 @@ def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
 
     try:
         loaded = checkpoint.load_model(folder, device=args.device, tokenizer=tok_path)
-        checkpoint.check_context(loaded, args.size, args.quality)
+        if loaded.info.get("kind") != "video":
+            checkpoint.check_context(loaded, args.size, args.quality)
     except (ValueError, OSError) as e:
         raise UserError(f"{show(folder)}: {e}") from e
     return loaded.model, loaded.tokenizer
@@ -192,6 +206,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from jpeglm.sample import generate
 
     stems = _sample_stems("sample_", max(args.n, 0))
+    info = _model_info(args)
+    if video_commands.is_video(info):
+        folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems))
+        video_commands.sample(args, *_load_model(folder, tok_path, args), info, stems)
+        return 0
     folder, tok_path = _plan_model_outputs(args, _files_of(stems))
     model, tok = _load_model(folder, tok_path, args)
     out = generate(model, tok, n=args.n, **_sampling_kwargs(args))
@@ -204,7 +223,14 @@ def cmd_complete(args: argparse.Namespace) -> int:
     (equal names numbered as everywhere: ``photo-1.png``)."""
     from jpeglm.sample import complete
 
-    images = _image_paths(args.images)
+    info = _model_info(args)
+    if video_commands.is_video(info):  # clips: video files or .npy frames
+        clips = existing_files(args.images, "clip")
+        stems = [n.removesuffix(".png") for n in distinct_names(clips, ".png")]
+        folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems), clips)
+        video_commands.complete(args, *_load_model(folder, tok_path, args), info, clips, stems)
+        return 0
+    images = image_paths(args.images)
     stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
     folder, tok_path = _plan_model_outputs(args, _files_of(stems), images)
     model, tok = _load_model(folder, tok_path, args)
@@ -217,9 +243,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jpeglm import codec
     from jpeglm.eval import bits_per_byte, evaluate_completion
 
+    info = _model_info(args)
+    if video_commands.is_video(info):
+        clips = existing_files(args.images, "clip")
+        folder, tok_path = _plan_model_outputs(args, ["results.json"], clips)
+        video_commands.evaluate(args, *_load_model(folder, tok_path, args), info, clips)
+        return 0
     if args.judge and args.size != 32:
         raise UserError(f"--judge needs a 32x32 digit model (--size 32), not {args.size}")
-    paths = _image_paths(args.images)
+    paths = image_paths(args.images)
     folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], paths)
     model, tok = _load_model(folder, tok_path, args)
     kw = _sampling_kwargs(args)

@@ -404,7 +404,6 @@ class Transformer(nn.Module):
         """Changes whenever a parameter is replaced, modified in place or cast."""
         return inference_weights.param_key(self)
 
-
     # -- forward
 
     def forward(

@@ -207,19 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     sa.set_defaults(func=cmd_sample)
 
     co = sub.add_parser("complete", help="complete images from their first rows of MCUs")
-    sampling(co)
-    co.add_argument("images", nargs="+")
-    co.add_argument("--rows", type=int, default=8)
-    co.add_argument("--frames", type=int, default=None,
-                    help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
-    co.set_defaults(func=cmd_complete)
-
     ev = sub.add_parser("eval", help="bits/byte, decodability, completion PSNR/SSIM, grid")
-    sampling(ev)
-    ev.add_argument("images", nargs="+")
-    ev.add_argument("--rows", type=int, default=8)
-    ev.add_argument("--frames", type=int, default=None,
-                    help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
+    for sp in (co, ev):  # both complete prompts: the first rows of images / frames of clips
+        sampling(sp)
+        sp.add_argument("images", nargs="+")
+        sp.add_argument("--rows", type=int, default=8)
+        sp.add_argument("--frames", type=int, default=None,
+                        help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
+    co.set_defaults(func=cmd_complete)
     ev.add_argument("--judge", type=int, default=0, metavar="N",
                     help="also sample N images and judge them with the digit classifier "
                     "(32x32 digit models)")  # fmt: skip

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from jpeglm import _io
-from jpeglm.backends import Backend
 from jpeglm.checkpoint_files import (
     CHECKPOINT_STATE,
     DEFAULT_SHARD_SIZE,
@@ -52,11 +51,9 @@ __all__ = [
     "hf_names",
     "load_hf_into",
     "load_hf_state",
-    "load_pretrained",
     "safetensors_files",
     "save_hf",
     "save_hf_files",
-    "save_pretrained",
 ]
 
 # ------------------------------------------------------------------- config.json <-> ModelArgs
@@ -500,17 +497,17 @@ def save_hf(
     args: ModelArgs,
     state: dict[str, torch.Tensor],
     *,
-    dtype: torch.dtype | None = None,
-    max_shard_size: int = DEFAULT_SHARD_SIZE,
     tokenizer: str | os.PathLike | None = None,
     metadata: dict[str, Any] | None = None,
     replace: bool = False,
+    **files: Any,
 ) -> Path:
     """Write a whole HF folder atomically: built as a hidden sibling, then renamed into place.
 
     ``tokenizer`` (a tokenizer file) is copied in as ``tokenizer.jpeglm``; ``metadata`` is
     written as ``jpeglm.json`` and its ``bos_id`` / ``eos_id`` go into ``config.json``. An
     existing ``folder`` is refused unless ``replace`` (then it must be an HF folder itself).
+    ``files``: :func:`save_hf_files`' options (``dtype``, ``max_shard_size``).
     """
     folder = Path(folder)
     if folder.exists():
@@ -525,8 +522,7 @@ def save_hf(
         extra = {}
         if metadata:
             extra = {k: metadata[k] for k in ("bos_token_id", "eos_token_id") if k in metadata}
-        save_hf_files(tmp, args, state, dtype=dtype, max_shard_size=max_shard_size,
-                      extra_config=extra)  # fmt: skip
+        save_hf_files(tmp, args, state, extra_config=extra, **files)
         if tokenizer is not None:
             _io.atomic_write_bytes(tmp / TOKENIZER_FILE, Path(tokenizer).read_bytes())
         if metadata is not None:
@@ -536,45 +532,3 @@ def save_hf(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-# ------------------------------------------------------------------- Transformer <-> HF folder
-
-
-def load_pretrained(
-    path: str | os.PathLike,
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-    backend: str | Backend | None = None,
-    vocab_size: int | None = None,
-) -> Transformer:
-    """:meth:`Transformer.from_pretrained <jpeglm.model.Transformer.from_pretrained>`: the
-    model of an HF folder, in ``dtype`` (default: the stored one) on ``device``."""
-    args, state = load_hf_state(path, device=device, vocab_size=vocab_size)
-    with torch.device("meta"):
-        model = Transformer(args, backend=backend)
-    dtype = dtype or state["tok_embeddings.weight"].dtype
-    state = {k: v.to(dtype) for k, v in state.items()}
-    if args.tie_embeddings:
-        state["output.weight"] = state["tok_embeddings.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if args.tie_embeddings:
-        model.output.weight = model.tok_embeddings.weight
-    model.rope.reset(device)  # the tables were built on meta
-    return model
-
-
-def save_pretrained(
-    model: Transformer,
-    path: str | os.PathLike,
-    *,
-    dtype: torch.dtype | None = None,
-    max_shard_size: int = DEFAULT_SHARD_SIZE,
-    extra_config: dict[str, Any] | None = None,
-) -> None:
-    """:meth:`Transformer.save_pretrained <jpeglm.model.Transformer.save_pretrained>`: the
-    model's weights and ``config.json`` into ``path`` (see :func:`save_hf_files`)."""
-    state = dict(model.named_parameters(remove_duplicate=False))
-    save_hf_files(path, model.args, state, dtype=dtype or model.output.weight.dtype,
-                  max_shard_size=max_shard_size, extra_config=extra_config)  # fmt: skip

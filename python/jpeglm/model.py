@@ -270,16 +270,10 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps, ops)
         self.feed_forward = FeedForward(args, ops)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        input_pos: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        kv_len: int | None = None,
-    ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos, mask, kv_len)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *cache: Any) -> Any:
+        """``cache``: :meth:`Attention.forward`'s generation arguments (input_pos, mask,
+        kv_len), passed through."""
+        h = x + self.attention(self.attention_norm(x), cos, sin, *cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -545,10 +539,20 @@ class Transformer(nn.Module):
         must equal the checkpoint's. Every tensor is checked: missing, unexpected or wrongly
         shaped ones raise ``ValueError`` naming them.
         """
-        from jpeglm.hf import load_pretrained
+        from jpeglm.hf import load_hf_state
 
-        return load_pretrained(path, dtype=dtype, device=device, backend=backend,
-                               vocab_size=vocab_size)  # fmt: skip
+        args, state = load_hf_state(path, device=device, vocab_size=vocab_size)
+        with torch.device("meta"):
+            model = cls(args, backend=backend)
+        dtype = dtype or state["tok_embeddings.weight"].dtype
+        state = {k: v.to(dtype) for k, v in state.items()}
+        if args.tie_embeddings:
+            state["output.weight"] = state["tok_embeddings.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        if args.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        model.rope.reset(device)  # the tables were built on meta
+        return model
 
     def save_pretrained(
         self,
@@ -564,10 +568,11 @@ class Transformer(nn.Module):
         ``extra_config`` adds keys to ``config.json`` (e.g. ``bos_token_id``). Shards of an
         earlier save with a different layout are removed afterwards.
         """
-        from jpeglm.hf import save_pretrained
+        from jpeglm.hf import save_hf_files
 
-        save_pretrained(self, path, dtype=dtype, max_shard_size=max_shard_size,
-                        extra_config=extra_config)  # fmt: skip
+        state = dict(self.named_parameters(remove_duplicate=False))
+        save_hf_files(path, self.args, state, dtype=dtype or self.output.weight.dtype,
+                      max_shard_size=max_shard_size, extra_config=extra_config)  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,6 @@
 // Dispatch, packing and the persistent thread pool of the small-batch linear kernel.
 #include "decode_kernels.h"
+#include "parallel.h"
 
 #include <pthread.h>
 
@@ -135,20 +136,28 @@ Pool& pool() {
   return *p;
 }
 
-struct Job {
-  const float* x;
-  int64_t m, k;
-  const float* packed;
-  int64_t n;
-  float* y;
-  int64_t np;
-};
-
-void job(void* ctx, int t, int nt) {
-  const Job& j = *static_cast<const Job*>(ctx);
-  int64_t per = (j.np + nt - 1) / nt;
-  int64_t p0 = std::min<int64_t>(j.np, t * per), p1 = std::min<int64_t>(j.np, p0 + per);
-  if (p0 < p1) g_kernels.linear(j.x, j.m, j.k, j.packed, j.n, j.y, p0, p1);
+// Runs fn(begin, end) over [0, count) cut into nt contiguous ranges, one per pool worker
+// (inline when nt is 1).
+template <class Fn>
+void run_split(int64_t count, int nt, const Fn& fn) {
+  if (nt <= 1) {
+    fn(int64_t{0}, count);
+    return;
+  }
+  struct Ctx {
+    int64_t count;
+    const Fn* fn;
+  } ctx{count, &fn};
+  pool().run(
+      nt,
+      [](void* c, int t, int n) {
+        const Ctx& x = *static_cast<const Ctx*>(c);
+        const int64_t per = (x.count + n - 1) / n;
+        const int64_t b = std::min<int64_t>(x.count, t * per);
+        const int64_t e = std::min<int64_t>(x.count, b + per);
+        if (b < e) (*x.fn)(b, e);
+      },
+      &ctx);
 }
 
 }  // namespace
@@ -173,49 +182,21 @@ void matmul(const float* x, int64_t m, int64_t k, const float* packed, int64_t n
     return;
   }
   const int64_t np = panels(n);
-  if (threads <= 0) {
-    unsigned hc = std::thread::hardware_concurrency();
-    threads = hc ? static_cast<int>(hc) : 1;
-  }
+  if (threads <= 0) threads = default_threads();
   // at least ~64 KiB of weights per thread, or the wake-ups cost more than they save
   const int64_t min_panels = std::max<int64_t>(1, 512 / std::max<int64_t>(k, 1));
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, np / min_panels)));
-  Job j{x, m, k, packed, n, y, np};
-  if (nt == 1) {
-    g_kernels.linear(x, m, k, packed, n, y, 0, np);
-    return;
-  }
-  pool().run(nt, job, &j);
+  run_split(np, nt, [&](int64_t p0, int64_t p1) {
+    g_kernels.linear(x, m, k, packed, n, y, p0, p1);
+  });
 }
-
-namespace {
-struct AttentionJob {
-  const AttentionArgs* a;
-  int64_t tasks;
-};
-
-void attention_job(void* ctx, int t, int nt) {
-  const AttentionJob& j = *static_cast<const AttentionJob*>(ctx);
-  int64_t per = (j.tasks + nt - 1) / nt;
-  int64_t t0 = std::min<int64_t>(j.tasks, t * per), t1 = std::min<int64_t>(j.tasks, t0 + per);
-  if (t0 < t1) g_kernels.attention(*j.a, t0, t1);
-}
-}  // namespace
 
 void attention(const AttentionArgs& a, int threads) {
-  const int64_t tasks = a.batch * a.kv_heads;
+  const int64_t tasks = a.batch * a.kv_heads;  // (batch row, kv head) pairs
   if (tasks <= 0) return;
-  if (threads <= 0) {
-    unsigned hc = std::thread::hardware_concurrency();
-    threads = hc ? static_cast<int>(hc) : 1;
-  }
+  if (threads <= 0) threads = default_threads();
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
-  if (nt == 1) {
-    g_kernels.attention(a, 0, tasks);
-    return;
-  }
-  AttentionJob j{&a, tasks};
-  pool().run(nt, attention_job, &j);
+  run_split(tasks, nt, [&](int64_t t0, int64_t t1) { g_kernels.attention(a, t0, t1); });
 }
 
 }  // namespace cpu

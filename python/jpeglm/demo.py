@@ -145,6 +145,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
 
     from jpeglm import codec, samples
     from jpeglm.eval import bits_per_byte, completion_scores, image_grid, judge_digits
+    from jpeglm.judge import default_judge
     from jpeglm.model import Transformer
     from jpeglm.sample import complete, generate
     from jpeglm.tokenizer import Tokenizer
@@ -169,7 +170,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
     bpb_c = bits_per_byte(model, tok, streams, constrained=True, size=size)
     scores = completion_scores(originals, [c.image for c in comp], rows=1)
     judged = judge_digits([s.image for s in gen])
-    judged_u = judge_digits([s.image for s in gen_u])["samples"]
+    judged_u = default_judge().score([s.image for s in gen_u])  # the references once, above
     dt = time.perf_counter() - t0
 
     k = min(8, n)

@@ -1,14 +1,15 @@
 """Weights for sampling: the linear layers in the format ``Transformer.prepare_inference``
-chose (fp32, bf16, fp16 or weight-only int8), and the CPU's small-batch fp32 kernel.
+chose (fp32, bf16, fp16 or weight-only int8), and the CPU's fp32 decode kernels.
 
 A decode step multiplies a few rows (the batch) by every weight matrix once, so on CPU its
 speed is the rate at which the weights stream from memory. torch's GEMV/GEMM reaches about a
 third of the bandwidth there (about 8 of 25 GB/s on the 2-core reference machine, and no gain
 from a second thread); ``jpeglm._core.linear_matmul`` packs each weight into 32-column panels
-read once, in order, by all cores, with 8-row register blocks (``csrc/linear.h``). It is used
-for fp32 on CPU when ``_core`` is built with a kernel for the CPU (AVX2 or AVX-512); the model
-still imports and runs without ``_core``. The readable reference is ``x @ W.T``
-(:func:`reference_linear`); the tests compare the two.
+read once, in order, by all cores, with 8-row register blocks; ``decode_attention`` reads the
+filled KV cache the same way (``csrc/decode_kernels.h``). They are used for fp32 on CPU when
+``_core`` is built with a kernel for the CPU (AVX2 or AVX-512); the model still imports and
+runs without ``_core``. The readable references are ``x @ W.T`` (:func:`reference_linear`) and
+SDPA; the tests compare them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "fast_kernel",
     "inference_act_dtype",
     "kernel_threads",
+    "kernels_apply",
     "pack_weight",
     "packed_linear",
     "reference_linear",
@@ -74,13 +76,16 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 def _packed(x: torch.Tensor, panels: torch.Tensor, out_features: int) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     y = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
-    threads = _kernel_threads or torch.get_num_threads()
-    fast_kernel().linear_matmul(rows.numpy(), panels.numpy(), y.numpy(), threads)
+    fast_kernel().linear_matmul(rows.numpy(), panels.numpy(), y.numpy(), _threads())
     return y.view(*x.shape[:-1], out_features)
 
 
 #: The kernel's thread count inside :func:`kernel_threads` (0: ``torch.get_num_threads()``).
 _kernel_threads = 0
+
+
+def _threads() -> int:
+    return _kernel_threads or torch.get_num_threads()
 
 
 @contextlib.contextmanager
@@ -125,15 +130,19 @@ def packed_linear(x: torch.Tensor, panels: torch.Tensor, out_features: int) -> t
     return _packed(x, panels, out_features)
 
 
+def kernels_apply(dtype: torch.dtype | None, device: torch.device) -> bool:
+    """Whether the CPU decode kernels serve activations of ``dtype`` on ``device``: fp32 on
+    CPU, kernel built."""
+    return dtype == torch.float32 and device.type == "cpu" and fast_kernel() is not None
+
+
 def cache_attention_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Whether :func:`cache_attention` serves this step: fp32 on CPU, no autograd, kernel
     built (eager or under ``torch.compile``)."""
     return (
-        q.dtype == torch.float32
-        and k_cache.dtype == torch.float32
-        and q.device.type == "cpu"
+        k_cache.dtype == q.dtype
+        and kernels_apply(q.dtype, q.device)
         and not torch.is_grad_enabled()
-        and fast_kernel() is not None
     )
 
 
@@ -143,10 +152,9 @@ def _cache_attention(
     q = q.contiguous()
     out = torch.empty_like(q)
     kv_len = int(input_pos[-1]) + 1
-    threads = _kernel_threads or torch.get_num_threads()
     fast_kernel().decode_attention(
         q.numpy(), k_cache.numpy(), v_cache.numpy(), out.numpy(), kv_len, q.shape[-1] ** -0.5,
-        threads,
+        _threads(),
     )  # fmt: skip
     return out
 

@@ -209,7 +209,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     info = _model_info(args)
     if video_commands.is_video(info):
         folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems))
-        video_commands.sample(args, *_load_model(folder, tok_path, args), info, stems)
+        video_commands.sample(args, *_load_model(folder, tok_path, args), info, stems,
+                              _sampling_kwargs(args))  # fmt: skip
         return 0
     folder, tok_path = _plan_model_outputs(args, _files_of(stems))
     model, tok = _load_model(folder, tok_path, args)
@@ -228,7 +229,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
         clips = existing_files(args.images, "clip")
         stems = [n.removesuffix(".png") for n in distinct_names(clips, ".png")]
         folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems), clips)
-        video_commands.complete(args, *_load_model(folder, tok_path, args), info, clips, stems)
+        video_commands.complete(args, *_load_model(folder, tok_path, args), info, clips, stems,
+                                _sampling_kwargs(args))  # fmt: skip
         return 0
     images = image_paths(args.images)
     stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
@@ -247,7 +249,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if video_commands.is_video(info):
         clips = existing_files(args.images, "clip")
         folder, tok_path = _plan_model_outputs(args, ["results.json"], clips)
-        video_commands.evaluate(args, *_load_model(folder, tok_path, args), info, clips)
+        video_commands.evaluate(args, *_load_model(folder, tok_path, args), info, clips,
+                                _sampling_kwargs(args))  # fmt: skip
         return 0
     if args.judge and args.size != 32:
         raise UserError(f"--judge needs a 32x32 digit model (--size 32), not {args.size}")

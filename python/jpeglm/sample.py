@@ -22,7 +22,7 @@ from PIL import Image
 
 from jpeglm import codec
 from jpeglm.grammar import TokenConstraint
-from jpeglm.inference import fast_kernel, kernel_threads
+from jpeglm.inference import kernel_threads, kernels_apply
 from jpeglm.sample_options import SamplingSettings, check_device, is_int, positive_int, show
 
 __all__ = [
@@ -216,7 +216,7 @@ def _run(
     ids_host = torch.empty(b, dtype=torch.long, pin_memory=cuda)
     ids_np = ids_host.numpy()
     generator = torch.Generator(device=device)
-    cache_kernel = act == torch.float32 and device.type == "cpu" and fast_kernel() is not None
+    cache_kernel = kernels_apply(act, device)
     step = model.decode
     if compile:  # the one-token step has static shapes (kv_len buckets): one graph each
         mode = "reduce-overhead" if cuda else "default"

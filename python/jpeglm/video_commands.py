@@ -31,19 +31,20 @@ def clip_files(stems: Sequence[str]) -> list[str]:
     return [stem + ext for stem in stems for ext in (".png", ".h264")]
 
 
-def _kwargs(args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Any]:
+#: the options of :func:`jpeglm.video.generate` among the sampling commands' options
+_VIDEO_OPTIONS = ("temperature", "top_k", "top_p", "max_tokens", "seed", "batch_size", "dtype")
+
+
+def _clip(info: dict[str, Any]) -> tuple[int, tuple[int, int]]:
+    """Frames and (height, width) of the model's clips (its recorded settings)."""
     v = info["video"]
-    return dict(
-        total_frames=int(round(v["fps"] * v["seconds"])),
-        size=(int(v["height"]), int(v["width"])),
-        temperature=args.temperature,
-        top_k=args.top_k or None,
-        top_p=args.top_p,
-        max_tokens=args.max_tokens,
-        seed=args.seed if args.seed is not None else 0,
-        batch_size=args.batch_size,
-        dtype=args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"),
-    )
+    return int(round(v["fps"] * v["seconds"])), (int(v["height"]), int(v["width"]))
+
+
+def _kwargs(sampling: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """:func:`jpeglm.video.generate`'s options from the image commands' ``sampling`` ones."""
+    total, size = _clip(info)
+    return dict(total_frames=total, size=size, **{k: sampling[k] for k in _VIDEO_OPTIONS})
 
 
 def _write(out: Path, stems: Sequence[str], clips: Sequence[Any]) -> None:
@@ -61,33 +62,34 @@ def _streams(paths: Sequence[Path], info: dict[str, Any]) -> list[bytes]:
 
 
 def _check_frames(args: argparse.Namespace, info: dict[str, Any]) -> int:
-    total = _kwargs(args, info)["total_frames"]
+    total = _clip(info)[0]
     frames = args.frames if args.frames is not None else min(10, total - 1)
     if not 0 < frames < total:
         raise ValueError(f"--frames must be in 1..{total - 1} (this model's clips have {total})")
     return frames
 
 
-def sample(args: argparse.Namespace, model, tok, info: dict[str, Any], stems: list[str]) -> None:
-    """``args.n`` unconditional clips."""
+def sample(args: argparse.Namespace, model, tok, info: dict[str, Any], stems: list[str],
+           sampling: dict[str, Any]) -> None:  # fmt: skip
+    """``args.n`` unconditional clips; ``sampling``: the sampling commands' options."""
     from jpeglm import video
 
-    _write(Path(args.out), stems, video.generate(model, tok, n=args.n, **_kwargs(args, info)))
+    _write(Path(args.out), stems, video.generate(model, tok, n=args.n, **_kwargs(sampling, info)))
 
 
 def complete(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: list[Path],
-             stems: list[str]) -> None:  # fmt: skip
+             stems: list[str], sampling: dict[str, Any]) -> None:  # fmt: skip
     """Each input clip continued after its first ``--frames`` frames."""
     from jpeglm import video
 
     frames = _check_frames(args, info)
     streams = _streams(paths, info)
-    _write(Path(args.out), stems,
-           video.complete(model, tok, streams, frames=frames, **_kwargs(args, info)))  # fmt: skip
+    out = video.complete(model, tok, streams, frames=frames, **_kwargs(sampling, info))
+    _write(Path(args.out), stems, out)
 
 
-def evaluate(args: argparse.Namespace, model, tok, info: dict[str, Any],
-             paths: list[Path]) -> dict[str, Any]:  # fmt: skip
+def evaluate(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: list[Path],
+             sampling: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """PSNR / SSIM of the generated frames vs the held-out ones and the repeat-last-frame
     baseline (:func:`jpeglm.video_eval.evaluate_clip_completion`), plus held-out bits/byte;
     written to ``results.json``."""
@@ -96,9 +98,9 @@ def evaluate(args: argparse.Namespace, model, tok, info: dict[str, Any],
 
     frames = _check_frames(args, info)
     streams = _streams(paths, info)
-    kw = _kwargs(args, info)
-    kw.pop("size")
-    res = evaluate_clip_completion(model, tok, streams, frames=frames, **kw)
+    kw = {k: sampling[k] for k in _VIDEO_OPTIONS}
+    res = evaluate_clip_completion(model, tok, streams, frames=frames, total_frames=_clip(info)[0],
+                                   **kw)  # fmt: skip
     res["held_out"] = bits_per_byte(model, tok, streams, constrained=False)
     text = json.dumps(res, indent=2) + "\n"
     atomic_write_bytes(Path(args.out) / "results.json", text.encode())

@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 W=demo_work
 mkdir -p $W/img_train $W/img_held
 python - <<'P'
-# 4,500 training digits (450 of each), each also shifted by up to 2 pixels three times (18,000
-# images); the last 50 digits of each label are held out, unshifted (samples.mnist_split: the
-# bundled digits are sorted by label, so a split by position would hold out 9s only).
+# 4,500 training digits (450 of each), each kept as is and 7 times rotated by up to 12 degrees
+# and shifted by up to 2 pixels (36,000 images); the last 50 digits of each label are held out,
+# untouched (samples.mnist_split: the bundled digits are sorted by label, so a split by position
+# would hold out 9s only).
 import numpy as np
 from PIL import Image
 from jpeglm import samples
@@ -19,13 +20,12 @@ rng = np.random.default_rng(0)
 for i in held_idx:
     Image.fromarray(x[i]).save(f"demo_work/img_held/{i:04d}.png")
 for i in train_idx:
-    im = x[i]
-    for k in range(4):
-        dy, dx = (0, 0) if k == 0 else rng.integers(-2, 3, 2)
-        sh = np.zeros_like(im)
-        src = im[max(0, -dy) : 28 - max(0, dy), max(0, -dx) : 28 - max(0, dx)]
-        sh[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
-        Image.fromarray(sh).save(f"demo_work/img_train/{i:04d}_{k}.png")
+    for k in range(8):
+        im = Image.fromarray(x[i])
+        if k:
+            dx, dy = (int(v) for v in rng.integers(-2, 3, 2))
+            im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR, translate=(dx, dy))
+        im.save(f"demo_work/img_train/{i:04d}_{k}.png")
 P
 jpeglm train-tokenizer $W/img_train -o $W/tokenizer.jpeglm --size 32 --vocab-size 320 --quiet
 jpeglm prepare $W/img_train $W/train --tokenizer $W/tokenizer.jpeglm --size 32 --seq-len 512 --quiet

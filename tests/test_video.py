@@ -247,6 +247,15 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     streams = [video.encode(video.prepare(list(c), width=32, height=32, seconds=2)) for c in clips]
     tok = Tokenizer.train(streams, vocab_size=300, progress=False)
     tok.save(tmp_path / "tok.jpeglm")
+    # the CLI's train-tokenizer --video learns the same merges from the same clips
+    from jpeglm.cli import main
+
+    assert main(["train-tokenizer", str(clips_dir), "-o", str(tmp_path / "tok_cli.jpeglm"),
+                 "--video", "--frame-size", "32x32", "--seconds", "2", "--vocab-size", "300",
+                 "--quiet"]) == 0  # fmt: skip
+    tok_cli = Tokenizer.load(tmp_path / "tok_cli.jpeglm")
+    assert tok_cli.vocab_size == tok.vocab_size
+    assert all(tok_cli.encode(s) == tok.encode(s) for s in streams)
     index = data.prepare(clips_dir, tmp_path / "shards", tok, seq_len=2048, images_per_shard=8,
                          progress=False, video=settings)  # fmt: skip
     assert index["config"]["kind"] == "video" and index["images"] == 24
@@ -285,8 +294,6 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     assert 0 <= res["valid_generated_frames"] <= 1 and -1 <= res["ssim"] <= 1
     assert 0 < res["baseline_psnr"] < 100 and list(res["per_frame_psnr"]) == [3, 4, 5]
     # the CLI: sample / complete / eval know a video model from its record
-    from jpeglm.cli import main
-
     model = ["--model", str(out), "--max-tokens", "200", "--seed", "0"]
     assert main(["sample", *model, "-o", str(tmp_path / "s"), "-n", "2"]) == 0
     for i in range(2):
@@ -302,3 +309,40 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     assert res["clips"] == 2 and res["scored_frames"] == 6 and res["held_out"]["bits_per_byte"] > 0
     assert main(["eval", *model, "--frames", "6", "-o", str(tmp_path / "f"), *held]) == 2
     assert main(["sample", *model, "--size", "32", "-o", str(tmp_path / "g")]) == 2
+    # a corrupt clip among the inputs: one line naming it, exit 2, nothing written
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"\x93NUMPY garbage")
+    floats = tmp_path / "floats.npy"
+    np.save(floats, clips[0].astype(np.float32))
+    for b in (bad, floats):
+        assert main(["complete", *model, "--frames", "3", "-o", str(tmp_path / "h"), held[0],
+                     str(b)]) == 2  # fmt: skip
+        assert not (tmp_path / "h" / "001.h264").exists()
+
+
+def test_train_tokenizer_video_arguments(tmp_path, capsys):
+    """train-tokenizer --video: bad clip settings, no clips, unreadable clips skipped."""
+    from jpeglm.cli import main
+    from jpeglm.tokenizer import Tokenizer
+
+    d = tmp_path / "clips"
+    d.mkdir()
+    for i, c in enumerate(samples.moving_mnist(3, frames=3, size=32, seed=5)):
+        np.save(d / f"{i}.npy", c)
+    (d / "broken.npy").write_bytes(b"not a numpy file")
+    base = ["train-tokenizer", str(d), "--video", "--frame-size", "32x32", "--seconds", "1",
+            "--vocab-size", "270", "--quiet", "-o"]  # fmt: skip
+    for bad in (["--frame-size", "33x32"], ["--frame-size", "big"], ["--fps", "0"],
+                ["--qp", "60"]):  # fmt: skip
+        assert main([*base, str(tmp_path / "x.jpeglm"), *bad]) == 2
+        assert "--" in capsys.readouterr().err
+    assert not (tmp_path / "x.jpeglm").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.png").write_bytes(b"")
+    assert main(["train-tokenizer", str(empty), "--video", "-o", str(tmp_path / "y.jpeglm")]) == 2
+    assert "no clips found" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "t.jpeglm")]) == 0
+    out = capsys.readouterr()
+    assert "broken.npy" in out.err and "trained on 3 clips (1 skipped)" in out.out
+    assert Tokenizer.load(tmp_path / "t.jpeglm").vocab_size >= 259

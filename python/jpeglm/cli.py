@@ -81,6 +81,15 @@ OUT_HELP = (
 )
 
 
+def video_options(p: argparse.ArgumentParser, what: str) -> None:
+    """The clip options ``prepare`` and ``train-tokenizer`` share (AVC-LM)."""
+    p.add_argument("--video", action="store_true", help=f"AVC-LM: {what}")
+    p.add_argument("--frame-size", default=None, help="video: WIDTHxHEIGHT (default 256x144)")
+    p.add_argument("--fps", type=float, default=3, help="video: frames per second (3)")
+    p.add_argument("--seconds", type=float, default=5, help="video: seconds kept (5)")
+    p.add_argument("--qp", type=int, default=37, help="video: libx264 constant QP (37)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jpeglm`` parser: one subparser per command, its ``func`` the ``cmd_*`` to run."""
     p = argparse.ArgumentParser(
@@ -130,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quality", type=int, default=25)
     t.add_argument("--size", type=int, default=256)
     t.add_argument("--quiet", action="store_true")
+    video_options(t, "SRC hold clips (video files or .npy frames): BPE over their canonical "
+                  "H.264 streams")  # fmt: skip
     t.set_defaults(func=cmd_train_tokenizer)
 
     k = sub.add_parser("tokenize", help="images -> canonical streams -> token counts (and ids)")
@@ -150,13 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--images-per-shard", type=int, default=1024)
     pr.add_argument("--workers", type=int, default=None)
     pr.add_argument("--fast", action="store_true", help="libjpeg DCT scaling for big JPEGs")
-    pr.add_argument("--video", action="store_true",
-                    help="AVC-LM: SRC holds clips (video files or .npy frames) made canonical "
-                    "H.264 streams (jpeglm.video)")  # fmt: skip
-    pr.add_argument("--frame-size", default=None, help="video: WIDTHxHEIGHT (default 256x144)")
-    pr.add_argument("--fps", type=float, default=3, help="video: frames per second (3)")
-    pr.add_argument("--seconds", type=float, default=5, help="video: seconds kept (5)")
-    pr.add_argument("--qp", type=int, default=37, help="video: libx264 constant QP (37)")
+    video_options(pr, "SRC holds clips (video files or .npy frames) made canonical H.264 "
+                  "streams (jpeglm.video)")  # fmt: skip
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_prepare)
 

@@ -216,20 +216,68 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from jpeglm import codec, data
     from jpeglm.tokenizer import Tokenizer
 
-    _check_codec_options(args)
-    paths = image_paths(args.images)
-    dst = plan_output_file(args.out, paths)
-    kept, images, skipped = data.load_images(paths, size=args.size)  # unreadable ones skipped
+    video = video_settings(args)
+    if video is None:
+        _check_codec_options(args)
+        paths = image_paths(args.images)
+        dst = plan_output_file(args.out, paths)
+        kept, images, skipped = data.load_images(paths, size=args.size)  # unreadable: skipped
+    else:
+        clips = clip_sources(args.images)
+        paths = [Path(s.path) for s in clips]
+        dst = plan_output_file(args.out, paths)
+        kept, streams, skipped = data.load_clips(clips, video)
+    what = "clips" if video else "images"
     for rec in skipped:
         print(f"skipped {rec['source']}: {rec['error']}", file=sys.stderr)
     if not kept:
-        raise UserError(f"none of the {len(paths)} images could be read")
-    streams = codec.encode_batch(images, quality=args.quality, size=args.size)
+        raise UserError(f"none of the {len(paths)} {what} could be read")
+    if video is None:
+        streams = codec.encode_batch(images, quality=args.quality, size=args.size)
     tok = Tokenizer.train(streams, vocab_size=args.vocab_size, progress=not args.quiet)
     tok.save(dst)
-    print(f"trained on {len(streams)} images ({len(skipped)} skipped) -> {show(dst)} "
+    print(f"trained on {len(streams)} {what} ({len(skipped)} skipped) -> {show(dst)} "
           f"(vocab {tok.vocab_size})")  # fmt: skip
     return 0
+
+
+def video_settings(args: argparse.Namespace) -> dict | None:
+    """The clip settings of ``--video`` / ``--frame-size`` / ``--fps`` / ``--seconds`` /
+    ``--qp`` (``prepare`` and ``train-tokenizer``), or None without ``--video``."""
+    if not args.video:
+        return None
+    m = re.fullmatch(r"(\d+)x(\d+)", args.frame_size or "256x144")
+    if not m:
+        raise UserError(f"--frame-size must be WIDTHxHEIGHT, got {args.frame_size!r}")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w % 2 or h % 2 or not (2 <= w <= 4096 and 2 <= h <= 4096):
+        raise UserError(f"--frame-size must be even and in 2..4096 per side, got {w}x{h}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise UserError(f"--fps must be positive, got {args.fps}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UserError(f"--seconds must be positive, got {args.seconds}")
+    if not 0 <= args.qp <= 51:
+        raise UserError(f"--qp must be in 0..51 (H.264), got {args.qp}")
+    return {"width": w, "height": h, "fps": args.fps, "seconds": args.seconds, "qp": args.qp}
+
+
+def clip_sources(items: Sequence[str]) -> list:
+    """The clips (video files, ``.npy`` frames) the arguments name: files as given, folders /
+    ``.txt`` lists / tar archives searched as ``prepare --video`` does. A missing path or a
+    folder without clips is one line and exit 2."""
+    from jpeglm import sources
+
+    out = []
+    for item in items:
+        p = Path(item)
+        if p.is_file() and p.suffix.lower() in sources.VIDEO_SUFFIXES:
+            out.append(sources.Source(str(p), str(p)))
+            continue
+        try:
+            out += sources.scan_sources(p, sources.VIDEO_SUFFIXES)[0]
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(str(e).replace("no images found", "no clips found")) from e
+    return out
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -281,13 +329,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     tok = _load_tokenizer(Path(args.tokenizer))
-    video = None
-    if args.video:
-        m = re.fullmatch(r"(\d+)x(\d+)", args.frame_size or "256x144")
-        if not m:
-            raise UserError(f"--frame-size must be WIDTHxHEIGHT, got {args.frame_size!r}")
-        video = {"width": int(m.group(1)), "height": int(m.group(2)), "fps": args.fps,
-                 "seconds": args.seconds, "qp": args.qp}  # fmt: skip
+    video = video_settings(args)
     try:
         index = data.prepare(
             args.src, args.out, tok, size=args.size, quality=args.quality, seq_len=args.seq_len,
@@ -297,7 +339,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         raise UserError(str(e)) from e
     print(
-        f"{index['images']} images -> {index['sequences']} sequences of {args.seq_len} tokens "
+        f"{index['images']} {'clips' if video else 'images'} -> {index['sequences']} sequences "
+        f"of {args.seq_len} tokens "
         f"in {sum(1 for s in index['shards'] if s['sequences'])} shards "
         f"({len(index['skipped'])} skipped, see report.json)"
     )

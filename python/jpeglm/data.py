@@ -133,6 +133,38 @@ def _read_clip(read, name: str, video: dict) -> bytes | str:
         return f"{type(e).__name__}: {e}"
 
 
+def video_settings(video: dict) -> dict:
+    """Clip settings for :func:`clip_stream` (``width``, ``height``, ``fps``, ``seconds``,
+    ``qp``): the given ones over the paper's defaults (:mod:`jpeglm.video`); an unknown key is a
+    ValueError."""
+    from jpeglm import video as vid
+
+    unknown = set(video) - {"width", "height", "fps", "seconds", "qp"}
+    if unknown:
+        raise ValueError(f"video: unknown setting(s) {', '.join(sorted(unknown))}")
+    return {"width": vid.WIDTH, "height": vid.HEIGHT, "fps": vid.FPS, "seconds": vid.SECONDS,
+            "qp": vid.QP, **video}  # fmt: skip
+
+
+def load_clips(
+    sources: Sequence[Source], video: dict, workers: int | None = None
+) -> tuple[list[Source], list[bytes], list[dict]]:
+    """The canonical H.264 streams (:func:`clip_stream`, settings :func:`video_settings`) of
+    clip sources, skipping the unreadable ones as ``prepare --video`` does: returns the sources
+    read, their streams, and a ``{"source", "error"}`` record for each skipped one."""
+    video = video_settings(video)
+    with _pool(workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda s: _read_clip(s.read, s.name, video), sources))
+    kept, streams, skipped = [], [], []
+    for s, r in zip(sources, results):
+        if isinstance(r, str):
+            skipped.append({"source": show(s.name), "error": r})
+        else:
+            kept.append(s)
+            streams.append(r)
+    return kept, streams, skipped
+
+
 def load_images(
     paths: Sequence[str | os.PathLike],
     size: int = 256,
@@ -220,13 +252,7 @@ def prepare(
     if pad_id in (tokenizer.bos_id, tokenizer.eos_id):
         pad_id = None  # padding must not look like a stream boundary
     if video is not None:
-        from jpeglm import video as vid
-
-        video = {"width": vid.WIDTH, "height": vid.HEIGHT, "fps": vid.FPS,
-                 "seconds": vid.SECONDS, "qp": vid.QP, **video}  # fmt: skip
-        unknown = set(video) - {"width", "height", "fps", "seconds", "qp"}
-        if unknown:
-            raise ValueError(f"video: unknown setting(s) {', '.join(sorted(unknown))}")
+        video = video_settings(video)
     sources, problems = scan_sources(src, VIDEO_SUFFIXES if video is not None else None)
     out = Path(out)
     n_chunks = (len(sources) + images_per_shard - 1) // images_per_shard

@@ -259,29 +259,28 @@ def _unescape(raw: bytes) -> bytes:
 
 
 class _Bits:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
+    """An MSB-first bit reader over ``data`` held as one integer (Exp-Golomb codes are read
+    with ``int.bit_length`` instead of bit by bit)."""
 
-    def bit(self) -> int:
-        if self.pos >= 8 * len(self.data):
-            raise VideoError("truncated syntax element")
-        b = (self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1
-        self.pos += 1
-        return b
+    def __init__(self, data: bytes) -> None:
+        self.value, self.left = int.from_bytes(data, "big"), 8 * len(data)
 
     def bits(self, n: int) -> int:
-        v = 0
-        for _ in range(n):
-            v = (v << 1) | self.bit()
-        return v
+        if n > self.left:
+            raise VideoError("truncated syntax element")
+        self.left -= n
+        return (self.value >> self.left) & ((1 << n) - 1)
+
+    def bit(self) -> int:
+        return self.bits(1)
 
     def ue(self) -> int:
-        zeros = 0
-        while self.bit() == 0:
-            zeros += 1
-            if zeros > 31:
-                raise VideoError("bad Exp-Golomb code")
-        return (1 << zeros) - 1 + self.bits(zeros)
+        rest = self.value & ((1 << self.left) - 1)
+        zeros = self.left - rest.bit_length()  # leading zero bits before the marker 1
+        if rest == 0 or zeros > 31:
+            raise VideoError("truncated syntax element" if rest == 0 else "bad Exp-Golomb code")
+        self.left -= zeros
+        return self.bits(zeros + 1) - 1
 
 
 def nal_units(data: bytes) -> list[Nal]:
@@ -305,7 +304,7 @@ def nal_units(data: bytes) -> list[Nal]:
         nal = Nal(begin, end, body[0] & 0x1F, _unescape(body[1:]))
         if nal.type in (1, 5):
             try:
-                r = _Bits(nal.payload)
+                r = _Bits(nal.payload[:16])  # two ue(v) of at most 63 bits each
                 nal.first_mb, nal.slice_type = r.ue(), r.ue()
             except VideoError:
                 nal.type = -1
@@ -374,12 +373,15 @@ def _frames(units: list[Nal]) -> list[list[Nal]]:
     return frames
 
 
-def _complete_frames(data: bytes) -> tuple[list[Nal], list[list[Nal]], int]:
+def _complete_frames(
+    data: bytes, units: list[Nal] | None = None
+) -> tuple[list[Nal], list[list[Nal]], int]:
     """(parameter sets and SEI before the first slice, the complete pictures in order, the
     number of macroblocks a picture has). A picture is complete when its slices cover
     macroblocks 0..N-1 in order with no unreadable unit among them; the first picture that is
-    not ends the list (everything after depends on it)."""
-    units = nal_units(data)
+    not ends the list (everything after depends on it). ``units``: :func:`nal_units` of
+    ``data`` when the caller has them."""
+    units = nal_units(data) if units is None else units
     sps = [u for u in units if u.type == 7]
     if not sps:
         return [], [], 0
@@ -458,8 +460,9 @@ def decode(
         raise VideoError(f"stream of {len(data)} bytes is over the {MAX_STREAM_BYTES} limit")
     if not tolerant:
         try:
-            header, complete, _ = _complete_frames(data)
-            if not complete or _frames(nal_units(data)) != complete:
+            units = nal_units(data)
+            header, complete, _ = _complete_frames(data, units)
+            if not complete or _frames(units) != complete:
                 raise VideoError("damaged stream: a picture has missing or disordered slices")
             out = _decode_all(data)
         except av.FFmpegError as e:
@@ -468,8 +471,9 @@ def decode(
             raise VideoError(f"decoded {len(out)} frames from {len(complete)} pictures")
         return np.stack(out)
 
-    header, complete, _ = _complete_frames(data)
-    total = frames if frames is not None else max(1, len(_frames(nal_units(data))))
+    units = nal_units(data)
+    header, complete, _ = _complete_frames(data, units)
+    total = frames if frames is not None else max(1, len(_frames(units)))
     if total <= 0 or total > MAX_FRAMES:
         raise ValueError(f"frames must be in 1..{MAX_FRAMES}, got {total}")
     decoded: list[np.ndarray] = []

@@ -56,9 +56,17 @@ def _write(out: Path, stems: Sequence[str], clips: Sequence[Any]) -> None:
 
 
 def _streams(paths: Sequence[Path], info: dict[str, Any]) -> list[bytes]:
+    """The canonical streams of the input clips; an unreadable one (not a video, corrupt,
+    frames of the wrong dtype or shape) is a ValueError naming it: one line, exit 2."""
     from jpeglm.data import clip_stream
 
-    return [clip_stream(p.read_bytes(), p.name, info["video"]) for p in paths]
+    out = []
+    for p in paths:
+        try:
+            out.append(clip_stream(p.read_bytes(), p.name, info["video"]))
+        except Exception as e:  # noqa: BLE001 - PyAV / numpy raise many kinds; all mean "bad clip"
+            raise ValueError(f"{show(p)}: not a readable clip ({type(e).__name__}: {e})") from e
+    return out
 
 
 def _check_frames(args: argparse.Namespace, info: dict[str, Any]) -> int:

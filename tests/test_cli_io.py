@@ -49,6 +49,20 @@ def test_demo(tmp_path, capsys):
     assert grid.size == (3 * 64, len(samples.PHOTOS) * 64)
     with Image.open(tmp_path / "coffee.jpg") as im:
         assert im.format == "JPEG" and im.size == (64, 64)
+    # the model parts: the checkpoints' recorded sampling settings, the video completions
+    import json
+
+    from jpeglm import demo
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["sampling"] == demo.recorded_sampling(demo.DEMO_CHECKPOINT)
+    assert report["samples"] == 4 and 0 <= report["judge"]["samples"]["share"] <= 1
+    v = report["video"]
+    assert v["sampling"] == demo.recorded_sampling(demo.VIDEO_CHECKPOINT)
+    assert v["clips"] == 4 and v["prompt_frames"] == 10 and v["total_frames"] == 15
+    assert 0 < v["baseline_psnr"] < 100 and -1 <= v["ssim"] <= 1
+    with Image.open(tmp_path / "video_grid.png") as im:
+        assert im.width > 15 * 128 and im.height >= 8 * 128  # 8 rows of 15 frames, shown 2x
 
 
 def test_explain(tmp_path, capsys):

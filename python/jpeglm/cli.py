@@ -224,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge", type=int, default=0, metavar="N",
                     help="also sample N images and judge them with the digit classifier "
                     "(32x32 digit models)")  # fmt: skip
+    ev.add_argument("--fid-weights", metavar="PATH", default=None,
+                    help="also compute FID of --fid-samples unconditional samples against the "
+                    "images given, with pytorch-fid's Inception weights from PATH "
+                    "(pt_inception-2015-12-05-6726825d.pth, which you download; nothing is "
+                    "downloaded here). Needs jpeglm[fid] (torchmetrics)")  # fmt: skip
+    ev.add_argument("--fid-samples", type=int, default=None, metavar="N",
+                    help="samples for --fid-weights (default 64; at least 2)")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("demo", help="encode + decode the bundled photos; side-by-side PNG")
@@ -232,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", type=int, default=256)
     m.add_argument("--samples", type=int, default=16, help="model samples and completions")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--temperature", type=float, default=0.4, help="model sampling temperature")
+    m.add_argument("--temperature", type=float, default=None,
+                   help="model sampling temperature (default: the checkpoint's)")  # fmt: skip
     m.add_argument("--codec-only", action="store_true", help="skip the model part")
     m.set_defaults(func=cmd_demo)
     return p

@@ -390,7 +390,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from jpeglm import demo
 
     _check_codec_options(args)
-    check_temperature(args.temperature)
+    if args.temperature is not None:
+        check_temperature(args.temperature)
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
     plan_outputs(args.out, demo.output_names(args.codec_only), demo.inputs())

@@ -19,18 +19,28 @@ from pathlib import Path
 import numpy as np
 
 from jpeglm._io import atomic_write_bytes, write_png
+from jpeglm.eval import image_grid
 
-__all__ = ["DEMO_CHECKPOINT", "inputs", "output_names", "run"]
+__all__ = [
+    "DEMO_CHECKPOINT",
+    "VIDEO_CHECKPOINT",
+    "inputs",
+    "output_names",
+    "recorded_sampling",
+    "run",
+]
 
 #: the shipped demo model: an HF folder with its tokenizer
 DEMO_CHECKPOINT = Path(__file__).parent / "data" / "checkpoints" / "mnist32"
+#: the shipped AVC-LM demo model (64x64 Moving-MNIST H.264 clips; scripts/train_video_demo.sh)
+VIDEO_CHECKPOINT = Path(__file__).parent / "data" / "checkpoints" / "moving_mnist64"
 
 
 def output_names(codec_only: bool = False) -> list[str]:
     """The files :func:`run` writes in its output folder, in order."""
     from jpeglm import samples
 
-    model_files = [] if codec_only else ["samples_grid.png", "report.json"]
+    model_files = [] if codec_only else ["samples_grid.png", "video_grid.png", "report.json"]
     return [f"{n}.jpg" for n in samples.PHOTOS] + ["side_by_side.png", *model_files]
 
 
@@ -39,9 +49,18 @@ def inputs() -> list[Path]:
     from jpeglm import samples
 
     paths = [samples.photo_path(n) for n in samples.PHOTOS]
-    if DEMO_CHECKPOINT.is_dir():
-        paths += list(DEMO_CHECKPOINT.iterdir())
+    for folder in (DEMO_CHECKPOINT, VIDEO_CHECKPOINT):
+        if folder.is_dir():
+            paths += list(folder.iterdir())
     return paths
+
+
+def recorded_sampling(checkpoint: Path) -> dict:
+    """The sampling settings recorded with a checkpoint (``jpeglm.json``'s ``sampling``:
+    temperature, top_k, top_p), or the paper's when none are recorded."""
+    meta = checkpoint / "jpeglm.json"
+    rec = json.loads(meta.read_text()).get("sampling", {}) if meta.is_file() else {}
+    return {"temperature": 1.0, "top_k": 50, "top_p": 0.9, **rec}
 
 
 def run(
@@ -50,15 +69,20 @@ def run(
     size: int = 256,
     samples: int = 16,
     seed: int = 0,
-    temperature: float = 0.4,
+    temperature: float | None = None,
     codec_only: bool = False,
 ) -> None:
     """Run the demo into the existing folder ``out`` (see the module docstring), printing
-    what it shows. ``samples``, ``seed`` and ``temperature`` are for the model part."""
+    what it shows. ``samples``, ``seed`` and ``temperature`` (default: the checkpoint's
+    recorded one) are for the model part."""
     out = Path(out)
     _codec_part(out, quality, size)
     if not codec_only:
-        _model_part(out, samples, seed, temperature)
+        report = _model_part(out, samples, seed, temperature)
+        if report is not None:
+            report["video"] = _video_part(out, seed)
+            text = json.dumps(report, indent=2) + "\n"
+            atomic_write_bytes(out / "report.json", text.encode())
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
@@ -130,21 +154,21 @@ def _big(img: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(img, 3, axis=0), 3, axis=1)
 
 
-def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
+def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict | None:
     """Sample and complete ``n`` digits with the shipped JPEG-LM; skipped (one line) without
-    torch or the checkpoint."""
+    torch or the checkpoint. Returns the report (written by :func:`run`)."""
     try:
         import torch
     except ImportError:
         print("(torch is not installed: skipping the model part of the demo)")
-        return
+        return None
     if not (DEMO_CHECKPOINT / "config.json").is_file():
         print(f"(no demo checkpoint in {DEMO_CHECKPOINT}: skipping the model part)")
-        return
+        return None
     from PIL import Image, ImageDraw
 
     from jpeglm import codec, samples
-    from jpeglm.eval import bits_per_byte, completion_scores, image_grid, judge_digits
+    from jpeglm.eval import bits_per_byte, completion_scores, judge_digits
     from jpeglm.judge import default_judge
     from jpeglm.model import Transformer
     from jpeglm.sample import complete, generate
@@ -155,17 +179,20 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
     model = Transformer.from_pretrained(DEMO_CHECKPOINT, dtype=torch.float32).eval()
     tok = Tokenizer.load(DEMO_CHECKPOINT / "tokenizer.jpeglm")
     size = 32
-    # A 0.9M-parameter model trained for minutes: sample conservatively (the paper's settings,
-    # temperature 1 / top-k 50 / top-p 0.9, are for a 7B model; pass --temperature to change).
-    kw = dict(size=size, temperature=temperature, top_k=8, top_p=0.9, max_tokens=600,
-              seed=seed)  # fmt: skip
+    # A ~1M-parameter model trained for an hour: it is sampled at the settings recorded with it
+    # (chosen on held-out data; the paper's temperature 1 / top-k 50 / top-p 0.9 are for 7B).
+    rec = recorded_sampling(DEMO_CHECKPOINT)
+    if temperature is not None:
+        rec["temperature"] = temperature
+    kw = dict(size=size, max_tokens=600, seed=seed, **rec)
     gen = generate(model, tok, n=n, **kw)
     gen_u = generate(model, tok, n=n, constrained=False, **kw)
     digits, _ = samples.mnist()
-    held = [d for d in digits[4500 : 4500 + n]]  # the held-out digits (not trained on)
+    held_idx = samples.mnist_split()[1]  # the stratified held-out digits (not trained on)
+    held = [digits[i] for i in held_idx[np.linspace(0, len(held_idx) - 1, n).astype(int)]]
     comp = complete(model, tok, held, rows=1, **kw)
     originals = [codec.decode(codec.encode(d, size=size)) for d in held]
-    streams = [codec.encode(d, size=size) for d in digits[4500:4600]]
+    streams = [codec.encode(digits[i], size=size) for i in held_idx]
     bpb = bits_per_byte(model, tok, streams, size=size)
     bpb_c = bits_per_byte(model, tok, streams, constrained=True, size=size)
     scores = completion_scores(originals, [c.image for c in comp], rows=1)
@@ -197,6 +224,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
     report = {
         "checkpoint": DEMO_CHECKPOINT.relative_to(Path(__file__).parents[1]).as_posix(),
         "parameters": model.num_params(),
+        "sampling": rec,
         "samples": n,
         "decodable_constrained": sum(s.clean for s in gen) / n,
         "decodable_unconstrained": sum(s.clean for s in gen_u) / n,
@@ -207,7 +235,6 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
         "judge_unconstrained": judged_u,
         "seconds": dt,
     }
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     print(
         f"JPEG-LM demo model ({model.num_params() / 1e6:.1f}M parameters, 32x32 MNIST digits):\n"
         f"  decodable samples: {report['decodable_constrained']:.0%} constrained, "
@@ -222,5 +249,85 @@ def _model_part(out: Path, n: int, seed: int, temperature: float) -> None:
         f"{judged_u['share']:.0%} unconstrained; real held-out digits "
         f"{judged['held_out_digits']['share']:.0%}, "
         f"garbage {judged['non_digits_jpeg']['share']:.0%}\n"
-        f"wrote {out / 'samples_grid.png'} and {out / 'report.json'} ({dt:.1f} s)"
+        f"wrote {out / 'samples_grid.png'} ({dt:.1f} s)"
     )
+    return report
+
+
+def _video_part(out: Path, seed: int, n: int = 4, prompt_frames: int = 10) -> dict | None:
+    """Complete ``n`` held-out Moving-MNIST clips after ``prompt_frames`` frames with the
+    shipped AVC-LM (the paper's evaluation: 10 frames of prompt, 5 generated); a grid of the
+    clips (real / completed, frame by frame) and PSNR / SSIM of the generated frames beside
+    repeating the last prompt frame. Skipped (one line, None) without PyAV or the checkpoint."""
+    from PIL import Image, ImageDraw
+
+    from jpeglm import samples, video
+    from jpeglm.loading import load_model
+    from jpeglm.video_eval import clip_scores
+
+    if not (VIDEO_CHECKPOINT / "config.json").is_file():
+        print(f"(no video checkpoint in {VIDEO_CHECKPOINT}: skipping the video part)")
+        return None
+    try:
+        video.encode(np.zeros((1, 16, 16, 3), np.uint8))
+    except ImportError:
+        print("(PyAV is not installed: skipping the video part; pip install 'jpeglm[video]')")
+        return None
+    t0 = time.perf_counter()
+    import torch
+
+    loaded = load_model(VIDEO_CHECKPOINT, dtype=torch.float32)
+    v = loaded.info["video"]
+    total, size = int(round(v["fps"] * v["seconds"])), (int(v["height"]), int(v["width"]))
+    held_idx = samples.mnist_split()[1]
+    clips = samples.moving_mnist(n, frames=total, size=size[1], seed=seed + 101, indices=held_idx)
+    streams = [video.encode(video.prepare(list(c), width=size[1], height=size[0],
+                                          seconds=total / v["fps"], fps=v["fps"]),
+                            qp=v["qp"], fps=int(v["fps"])) for c in clips]  # fmt: skip
+    real = [video.decode(s) for s in streams]
+    rec = recorded_sampling(VIDEO_CHECKPOINT)
+    got = video.complete(loaded.model, loaded.tokenizer, streams, frames=prompt_frames,
+                         total_frames=total, size=size, max_tokens=2048, seed=seed,
+                         **rec)  # fmt: skip
+    scores = clip_scores(real, [g.frames for g in got], prompt_frames)
+    scores["valid_generated_frames"] = float(
+        np.mean([max(0, g.valid_frames - prompt_frames) / (total - prompt_frames) for g in got])
+    )
+    dt = time.perf_counter() - t0
+    rows = []
+    for r, g in zip(real, got):
+        rows += [[_big2(f) for f in r], [_big2(f) for f in g.frames]]
+    grid = image_grid(rows)
+    canvas = Image.new("RGB", (grid.shape[1] + 120, grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (120, 0))
+    d = ImageDraw.Draw(canvas)
+    h = grid.shape[0] // len(rows)
+    for r in range(len(rows)):
+        d.text((4, r * h + h // 2 - 6), "real clip" if r % 2 == 0 else
+               f"first {prompt_frames} frames\n+ AVC-LM", fill=(0, 0, 0))  # fmt: skip
+    write_png(out / "video_grid.png", canvas)
+    report = {
+        "checkpoint": VIDEO_CHECKPOINT.relative_to(Path(__file__).parents[1]).as_posix(),
+        "parameters": loaded.model.num_params(),
+        "sampling": rec,
+        "clips": n,
+        "prompt_frames": prompt_frames,
+        "total_frames": total,
+        **scores,
+        "seconds": dt,
+    }
+    print(
+        f"AVC-LM demo model ({report['parameters'] / 1e6:.1f}M parameters, {size[1]}x{size[0]} "
+        f"Moving-MNIST H.264 clips): {n} held-out clips completed after {prompt_frames} of "
+        f"{total} frames; generated frames PSNR {scores['psnr']:.2f} dB, SSIM "
+        f"{scores['ssim']:.3f} (repeat-last-frame: {scores['baseline_psnr']:.2f} dB, "
+        f"{scores['baseline_ssim']:.3f}); {scores['valid_generated_frames']:.0%} decoded from "
+        f"complete pictures\nwrote {out / 'video_grid.png'} and {out / 'report.json'} "
+        f"({dt:.1f} s)"
+    )
+    return report
+
+
+def _big2(img: np.ndarray) -> np.ndarray:
+    """A 64x64 frame shown 2x."""
+    return np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)

@@ -9,7 +9,8 @@ the original and against a trivial baseline), and a picture grid.
   known row of MCUs downwards.
 * ``judge_digits``: for 32x32 digit models, the share of samples a digit classifier
   recognises (:mod:`jpeglm.judge`), beside real digits and garbage.
-* FID needs Inception weights; nothing is downloaded at run time, so it is not computed here.
+* FID: :mod:`jpeglm.fid` (torchmetrics over a port of pytorch-fid's Inception; the weights
+  are the user's own file, nothing is downloaded), ``jpeglm eval --fid-weights``.
 """
 
 from __future__ import annotations

@@ -241,33 +241,76 @@ def cmd_complete(args: argparse.Namespace) -> int:
     return 0
 
 
+#: unconditional samples for ``eval --fid-weights`` unless ``--fid-samples`` says otherwise
+FID_SAMPLES = 64
+
+
+def _fid_network(args: argparse.Namespace, n_images: int):
+    """``eval --fid-weights``: its options, torchmetrics and the weights file, all checked
+    (the network loaded) before the model is read or anything sampled; None without it."""
+    if args.fid_weights is None:
+        if args.fid_samples is not None:
+            raise UserError("--fid-samples needs --fid-weights")
+        return None
+    if args.fid_samples is None:
+        args.fid_samples = FID_SAMPLES
+    if args.fid_samples < 2:
+        raise UserError(f"--fid-samples must be >= 2 (FID compares covariances), got "
+                        f"{args.fid_samples}")  # fmt: skip
+    if n_images < 2:
+        raise UserError(f"FID needs at least 2 held-out images, got {n_images}")
+    try:
+        import torchmetrics.image.fid  # noqa: F401
+    except ImportError as e:
+        raise UserError("--fid-weights needs torchmetrics: pip install 'jpeglm[fid]'") from e
+    from jpeglm.fid import FIDInception
+
+    return FIDInception.from_file(args.fid_weights)  # ValueError naming the file: exit 2
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from jpeglm import codec
     from jpeglm.eval import bits_per_byte, evaluate_completion
 
     info = _model_info(args)
     if video_commands.is_video(info):
+        if args.fid_weights is not None or args.fid_samples is not None:
+            raise UserError("--fid-weights is for image models, not video models")
         clips = existing_files(args.images, "clip")
         folder, tok_path = _plan_model_outputs(args, ["results.json"], clips)
         video_commands.evaluate(args, *_load_model(folder, tok_path, args), info, clips,
                                 _sampling_kwargs(args))  # fmt: skip
         return 0
-    if args.judge and args.size != 32:
-        raise UserError(f"--judge needs a 32x32 digit model (--size 32), not {args.size}")
+    size = args.size if args.size is not None else info.get("image_size")  # before the defaults
+    if args.judge and size != 32:
+        raise UserError(f"--judge needs a 32x32 digit model (--size 32), not {size}")
     paths = image_paths(args.images)
-    folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], paths)
+    fid_net = _fid_network(args, len(paths))
+    extra = [Path(args.fid_weights)] if fid_net is not None else []
+    folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], [*paths, *extra])
     model, tok = _load_model(folder, tok_path, args)
     kw = _sampling_kwargs(args)
     streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
     res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
                               write_results=False, **kw)  # fmt: skip
     res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
-    if args.judge:  # unconditional samples judged by the digit classifier
-        from jpeglm.eval import judge_digits
+    n_fid = args.fid_samples if fid_net is not None else 0
+    if args.judge or n_fid:  # one set of unconditional samples for both
         from jpeglm.sample import generate
 
-        gen = generate(model, tok, n=args.judge, **kw)
-        res["judge"] = judge_digits([s.image for s in gen])
+        gen = [s.image for s in generate(model, tok, n=max(args.judge, n_fid), **kw)]
+        if args.judge:  # judged by the digit classifier
+            from jpeglm.eval import judge_digits
+
+            res["judge"] = judge_digits(gen[: args.judge])
+        if n_fid:  # against the held-out images as the model sees them (the round trip)
+            from jpeglm.fid import fid
+
+            held_out = [codec.decode(s, quality=args.quality) for s in streams]
+            dev = "cpu" if args.device.startswith("mps") else args.device  # float64 states
+            value = fid(held_out, gen[:n_fid], fid_net, device=dev)
+            res["fid"] = {"value": value, "samples": n_fid, "reference_images": len(held_out),
+                          "weights": Path(args.fid_weights).name}  # fmt: skip
     atomic_write_bytes(Path(args.out) / "results.json", (json.dumps(res, indent=2) + "\n").encode())
     print(json.dumps(res, indent=2))
     return 0

@@ -40,7 +40,8 @@ src = Path("video_work/run/final")
 args, state = checkpoint.load_hf_state(src)
 dst = Path("python/jpeglm/data/checkpoints/moving_mnist64")
 meta = json.loads((src / "jpeglm.json").read_text())
-meta["sampling"] = {"temperature": 0.7, "top_k": 16, "top_p": 0.95}
+# chosen on 12 held-out clips x 2 seeds (benchmarks/RESULTS.md, "Video (AVC-LM) clips")
+meta["sampling"] = {"temperature": 0.3, "top_k": 16, "top_p": 0.95}
 checkpoint.save_hf(dst, args, state, dtype=torch.bfloat16, tokenizer=src / "tokenizer.jpeglm",
                    metadata=meta, replace=True)
 print("wrote", dst, "from", src)

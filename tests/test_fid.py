@@ -288,7 +288,7 @@ def test_fid_inputs(net, monkeypatch):
     with pytest.raises(ValueError, match="no such file"):
         fid(_images(3), _images(3), "/nonexistent/pt_inception.pth")
     monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)  # as if not installed
-    with pytest.raises(ImportError, match=r"pip install 'jpeglm\[eval\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'jpeglm\[fid\]'"):
         fid(_images(3), _images(3), net)
 
 

@@ -31,18 +31,7 @@ jpeglm train-tokenizer $W/img_train -o $W/tokenizer.jpeglm --size 32 --vocab-siz
 jpeglm prepare $W/img_train $W/train --tokenizer $W/tokenizer.jpeglm --size 32 --seq-len 512 --quiet
 jpeglm prepare $W/img_held $W/held --tokenizer $W/tokenizer.jpeglm --size 32 --seq-len 512 --quiet
 jpeglm train configs/mnist_demo.toml "$@"
-python - <<'P'
-# the run's HF export (OUT/final: weights, tokenizer, jpeglm.json), stored in bf16
-import json, torch
-from pathlib import Path
-from jpeglm import checkpoint
-src = Path("demo_work/run/final")
-args, state = checkpoint.load_hf_state(src)
-dst = Path("python/jpeglm/data/checkpoints/mnist32")
-meta = json.loads((src / "jpeglm.json").read_text())
-# chosen on held-out data by `python benchmarks/demo_quality.py CKPT --sweep` (RESULTS.md)
-meta["sampling"] = {"temperature": 0.4, "top_k": 4, "top_p": 0.9}
-checkpoint.save_hf(dst, args, state, dtype=torch.bfloat16, tokenizer=src / "tokenizer.jpeglm",
-                   metadata=meta, replace=True)
-print("wrote", dst, "from", src)
-P
+# the run's HF export, stored in bf16 with the sampling settings chosen on held-out data by
+# `python benchmarks/demo_quality.py CKPT --sweep` (benchmarks/RESULTS.md, "Demo model")
+python scripts/ship_checkpoint.py demo_work/run/final python/jpeglm/data/checkpoints/mnist32 \
+  0.4 4 0.9

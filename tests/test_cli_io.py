@@ -53,12 +53,13 @@ def test_demo(tmp_path, capsys):
     import json
 
     from jpeglm import demo
+    from jpeglm.loading import read_info
 
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["sampling"] == demo.recorded_sampling(demo.DEMO_CHECKPOINT)
+    assert report["sampling"] == read_info(demo.DEMO_CHECKPOINT)["sampling"]
     assert report["samples"] == 4 and 0 <= report["judge"]["samples"]["share"] <= 1
     v = report["video"]
-    assert v["sampling"] == demo.recorded_sampling(demo.VIDEO_CHECKPOINT)
+    assert v["sampling"] == read_info(demo.VIDEO_CHECKPOINT)["sampling"]
     assert v["clips"] == 4 and v["prompt_frames"] == 10 and v["total_frames"] == 15
     assert 0 < v["baseline_psnr"] < 100 and -1 <= v["ssim"] <= 1
     with Image.open(tmp_path / "video_grid.png") as im:

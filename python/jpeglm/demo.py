@@ -26,7 +26,6 @@ __all__ = [
     "VIDEO_CHECKPOINT",
     "inputs",
     "output_names",
-    "recorded_sampling",
     "run",
 ]
 
@@ -53,14 +52,6 @@ def inputs() -> list[Path]:
         if folder.is_dir():
             paths += list(folder.iterdir())
     return paths
-
-
-def recorded_sampling(checkpoint: Path) -> dict:
-    """The sampling settings recorded with a checkpoint (``jpeglm.json``'s ``sampling``:
-    temperature, top_k, top_p), or the paper's when none are recorded."""
-    meta = checkpoint / "jpeglm.json"
-    rec = json.loads(meta.read_text()).get("sampling", {}) if meta.is_file() else {}
-    return {"temperature": 1.0, "top_k": 50, "top_p": 0.9, **rec}
 
 
 def run(
@@ -170,18 +161,17 @@ def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict
     from jpeglm import codec, samples
     from jpeglm.eval import bits_per_byte, completion_scores, judge_digits
     from jpeglm.judge import default_judge
-    from jpeglm.model import Transformer
+    from jpeglm.loading import load_model
     from jpeglm.sample import complete, generate
-    from jpeglm.tokenizer import Tokenizer
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
-    model = Transformer.from_pretrained(DEMO_CHECKPOINT, dtype=torch.float32).eval()
-    tok = Tokenizer.load(DEMO_CHECKPOINT / "tokenizer.jpeglm")
+    loaded = load_model(DEMO_CHECKPOINT, dtype=torch.float32)
+    model, tok = loaded.model, loaded.tokenizer
     size = 32
     # A ~1M-parameter model trained for an hour: it is sampled at the settings recorded with it
     # (chosen on held-out data; the paper's temperature 1 / top-k 50 / top-p 0.9 are for 7B).
-    rec = recorded_sampling(DEMO_CHECKPOINT)
+    rec = dict(loaded.info["sampling"])  # jpeglm.json's, over the paper's defaults
     if temperature is not None:
         rec["temperature"] = temperature
     kw = dict(size=size, max_tokens=600, seed=seed, **rec)
@@ -285,7 +275,7 @@ def _video_part(out: Path, seed: int, n: int = 4, prompt_frames: int = 10) -> di
                                           seconds=total / v["fps"], fps=v["fps"]),
                             qp=v["qp"], fps=int(v["fps"])) for c in clips]  # fmt: skip
     real = [video.decode(s) for s in streams]
-    rec = recorded_sampling(VIDEO_CHECKPOINT)
+    rec = dict(loaded.info["sampling"])
     got = video.complete(loaded.model, loaded.tokenizer, streams, frames=prompt_frames,
                          total_frames=total, size=size, max_tokens=2048, seed=seed,
                          **rec)  # fmt: skip

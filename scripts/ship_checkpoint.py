@@ -1,0 +1,24 @@
+"""Store a training run's HF export as a shipped demo checkpoint (the demo scripts' last step).
+
+    python scripts/ship_checkpoint.py RUN/final DEST TEMPERATURE TOP_K TOP_P
+
+The weights in bf16, the run's tokenizer and its jpeglm.json with the sampling settings chosen
+on held-out data recorded in it; DEST (a folder under python/jpeglm/data/checkpoints) replaced.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from jpeglm import checkpoint
+
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+temperature, top_k, top_p = float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+args, state = checkpoint.load_hf_state(src)
+meta = json.loads((src / "jpeglm.json").read_text())
+meta["sampling"] = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+checkpoint.save_hf(dst, args, state, dtype=torch.bfloat16, tokenizer=src / "tokenizer.jpeglm",
+                   metadata=meta, replace=True)  # fmt: skip
+print("wrote", dst, "from", src)

@@ -249,9 +249,13 @@ def video_settings(args: argparse.Namespace) -> dict | None:
     m = re.fullmatch(r"(\d+)x(\d+)", args.frame_size or "256x144")
     if not m:
         raise UserError(f"--frame-size must be WIDTHxHEIGHT, got {args.frame_size!r}")
+    from jpeglm.video import check_frame_size
+
     w, h = int(m.group(1)), int(m.group(2))
-    if w % 2 or h % 2 or not (2 <= w <= 4096 and 2 <= h <= 4096):
-        raise UserError(f"--frame-size must be even and in 2..4096 per side, got {w}x{h}")
+    try:
+        check_frame_size(w, h)
+    except ValueError as e:
+        raise UserError(f"--frame-size: {e}") from e
     if not (math.isfinite(args.fps) and args.fps > 0):
         raise UserError(f"--fps must be positive, got {args.fps}")
     if not (math.isfinite(args.seconds) and args.seconds > 0):

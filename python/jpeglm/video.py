@@ -46,6 +46,7 @@ __all__ = [
     "ClipSample",
     "VideoError",
     "VideoResult",
+    "check_frame_size",
     "complete",
     "decode",
     "encode",
@@ -121,6 +122,12 @@ def _fit_and_pad(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return out
 
 
+def check_frame_size(width: int, height: int) -> None:
+    """A canonical frame size: both sides even (4:2:0) and in 2..4096; else ValueError."""
+    if width % 2 or height % 2 or width <= 0 or height <= 0 or width > 4096 or height > 4096:
+        raise ValueError(f"width and height must be even and in 2..4096, got {width}x{height}")
+
+
 def prepare(
     source: str | os.PathLike | bytes | np.ndarray | list,
     *,
@@ -139,8 +146,7 @@ def prepare(
     as already at ``fps`` unless ``source_fps`` says otherwise. Each frame is scaled to fit
     and padded to ``width`` x ``height`` (both even).
     """
-    if width % 2 or height % 2 or width <= 0 or height <= 0 or width > 4096 or height > 4096:
-        raise ValueError(f"width and height must be even and in 2..4096, got {width}x{height}")
+    check_frame_size(width, height)
     if not (fps > 0 and seconds > 0):
         raise ValueError("fps and seconds must be positive")
     n_out = int(round(fps * seconds))

@@ -14,6 +14,8 @@ import torch
 
 from jpeglm import checkpoint
 
+if len(sys.argv) != 6 or not (Path(sys.argv[1]) / "jpeglm.json").is_file():
+    sys.exit("usage: " + __doc__.strip().splitlines()[2].strip() + " (RUN/final has jpeglm.json)")
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 temperature, top_k, top_p = float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 args, state = checkpoint.load_hf_state(src)

@@ -153,7 +153,7 @@ def _free() -> None:
 
 
 def _load_bench(name: str):
-    """A benchmarks/ script as a module (``kernels.py`` would clash with the kernels/ folder)."""
+    """A benchmarks/ script (``bench_NAME.py``) as a module."""
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(HERE))
@@ -473,7 +473,7 @@ def stage_kernels(r: Report) -> None:
         r.add("Speed (eager / torch.compile / Liger / jpeglm, bf16, 8,192 tokens): needs CUDA, "
               "not run in the dry mode.")  # fmt: skip
         return
-    kb = _load_bench("kernels")
+    kb = _load_bench("bench_kernels")
     tokens, dtype, dev = 8192, torch.bfloat16, "cuda"
     builders = [
         lambda: kb.rms_norm_case(tokens, 4096, dev, dtype, True),
@@ -881,7 +881,7 @@ def stage_train(r: Report) -> None:
     torch.compile per block (``compile=true``)."""
     import torch
 
-    bench = _load_bench("model")
+    bench = _load_bench("bench_model")
     cuda = torch.cuda.is_available()
     if r.dry:
         size, batch, seq, steps, warmup, modes = "tiny", 2, 32, 1, 1, ["eager", "jpeglm"]
@@ -941,7 +941,7 @@ def stage_memory(r: Report) -> None:
     from jpeglm import plan as planmod
     from jpeglm.model import ModelArgs
 
-    bench = _load_bench("model")
+    bench = _load_bench("bench_model")
     cuda = torch.cuda.is_available()
     size, seq = ("tiny", 64) if r.dry else ("1B", 12288)
     args = ModelArgs.from_name(size)

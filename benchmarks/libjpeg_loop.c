@@ -1,6 +1,6 @@
 /* The ceiling for the codec benchmark: a plain C loop over libjpeg (no Python at all) doing
  * the canonical encode (q25, 4:2:0, restart every MCU, tables suppressed) and the decode of
- * complete files to RGB, over the same images as benchmarks/codec.py.
+ * complete files to RGB, over the same images as benchmarks/bench_codec.py.
  *   usage: libjpeg_loop RAW_STACK N SIZE JPEG_BLOB SIZES_FILE REPEATS
  * RAW_STACK: N*SIZE*SIZE*3 bytes of RGB; JPEG_BLOB: the N complete files back to back;
  * SIZES_FILE: N lines with each file's length. Prints "encode <img/s>" and "decode <img/s>". */

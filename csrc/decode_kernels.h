@@ -1,7 +1,7 @@
 // The sampler's two memory-bound fp32 ops on CPU, each streaming its operand once from
 // memory with all cores: the small-batch linear layer and attention over the KV cache (torch's
 // GEMV and CPU flash attention reach about a third of the memory bandwidth on the 2-core
-// reference machine; see benchmarks/generate.py).
+// reference machine; see benchmarks/bench_generate.py).
 //
 // Linear: y = x @ W^T with W pre-packed into column panels.
 // Packed layout: panels of kPanel = 32 output columns; panel p holds W[32p + j, c] at

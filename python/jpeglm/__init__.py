@@ -17,9 +17,16 @@ def _source_checkout_kernels() -> None:
 
     Wheels and editable installs map ``kernels/`` to ``jpeglm/kernels`` themselves (the
     ``[tool.scikit-build.wheel.packages]`` table of ``pyproject.toml``); then this finds the
-    subpackage already and does nothing. ``kernels/__init__.py`` imports nothing, so loading
-    it here costs nothing.
+    subpackage already and does nothing.
+
+    ``kernels/`` has no ``__init__.py`` on purpose: from the repository root (``python -m
+    pytest``, ``python -c``, a notebook) the current directory comes first on ``sys.path``, and a
+    regular package there named ``kernels`` would shadow Hugging Face's ``kernels``
+    distribution, which transformers imports. A folder without ``__init__.py`` is only a
+    namespace portion, and any installed regular package of that name wins over it. Here the
+    folder becomes the package ``jpeglm.kernels`` (no code runs: the ops are its submodules).
     """
+    import importlib.machinery
     import importlib.util
     import os
     import sys
@@ -27,17 +34,13 @@ def _source_checkout_kernels() -> None:
     if "jpeglm.kernels" in sys.modules or importlib.util.find_spec("jpeglm.kernels"):
         return
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "kernels")
-    init = os.path.join(folder, "__init__.py")
-    if not os.path.isfile(init):  # not a checkout either: leave the ImportError to the caller
-        return
-    spec = importlib.util.spec_from_file_location(
-        "jpeglm.kernels", init, submodule_search_locations=[folder]
-    )
-    if spec is None or spec.loader is None:
-        return
+    if not os.path.isfile(os.path.join(folder, "rms_norm.py")):  # not a checkout: leave the
+        return  # ImportError to the caller
+    spec = importlib.machinery.ModuleSpec("jpeglm.kernels", None, is_package=True)
+    spec.submodule_search_locations = [folder]
     module = importlib.util.module_from_spec(spec)
+    module.__doc__ = "Triton kernels for the Llama model (the repository's kernels/ folder)."
     sys.modules["jpeglm.kernels"] = module
-    spec.loader.exec_module(module)
     globals()["kernels"] = module  # what the import system does for a found submodule
 
 

@@ -44,7 +44,7 @@ __all__ = [
     "ModelArgs",
     "Transformer",
     "copy_full_",
-    "inference_act_dtype",  # re-exported from jpeglm.inference (benchmarks/generate.py)
+    "inference_act_dtype",  # re-exported from jpeglm.inference (benchmarks/bench_generate.py)
 ]
 
 

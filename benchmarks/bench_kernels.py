@@ -1,6 +1,6 @@
 """Per-kernel forward + backward time and peak memory: jpeglm's Triton kernels vs their peers.
 
-    python benchmarks/kernels.py [--device auto|cuda|cpu] [--tokens 8192] [--no-write]
+    python benchmarks/bench_kernels.py [--device auto|cuda|cpu] [--tokens 8192] [--no-write]
 
 On CUDA, at Llama-7B sizes (hidden 4096, MLP 11008, 32 heads of 128, bf16, 8192 tokens), each
 op's forward + backward is timed with ``triton.testing.do_bench`` (median) and its peak memory
@@ -254,7 +254,8 @@ def run_gpu(tokens: int) -> str:
         f"triton {_version('triton')}, {liger_note}.\n"
         f"Forward + backward of each op at Llama-7B sizes, {tokens} tokens, bf16; median of "
         "`triton.testing.do_bench`; peak memory above the inputs. 'vs' columns: speed-up "
-        "(>1 is faster) and memory ratio (<1 is smaller). Command: `python benchmarks/kernels.py`."
+        "(>1 is faster) and memory ratio (<1 is smaller). Command: "
+        "`python benchmarks/bench_kernels.py`."
     )
     goals = ("Goals (issue 5, H100): each kernel >= 1.0x Liger; fused linear + cross-entropy "
              "<= 0.4x eager peak memory.")  # fmt: skip
@@ -293,7 +294,7 @@ def run_cpu(repeats: int) -> str:
         "times the eager PyTorch reference ops (`jpeglm.kernels.reference`, what the model runs "
         f"on CPU) at small shapes, best of {repeats} round-robin repeats. The GPU comparison "
         "(eager / torch.compile / Liger / jpeglm at Llama-7B sizes) is still open: run "
-        "`python benchmarks/kernels.py` on a CUDA machine."
+        "`python benchmarks/bench_kernels.py` on a CUDA machine."
     )
     return "\n\n".join([header, "\n".join(rows)])
 

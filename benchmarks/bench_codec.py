@@ -1,6 +1,6 @@
 """Canonical encode / decode throughput of 256x256 images: jpeglm vs its peers, one run.
 
-    python benchmarks/codec.py [--images 64] [--repeats 5] [--no-write]
+    python benchmarks/bench_codec.py [--images 64] [--repeats 5] [--no-write]
 
 Peers, each given its most favourable input (prepared outside the timed loop):
 * Pillow: a ready PIL image -> ``save(..., quality=25, subsampling="4:2:0", streamtype=2,
@@ -197,7 +197,7 @@ def main() -> None:
         f"{n} canonical 256x256 images (random crops of the bundled photos), quality 25, "
         f"mean stripped stream {mean_kb:.1f} KiB. Best of {args.repeats} round-robin repeats "
         "(every implementation timed in turn, so load spikes hit all alike); "
-        "command: `python benchmarks/codec.py`.\n\n"
+        "command: `python benchmarks/bench_codec.py`.\n\n"
         "### Encode (prepared RGB array -> canonical stream)\n\n"
         + table(enc_rates, enc_rates["Pillow (reference)"])
         + "\n\n### Decode (stream -> RGB array)\n\n"

@@ -1,6 +1,6 @@
 """Whole-model training throughput: jpeglm's kernels vs eager PyTorch vs torch.compile.
 
-    python benchmarks/model.py [--device auto|cuda|cpu] [--sizes base 1B] [--steps 10]
+    python benchmarks/bench_model.py [--device auto|cuda|cpu] [--sizes base 1B] [--steps 10]
                                [--precision autocast bf16] [--no-write]
 
 A training step is what ``jpeglm.train`` runs: forward (loss through the linear +
@@ -240,7 +240,7 @@ def main() -> None:
             "GPU / DDP), `bf16` = bf16 parameters (FSDP2's compute dtype). Median of "
             f"{steps} steps after 3 warm-up steps. MFU against the card's dense bf16 peak with "
             "6N + 6LdT FLOPs per token (causal attention counted as half, as the trainer "
-            "reports it). Command: `python benchmarks/model.py`."
+            "reports it). Command: `python benchmarks/bench_model.py`."
         )
         goals = "Goals (issue 5, H100): training >= 1.5x eager; MFU >= 45% at 1B."
         body = "\n\n".join([header, table(results, gpu), goals])
@@ -255,7 +255,7 @@ def main() -> None:
             "Training step = forward + backward + clipping + AdamW, median "
             f"of {steps} steps. The GPU comparison (base and 1B at 12,288 tokens: eager / "
             "torch.compile / jpeglm kernels, trainer's fp32 + autocast and bf16 parameters, "
-            "tokens/s and MFU) is still open: run `python benchmarks/model.py` on a CUDA "
+            "tokens/s and MFU) is still open: run `python benchmarks/bench_model.py` on a CUDA "
             "machine, or `bash scripts/gpu_check.sh` (README, 'GPU check')."
         )
         body = "\n\n".join([header, table(results, gpu)])

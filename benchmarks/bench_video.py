@@ -1,7 +1,7 @@
 """AVC-LM clips: encode / decode speed of jpeglm.video (PyAV, in process) against Debian's
 ffmpeg command line on the same frames, and bytes / tokens per canonical clip.
 
-    python benchmarks/video.py [--clips 8] [--repeats 3] [--no-write]
+    python benchmarks/bench_video.py [--clips 8] [--repeats 3] [--no-write]
 
 Clips: Moving-MNIST (two bundled digits bouncing) scaled into the paper's 256x144 frame, 15
 frames at 3 fps (jpeglm.video.prepare). The command line runs the paper's libx264 options on
@@ -110,7 +110,8 @@ def main() -> None:
         )
     s0 = video.structure(all_streams[0])
     body = "\n".join([
-        f"Machine: {machine()}; {today()}; `python benchmarks/video.py`. Moving-MNIST clips in "
+        f"Machine: {machine()}; {today()}; `python benchmarks/bench_video.py`. Moving-MNIST clips "
+        "in "
         "the paper's 256x144 frame, 15 frames at 3 fps, the paper's libx264 settings "
         f"(x264 core {s0.get('x264_core')} in PyAV's wheel). Round robin, best of "
         f"{args.repeats}.",

@@ -1,6 +1,6 @@
 """Sampling speed: jpeglm's sampler vs Hugging Face ``generate`` on the same weights.
 
-    python benchmarks/generate.py [--model small] [--tokens 128] [--rounds 3] [--no-compile]
+    python benchmarks/bench_generate.py [--model small] [--tokens 128] [--rounds 3] [--no-compile]
                                   [--no-write]
 
 Random weights of the named size are saved as a HF checkpoint and loaded by both sides. Every
@@ -190,7 +190,8 @@ def main() -> None:
         f", transformers {transformers.__version__}, {torch.get_num_threads()} threads. Model "
         f"`{args.model}` ({ours.num_params() / 1e6:.1f}M parameters, random weights), prompt BOS"
         f" + canonical 256x256 header ({len(prompt_ids)} tokens), {n} new tokens, top-k 50 / "
-        f"top-p 0.9, round robin best of {args.rounds}; command: `python benchmarks/generate.py`."
+        f"top-p 0.9, round robin best of {args.rounds}; command: "
+        "`python benchmarks/bench_generate.py`."
         "\n\n" + "\n".join(rows) + "\n\n"
         "`constrained` = grammar mask on (the default), `plain` = off. fp32 / bf16 / int8: the "
         "sampling weights (`dtype=`; int8 = weight-only per-channel int8 with bf16 activations). "

@@ -12,8 +12,8 @@ sentencepiece a model trained on the same corpus (its own merges). The text peer
 braille-mapped text (``chr(b + 0x2800)``) prepared beforehand (not timed). MB/s count input
 bytes; best of ``--repeat`` runs.
 
-    python benchmarks/tokenizer.py                  # 10k training images, writes RESULTS.md
-    python benchmarks/tokenizer.py --images 1000 --no-write
+    python benchmarks/bench_tokenizer.py                  # 10k training images, writes RESULTS.md
+    python benchmarks/bench_tokenizer.py --images 1000 --no-write
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def main() -> None:
     lines = [
         HEADING,
         "",
-        f"`python benchmarks/tokenizer.py` — {dt.date.today().isoformat()}, {cpu_model()}, "
+        f"`python benchmarks/bench_tokenizer.py` — {dt.date.today().isoformat()}, {cpu_model()}, "
         f"{os.cpu_count()} cores; Python {platform.python_version()}, tiktoken "
         f"{tiktoken.__version__}, tokenizers {tokenizers.__version__}, sentencepiece "
         f"{spm.__version__}. Load average {load_start:.1f} at the start, "

@@ -1,6 +1,6 @@
 """Preprocessing throughput: image files -> packed token shards, vs a plain Pillow + tiktoken loop.
 
-    python benchmarks/data.py [--images 200] [--no-write]
+    python benchmarks/bench_data.py [--images 200] [--no-write]
 
 Both sides do the same work per image: read the file, decode, center crop + antialiased
 resize to 256, canonical JPEG (Pillow's save with the same options), BPE tokens (tiktoken
@@ -111,7 +111,7 @@ def main() -> None:
                 )
     body = (
         f"Machine: {machine()}. Date: {today()}. {args.images} images per source; "
-        "command: `python benchmarks/data.py`.\n\n" + "\n".join(rows)
+        "command: `python benchmarks/bench_data.py`.\n\n" + "\n".join(rows)
     )
     print(body)
     if not args.no_write:

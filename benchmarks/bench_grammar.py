@@ -1,6 +1,6 @@
 """Cost of grammar-constrained sampling: the token mask per decode step, batch 16.
 
-    python benchmarks/grammar.py [--batch 16] [--no-write]
+    python benchmarks/bench_grammar.py [--batch 16] [--no-write]
 
 A vocab-320 tokenizer is trained on canonical streams of the bundled photos; 16 held-out
 streams are walked token by token (as a sampler would), and every step computes the
@@ -124,7 +124,7 @@ def main() -> None:
         rows.append(f"| model step | not measured ({e}) |")
 
     body = (
-        f"Machine: {machine()}. Date: {today()}. Command: `python benchmarks/grammar.py`.\n"
+        f"Machine: {machine()}. Date: {today()}. Command: `python benchmarks/bench_grammar.py`.\n"
         f"Vocab {tok.vocab_size} BPE trained on 80 canonical 256x256 streams; {b} held-out streams "
         f"walked for {n_steps} tokens each (the mask is checked to allow the true next token).\n\n"
         + "\n".join(rows)

@@ -2,9 +2,14 @@
 # One-time set-up on a fresh Debian machine (run as root, or with sudo available):
 # system libjpeg(-turbo) headers and build tools, a virtualenv in .venv with the Python
 # dependencies, and jpeglm itself built from csrc/ (editable install). Safe to re-run.
-#   JPEGLM_NO_TORCH=1  skips torch/triton (codec and tokenizer only; their tests still run).
+# Python packages are installed at the versions in constraints.txt (known to pass the suite), so
+# a test run is reproducible; `scripts/test.sh --latest` sets the two variables below instead.
+#   JPEGLM_NO_TORCH=1    skips torch/triton (codec and tokenizer only; their tests still run).
+#   JPEGLM_LATEST=1      no constraints: the newest release of every dependency (upgrading).
+#   JPEGLM_VENV=DIR      the virtualenv to create/use (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV=${JPEGLM_VENV:-.venv}
 
 need=()
 for pkg in libjpeg62-turbo-dev libturbojpeg0 cmake g++ make ffmpeg; do  # ffmpeg: video tests
@@ -19,23 +24,36 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv"
-  "$PY" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
 fi
 # shellcheck disable=SC1091
-. .venv/bin/activate
+. "$VENV/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-echo "[setup] installing Python dependencies"
-# torch first and pinned (the CPU wheel on this machine kind), so that nothing installed later
-# pulls a multi-GB CUDA build; then the packages that need it.
+if [ "${JPEGLM_LATEST:-0}" = "1" ]; then
+  echo "[setup] installing the newest releases of the Python dependencies into $VENV"
+  versions=(--upgrade --upgrade-strategy eager)
+  build_dir=build/latest  # its own CMake cache: it names this venv's Python
+else
+  echo "[setup] installing the Python dependencies at the versions in constraints.txt"
+  versions=(-c constraints.txt)
+  build_dir=""
+fi
+# torch first and pinned (the CPU wheel on this machine kind; also with --latest: the newer
+# releases on the registry here are multi-GB CUDA builds), so that nothing installed later pulls
+# a CUDA build; then the packages that need it.
 if [ "${JPEGLM_NO_TORCH:-0}" != "1" ]; then
   pip install -q "torch==2.13.0"
-  pip install -q -r requirements-train.txt
+  pip install -q "${versions[@]}" -r requirements-train.txt
 fi
-pip install -q -r requirements-dev.txt
+pip install -q "${versions[@]}" -r requirements-dev.txt
 
 echo "[setup] building jpeglm (csrc/ -> jpeglm._core)"
-pip install -q --no-build-isolation -e .
+if [ -n "$build_dir" ]; then
+  pip install -q --no-build-isolation -C build-dir="$build_dir" -e .
+else
+  pip install -q --no-build-isolation -e .
+fi
 python -c "import jpeglm._core, jpeglm.codec; print('[setup] jpeglm', jpeglm.__version__, 'ready')"

@@ -42,7 +42,8 @@ def _hf_kernels_installed() -> str:
     try:
         return importlib.metadata.version("kernels")
     except importlib.metadata.PackageNotFoundError:
-        pytest.fail("Hugging Face's `kernels` is not installed: pip install -r requirements-dev.txt")
+        pytest.fail("Hugging Face's `kernels` is not installed: "
+                    "pip install -r requirements-dev.txt")
 
 
 def _run_in_root(code: str, timeout: int = 300) -> subprocess.CompletedProcess:

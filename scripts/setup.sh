@@ -35,17 +35,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if [ "${JPEGLM_LATEST:-0}" = "1" ]; then
   echo "[setup] installing the newest releases of the Python dependencies into $VENV"
   versions=(--upgrade --upgrade-strategy eager)
+  torch_spec=torch  # the newest release too (on this machine kind a multi-GB CUDA build)
   build_dir=build/latest  # its own CMake cache: it names this venv's Python
 else
   echo "[setup] installing the Python dependencies at the versions in constraints.txt"
   versions=(-c constraints.txt)
+  torch_spec=torch==2.13.0  # the CPU wheel on this machine kind
   build_dir=""
 fi
-# torch first and pinned (the CPU wheel on this machine kind; also with --latest: the newer
-# releases on the registry here are multi-GB CUDA builds), so that nothing installed later pulls
-# a CUDA build; then the packages that need it.
+# torch first, so that nothing installed later pulls another build of it (an unpinned torch
+# is a multi-GB CUDA build); then the packages that need it.
 if [ "${JPEGLM_NO_TORCH:-0}" != "1" ]; then
-  pip install -q "torch==2.13.0"
+  pip install -q "${versions[@]}" "$torch_spec"
   pip install -q "${versions[@]}" -r requirements-train.txt
 fi
 pip install -q "${versions[@]}" -r requirements-dev.txt

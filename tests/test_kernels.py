@@ -309,3 +309,58 @@ def test_reference_ops_have_one_home():
     assert torch_backend.rms_norm is home.rms_norm and torch_backend.swiglu is home.swiglu
     code = "import sys, jpeglm.kernels.reference; assert 'jpeglm._core' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------- per-parameter gradients under activation checkpointing
+
+GRAD_RTOL = 1e-4  # ||g - g_ref|| / ||g_ref||, every parameter, fp32
+
+
+def param_grads(model, idx, targets) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(idx, targets=targets).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def relative_errors(got: dict, ref: dict) -> dict[str, float]:
+    """||g - g_ref|| / ||g_ref|| per parameter, in float64."""
+    out = {}
+    for name, g_ref in ref.items():
+        a, b = got[name].double(), g_ref.double()
+        out[name] = ((a - b).norm() / b.norm()).item()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_grads():
+    """The tiny model's weights, a batch, and the PyTorch backend's gradients without
+    activation checkpointing: the reference every Triton / checkpointing combination meets."""
+    torch.manual_seed(0)
+    args = ModelArgs.from_name("tiny", max_seq_len=32)
+    ref = Transformer(args, backend="torch").to(DEVICE)
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, args.vocab_size, (2, 12), generator=gen).to(DEVICE)
+    targets = idx.roll(-1, dims=1)
+    targets[:, -1] = -100
+    return args, ref.state_dict(), idx, targets, param_grads(ref, idx, targets)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("ac", ["none", "selective", "full"])
+def test_model_gradients_per_parameter(reference_grads, ac, compiled):
+    """Every parameter's gradient on the Triton backend, under each activation-checkpointing
+    mode, within 1e-4 (relative) of the PyTorch backend's without checkpointing. Per parameter:
+    the loss and the overall gradient cosine hid a 0.78 error on one weight (issue 26)."""
+    if compiled and DEVICE == "cpu":
+        pytest.skip("Triton + torch.compile: Dynamo cannot trace the Triton interpreter's "
+                    "launches; scripts/gpu_check.sh (stage model) checks it on a GPU")  # fmt: skip
+    args, state, idx, targets, ref = reference_grads
+    fast = Transformer(args, backend="triton").to(DEVICE)
+    fast.load_state_dict(state)
+    fast.set_activation_checkpointing(ac)
+    if compiled:
+        for layer in fast.layers:  # as the trainer's compile=true does
+            layer.compile()
+    errors = relative_errors(param_grads(fast, idx, targets), ref)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= GRAD_RTOL, f"{ac}: {worst} off by {errors[worst]:.2e} (relative)"

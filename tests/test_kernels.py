@@ -23,7 +23,7 @@ from jpeglm import backends  # noqa: E402
 from jpeglm.kernels import reference  # noqa: E402
 from jpeglm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy  # noqa: E402
 from jpeglm.kernels.rms_norm import rms_norm  # noqa: E402
-from jpeglm.kernels.rope import rope_  # noqa: E402
+from jpeglm.kernels.rope import rope  # noqa: E402
 from jpeglm.kernels.swiglu import swiglu  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 
@@ -106,8 +106,10 @@ def test_rope(dtype, heads, head_dim):
     x_ref = base.view(batch, seq, heads + 2, head_dim)[:, :, 1 : heads + 1]
     y_ref = reference.rope(x_ref, cos, sin)
     x = (base * 1).view(batch, seq, heads + 2, head_dim)[:, :, 1 : heads + 1]
-    y = rope_(x, cos, sin)
-    assert y.data_ptr() == x.data_ptr()  # in place
+    before = x.detach().clone()
+    y = rope(x, cos, sin)
+    # out of place: selective activation checkpointing keeps x (the q / k matmul's output)
+    assert y.data_ptr() != x.data_ptr() and torch.equal(x, before)
     close(y, y_ref, dtype, msg="forward")
     if dtype == torch.float32:
         close(y, rotate_half_hf(x_ref, cos, sin), dtype, msg="HF rotate_half")
@@ -119,7 +121,7 @@ def test_rope_rejects_bad_tables():
     x = torch.zeros(1, 4, 2, 8, device=DEVICE)
     cos, sin = rope_tables(3, 8)
     with pytest.raises(ValueError, match=r"cos/sin must have shape \(4, 4\)"):
-        rope_(x, cos, sin)
+        rope(x, cos, sin)
 
 
 # ------------------------------------------------------------------------------------ SwiGLU
@@ -240,7 +242,7 @@ def test_backend_forced_to_triton(monkeypatch):
     # Under the interpreter the kernels run on CPU tensors too: no silent fallback.
     if DEVICE == "cpu":
         assert ops.rms_norm is rms_norm and ops.swiglu is swiglu
-        assert ops.rope.__name__ == "rope_op"  # in place with gradients, custom op without
+        assert ops.rope is rope  # the custom op, with and without gradients
 
 
 def test_model_triton_backend_matches_reference():
@@ -270,11 +272,9 @@ def test_model_triton_backend_matches_reference():
 
 
 def test_rope_custom_op_out_of_place_and_compiles():
-    """Inference RoPE: ``torch.ops.jpeglm.rope`` writes a fresh tensor (input untouched, any
-    input strides), equals the reference, and traces with fullgraph=True (the in-place
-    autograd Function would break the graph)."""
-    from jpeglm.kernels.rope import rope
-
+    """``torch.ops.jpeglm.rope`` writes a fresh tensor (input untouched, any input strides),
+    equals the reference, passes ``torch.library.opcheck`` (schema, fake tensor, autograd
+    registration) and traces with fullgraph=True, its gradient included."""
     qkv = torch.randn(2, 3, 3 * 4 * 8, device=DEVICE)
     x = qkv[..., : 4 * 8].view(2, 3, 4, 8)  # a strided view, as the fused projection gives
     before = x.clone()
@@ -288,6 +288,11 @@ def test_rope_custom_op_out_of_place_and_compiles():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     close(compiled(x, cos, sin), 2 * reference.rope(x, cos, sin), torch.float32)
+    leaf_x = x.detach().clone().requires_grad_()
+    dy = torch.randn(2, 3, 4, 8, device=DEVICE)
+    close(grads(compiled(leaf_x, cos, sin), leaf_x, dy)[0],
+          grads(2 * reference.rope(leaf_x, cos, sin), leaf_x, dy)[0], torch.float32)  # fmt: skip
+    torch.library.opcheck(torch.ops.jpeglm.rope.default, (leaf_x, cos, sin))
     ops = backends.resolve_backend("triton")
     with torch.no_grad():
         close(ops.rope(x, cos, sin), reference.rope(x, cos, sin), torch.float32)

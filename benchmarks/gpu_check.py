@@ -1370,6 +1370,7 @@ def summary(out: Path, dry: bool, dest: Path | None = None) -> Path:
             if s[4]:
                 lines += ["", f"({s[4]})"]
     path = dest or out / "summary.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".summary.md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)

@@ -7,7 +7,8 @@ reader therefore sees either the old file or the complete new one, never a torn 
 
 The guards of the user's files live here too: :func:`refuse_overwriting` (an output never
 replaces an input), :func:`writable_folder` (fail before the work, not after it) and
-:func:`remove_own_temps` (clean up only the temporary files :func:`atomic_open` makes).
+:func:`remove_own_temps` (clean up only the temporary files :func:`atomic_open` makes) and
+:func:`folder_lock` (one writer per folder: a trainer holds its run folder's ``.jpeglm-lock``).
 """
 
 from __future__ import annotations
@@ -188,3 +189,51 @@ def writable_folder(folder: str | os.PathLike) -> Path:
     except OSError as e:
         raise ValueError(f"output folder {show(folder)} is not writable: {e.strerror}") from e
     return folder
+
+
+#: the lock file of a folder one process at a time writes into (a trainer's run folder)
+LOCK_FILE = ".jpeglm-lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, who: str = "another process") -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``folder/.jpeglm-lock`` (created if needed; the
+    holder's pid written in it) for the block. The kernel releases it when the holder dies, so a
+    killed run never leaves a stale lock. Another holder: ValueError naming its pid. A no-op
+    where the OS has no ``flock`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(folder) / LOCK_FILE
+    flags = os.O_RDWR | os.O_CREAT | _O_EXTRA | getattr(os, "O_NOFOLLOW", 0)  # never a link
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        raise ValueError(f"cannot open the lock file {show(path)}: {e.strerror}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{show(folder)} is in use by {who} (pid {_lock_holder(fd)}, which holds "
+                f"{LOCK_FILE}): wait for it to finish, or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid written in a held lock file (it may take a moment to appear), or ``?``."""
+    import time
+
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return text
+        time.sleep(0.05)
+    return "?"

@@ -13,7 +13,9 @@ step / data position / RNG; see :mod:`jpeglm.checkpoint`) and only the last ``ke
 kept; ``resume=true`` continues from the newest one exactly as if never stopped, on the same
 or (where the data position maps exactly) another number of ranks. At the end the weights
 are gathered into an HF folder ``OUT/final`` (with the tokenizer) that transformers and
-``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit.
+``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit. One trainer
+per run folder: rank 0 holds ``OUT/.jpeglm-lock`` (``flock``; the kernel releases it if the
+process dies) for the whole run, and a second trainer is refused naming the holder's pid.
 
 Scale: ``fsdp=true`` shards with FSDP2 (per block, then the root; bf16 compute and fp32
 gradient reduction on CUDA; the model is built on the meta device and each rank materialises
@@ -30,6 +32,7 @@ Multi-node: the same command under torchrun on every node, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from jpeglm._io import atomic_open
+from jpeglm._io import atomic_open, folder_lock, writable_folder
 from jpeglm.data import ShardDataset, read_index
 from jpeglm.model import ModelArgs
 from jpeglm.parallel import (
@@ -244,7 +247,29 @@ def _metadata(index: dict, tok, seq_len: int) -> dict:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run training; returns the final metrics (rank 0)."""
+    """Run training; returns the final metrics (rank 0). One trainer per run folder: rank 0
+    holds ``OUT/.jpeglm-lock`` for the whole run (:func:`jpeglm._io.folder_lock`)."""
+    with contextlib.ExitStack() as held:
+        return _train(cfg, held)
+
+
+def _lock_run(out: Path, rank: int, held: contextlib.ExitStack) -> None:
+    """Rank 0 takes the run folder's lock (kept in ``held`` until the run ends); another
+    trainer holding it is one line on every rank."""
+    error = [None]
+    if rank == 0:
+        try:
+            writable_folder(out)
+            held.enter_context(folder_lock(out, "another trainer"))
+        except ValueError as e:
+            error = [str(e)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(error, src=0)
+    if error[0]:
+        raise ValueError(error[0])
+
+
+def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
     from tqdm.auto import tqdm
 
     from jpeglm import checkpoint as ckpt
@@ -295,6 +320,7 @@ def train(cfg: TrainConfig) -> dict:
     check_memory(args, cfg, device, world)
     bytes_per_token = index["bytes"] / max(1, index["tokens"])
     out = Path(cfg.out)
+    _lock_run(out, rank, held)  # before anything in it is looked at or written
     existing = ckpt.list_checkpoints(out)
     if existing and not cfg.resume:
         raise ValueError(

@@ -11,6 +11,10 @@ replaces an input), :func:`writable_folder` (fail before the work, not after it)
 output manifest ``.jpeglm-outputs`` (:func:`claim_outputs` before the work, each output listed
 once it is in place: a rerun replaces only files jpeglm wrote) and :func:`folder_lock` (one
 writer per folder: a trainer holds its run folder's ``.jpeglm-lock``).
+
+Untrusted JSON and TOML text (model records, index files, train configs) is parsed by
+:func:`parse_json` / :func:`parse_toml`: nesting deeper than :data:`MAX_NESTING` is one
+``ValueError`` naming the file, never a ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -378,3 +382,64 @@ def claim_outputs(
                 "(or move it away)"
             )
     return planned
+
+
+# ------------------------------------------------------------------------------------------------
+# Untrusted JSON / TOML: bounded nesting
+
+#: the deepest nesting jpeglm's own JSON / TOML files use is 4; anything past this is hostile
+MAX_NESTING = 64
+
+
+def check_nesting(obj: object, what: str, limit: int = MAX_NESTING) -> None:
+    """ValueError naming ``what`` when the lists / dicts in ``obj`` nest deeper than ``limit``
+    (checked without recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if isinstance(x, dict):
+            children = x.values()
+        elif isinstance(x, list):
+            children = x
+        else:
+            continue
+        if depth > limit:
+            raise ValueError(f"{what} is nested deeper than {limit} levels: not a jpeglm file")
+        stack.extend((c, depth + 1) for c in children)
+
+
+def parse_json(text: str | bytes, what: str, limit: int = MAX_NESTING) -> object:
+    """``json.loads(text)`` for untrusted text: ValueError naming ``what`` (a file's name) when
+    it is not JSON or nests deeper than ``limit`` (the parser's own RecursionError included)."""
+    import json
+
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise ValueError(
+            f"{what} is nested deeper than {limit} levels: not a jpeglm file"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from e
+    check_nesting(obj, what, limit)
+    return obj
+
+
+def parse_toml(text: str, what: str, limit: int = MAX_NESTING) -> dict:
+    """``tomllib.loads(text)`` for untrusted text, as :func:`parse_json` (``tomli`` before
+    Python 3.11)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    try:
+        obj = tomllib.loads(text)
+    except RecursionError:
+        raise ValueError(
+            f"{what} is nested deeper than {limit} levels: not a jpeglm file"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{what} is not valid TOML: {e}") from e
+    check_nesting(obj, what, limit)
+    return obj

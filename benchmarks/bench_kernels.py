@@ -147,10 +147,10 @@ def rope_case(
                 return liger["rope"](q, k, cos_full, sin_full)
 
             case.contenders["Liger"] = _fwd_bwd(sum_of(liger_rope))
-        from jpeglm.kernels.rope import rope_
+        from jpeglm.kernels.rope import rope
 
         case.contenders["jpeglm"] = _fwd_bwd(
-            sum_of(lambda: (rope_(q0.clone(), cos, sin), rope_(k0.clone(), cos, sin)))
+            sum_of(lambda: (rope(q0.clone(), cos, sin), rope(k0.clone(), cos, sin)))
         )
     return case
 

@@ -1,13 +1,18 @@
 """The stages of ``scripts/gpu_check.sh``: one function per stage, one process per stage.
 
     python benchmarks/gpu_check.py stage NAME --n N --out DIR [--dry]
-    python benchmarks/gpu_check.py summary --out DIR [--dry]
+    python benchmarks/gpu_check.py summary --out DIR [--to FILE] [--dry]
+    python benchmarks/gpu_check.py compiled-decode --layers L --cache C --out FILE
 
 Each stage writes ``DIR/<n>_<name>.md`` (its tables) and ``DIR/<n>_<name>.json`` (status,
-one-line headline, numbers) as it goes, so a stage killed by its timeout still leaves what it
-measured, and exits 0 (PASS), 1 (FAIL) or 3 (SKIP). ``summary`` folds the stage files and the
-script's ``stages.tsv`` into ``DIR/summary.md``, markdown ready to paste into
-benchmarks/RESULTS.md ("GPU check" section).
+one-line headline, numbers) as it goes, so a stage killed at its cap still leaves what it
+measured, and exits 0 (PASS), 1 (FAIL) or 3 (SKIP). Each watches its cap
+(``JPEGLM_STAGE_TIMEOUT``, :func:`time_left`): a measurement that no longer fits is a row
+saying so, not a kill. ``summary`` folds the stage files and the script's ``stages.tsv`` into
+``summary.md`` (``DIR/summary.md``, or ``FILE``), markdown ready to paste into
+benchmarks/RESULTS.md ("GPU check" section). ``compiled-decode`` is the decode stage's child
+process: the sampler's compiled step on a 7B-width model of a few layers, killed by the stage
+when compiling overruns.
 
 ``--dry`` (automatic without CUDA): tiny shapes on the CPU, Triton kernels in the interpreter
 (``TRITON_INTERPRET=1``, set by the script); what needs a GPU is reported SKIP, but its code
@@ -59,6 +64,15 @@ HBM_BANDWIDTH = [
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 EXIT = {PASS: 0, FAIL: 1, SKIP: 3}
+ARCHIVE = "gpu_check.tar.gz"  # beside summary.md: every stage file (scripts/gpu_check.sh)
+
+_STAGE_END = math.inf  # monotonic deadline of the running stage (run_stage sets it)
+
+
+def time_left() -> float:
+    """Seconds before the running stage reaches its cap (``JPEGLM_STAGE_TIMEOUT``; the
+    script kills it there), less a 5 s margin to save the report."""
+    return _STAGE_END - time.monotonic() - 5.0
 
 
 # ------------------------------------------------------------------------------- reporting
@@ -180,6 +194,18 @@ def _importable(module: str) -> str:
         return f"no ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
 
 
+def _python_headers() -> str:
+    """'yes (path)' when Python.h is where a CMake build of ``_core`` looks, else why not."""
+    import sysconfig
+
+    include = sysconfig.get_paths()["include"]
+    header = Path(include) / "Python.h"
+    if header.is_file():
+        return f"yes ({include})"
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return f"no: {header} missing (install python3-dev or python{version}-dev)"
+
+
 def _env_data(out: Path) -> dict:
     """What stage env recorded (device, versions, measured ceilings), or {}."""
     for path in sorted(out.glob("*_env.json")):
@@ -241,7 +267,8 @@ def stage_env(r: Report) -> None:
         "triton": _version("triton"),
         "transformers": _version("transformers"),
         "liger-kernel": _version("liger-kernel"),
-        "liger importable": _importable("liger_kernel.transformers"),
+        "liger_kernel.transformers imports": _importable("liger_kernel.transformers"),
+        "Python headers (to build _core)": _python_headers(),
         "flash-attn": _version("flash-attn"),
         "jpeglm._core": _importable("jpeglm._core"),
         "jpeglm.kernels": _importable("jpeglm.kernels.reference"),
@@ -281,6 +308,14 @@ def stage_env(r: Report) -> None:
     else:
         info["device"] = f"CPU ({platform.processor() or platform.machine()}), no CUDA"
         r.headline = f"no CUDA: dry run, torch {torch.__version__}, triton {info['triton']}"
+    missing = []
+    if not info["Python headers (to build _core)"].startswith("yes"):
+        missing.append("no Python headers: _core cannot be built here (stage core SKIP, the "
+                       "sampler tests left out)")  # fmt: skip
+    if info["liger_kernel.transformers imports"] != "yes":
+        missing.append("liger_kernel.transformers does not import: no Liger comparison"
+                       + (" (the dry run never installs it)" if r.dry else ""))  # fmt: skip
+    r.headline += "".join(f"; {m}" for m in missing) or "; Python headers and Liger: ok"
     r.data.update(info)
     r.add(md_table(["what", "value"], [[k, v] for k, v in info.items()], "ll"))
 
@@ -325,7 +360,7 @@ def _accuracy_rows(dtype_name: str, shapes: dict, device) -> list[dict]:
     from jpeglm.kernels import reference
     from jpeglm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
     from jpeglm.kernels.rms_norm import rms_norm
-    from jpeglm.kernels.rope import rope_
+    from jpeglm.kernels.rope import rope
     from jpeglm.kernels.swiglu import swiglu
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
@@ -349,7 +384,7 @@ def _accuracy_rows(dtype_name: str, shapes: dict, device) -> list[dict]:
                   lambda x, w: reference.rms_norm(x, w, 1e-5),
                   [rand(T, D, scale=2.0), rand(D, scale=0.1, shift=1.0)],
                   ["out", "dx", "dW"]))  # fmt: skip
-    cases.append(("RoPE", lambda x: rope_(x * 1, cos, sin),  # in place: on a copy, as in the model
+    cases.append(("RoPE", lambda x: rope(x, cos, sin),
                   lambda x: reference.rope(x, cos, sin),
                   [rand(B, T // B, heads, hd)], ["out", "dx"]))  # fmt: skip
     cases.append(("SwiGLU", swiglu, reference.swiglu,
@@ -476,14 +511,18 @@ def stage_kernels(r: Report) -> None:
     kb = _load_bench("bench_kernels")
     tokens, dtype, dev = 8192, torch.bfloat16, "cuda"
     builders = [
-        lambda: kb.rms_norm_case(tokens, 4096, dev, dtype, True),
-        lambda: kb.rope_case(tokens // 2048, 2048, 32, 128, dev, dtype, True),
-        lambda: kb.swiglu_case(tokens, 11008, dev, dtype, True),
-        lambda: kb.flce_case(tokens, 4096, 32000, dev, dtype, True),
-        lambda: kb.flce_case(tokens, 4096, 323, dev, dtype, True),
+        ("RMSNorm", lambda: kb.rms_norm_case(tokens, 4096, dev, dtype, True)),
+        ("RoPE", lambda: kb.rope_case(tokens // 2048, 2048, 32, 128, dev, dtype, True)),
+        ("SwiGLU", lambda: kb.swiglu_case(tokens, 11008, dev, dtype, True)),
+        ("linear+CE vocab 32000", lambda: kb.flce_case(tokens, 4096, 32000, dev, dtype, True)),
+        ("linear+CE vocab 323", lambda: kb.flce_case(tokens, 4096, 323, dev, dtype, True)),
     ]
     speed_rows, speed = [], []
-    for build in builders:
+    for op, build in builders:
+        if time_left() < 15:  # each case compiles its torch.compile contender: ~5-15 s
+            speed_rows.append([op, "all", f"not run: {max(time_left(), 0):.0f} s left in the "
+                               "stage", "", "", "", ""])  # fmt: skip
+            continue
         case = build()
         res: dict[str, tuple[float, float] | None] = {}
         for name, run in case.contenders.items():
@@ -525,9 +564,59 @@ def stage_kernels(r: Report) -> None:
 # ---------------------------------------------------------------------------- stage: model
 
 
+GRAD_RTOL = 1e-4  # per parameter, fp32: ||g - g_ref|| / ||g_ref|| (tests/test_kernels.py)
+
+
+def _checkpointing_rows(r: Report, args, state: dict, idx, targets, g_ref: dict,
+                        compiled: bool, modes: tuple[str, ...]) -> list[list[object]]:  # fmt: skip
+    """Every parameter's gradient on the Triton backend under each activation-checkpointing
+    mode -- eager, or each block compiled as the trainer's ``compile=true`` does -- against
+    ``g_ref`` (the PyTorch backend, no checkpointing), fp32."""
+    from jpeglm.model import Transformer
+
+    how = "blocks compiled" if compiled else "eager"
+    rows = []
+    for ac in modes:
+        if compiled and time_left() < 45:  # a compile of one block, forward and backward
+            rows.append([how, ac, f"not run: {max(time_left(), 0):.0f} s left in the stage",
+                         "", "", "", ""])  # fmt: skip
+            continue
+        model = Transformer(args, backend="triton").to(idx.device)
+        model.load_state_dict(state)
+        model.set_activation_checkpointing(ac)
+        if compiled:
+            for layer in model.layers:
+                layer.compile()
+        t0 = time.perf_counter()
+        try:
+            model(idx, targets=targets).backward()
+        except Exception as e:
+            print(f"{how} / {ac}: {type(e).__name__}: {e}", file=sys.stderr)
+            rows.append([how, ac, f"error: {type(e).__name__}", "", "", "", "**FAIL**"])
+            r.fail(f"gradients, {how}, AC {ac}: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        seconds = time.perf_counter() - t0
+        errs = {n: rel_err(p.grad, g_ref[n]) for n, p in model.named_parameters()}
+        worst = max(errs, key=errs.get)
+        over = sum(e > GRAD_RTOL for e in errs.values())
+        ok = errs[worst] <= GRAD_RTOL
+        r.data[f"grads {how} / {ac}"] = {"worst": worst, "rel_err": errs[worst],
+                                         "over_limit": over, "params": len(errs)}  # fmt: skip
+        rows.append([how, ac, worst, f"{errs[worst]:.1e}", f"{over}/{len(errs)}",
+                     f"{seconds:.1f}", "ok" if ok else "**FAIL**"])  # fmt: skip
+        if not ok:
+            r.fail(f"gradients, {how}, AC {ac}: {worst} off by {errs[worst]:.1e} (relative)")
+        del model
+        _free()
+        r.save()
+    return rows
+
+
 def stage_model(r: Report) -> None:
     """The whole model, Triton backend vs PyTorch backend: loss and gradients (fp32, and the
-    trainer's bf16 autocast on CUDA); then decoding through the KV cache vs the full forward."""
+    trainer's bf16 autocast on CUDA); every parameter's gradient under activation
+    checkpointing none / selective / full (eager, then -- on CUDA, as time permits -- with
+    each block compiled); decoding through the KV cache vs the full forward."""
     import torch
 
     from jpeglm.model import ModelArgs, Transformer
@@ -573,6 +662,12 @@ def stage_model(r: Report) -> None:
         del grads, flat
     ref.zero_grad(set_to_none=True)
     fast.zero_grad(set_to_none=True)
+    ref(idx, targets=targets).backward()  # fp32, no checkpointing: the reference gradients
+    g_ref = {n: p.grad.detach().clone() for n, p in ref.named_parameters()}
+    ref.zero_grad(set_to_none=True)
+    state = ref.state_dict()
+    modes = ("selective", "full", "none")  # selective first: the mode that once failed
+    ac_rows = _checkpointing_rows(r, args, state, idx, targets, g_ref, False, modes)
     r.add(f"Model `{size}` ({fast.num_params() / 1e6:.1f}M parameters), batch {batch} x {seq} "
           f"tokens; Triton backend (attention: {fast.backend.attention_impl}) vs PyTorch "
           "backend, same weights: loss and gradient cosine (all parameters together, and the "
@@ -615,10 +710,30 @@ def stage_model(r: Report) -> None:
           "the bf16 row is reported, not checked).\n\n" + md_table(
               ["weights", "prefill + steps", "max |logit diff|", "max |logit|",
                "argmax agreement", ""], dec_rows, "llrrrl"))  # fmt: skip
+
+    del fast
+    _free()
+    if r.dry:
+        why = "not run: Dynamo cannot trace the Triton interpreter (tests skip it too)"
+        ac_rows.append(["blocks compiled", "all", why, "", "", "", ""])
+    else:
+        ac_rows += _checkpointing_rows(r, args, state, idx, targets, g_ref, True, modes)
+    r.add(f"Every parameter's gradient, fp32, Triton backend under each activation-"
+          f"checkpointing mode vs the PyTorch backend without it (same weights, batch {batch} "
+          f"x {seq}): the worst parameter's relative error ||g - g_ref|| / ||g_ref|| and how "
+          f"many exceed {GRAD_RTOL:g}. A loss or an all-parameter cosine hides one weight's "
+          "error (issue 26: selective checkpointing re-rotated an in-place RoPE's saved "
+          "input; 0.83 on one weight, losses equal). 'blocks compiled': each block "
+          "`torch.compile`d, as `compile=true` trains; s: first forward + backward, "
+          "compiling included.\n\n" + md_table(
+              ["run", "activation ckpt", "worst parameter", "rel. error", "> limit", "s", ""],
+              ac_rows, "lllrrrl"))  # fmt: skip
+    grads = [v for k, v in r.data.items() if k.startswith("grads")]
     r.headline = "; ".join(
         f"{k}: cos {v['cos_all']:.5f}, dloss {abs(v['loss_torch'] - v['loss_triton']):.1e}"
         for k, v in r.data.items() if k.startswith("train")
-    ) + "; decode max diff " + ", ".join(
+    ) + (f"; per-parameter gradients under AC: worst {max(v['rel_err'] for v in grads):.1e} "
+         f"over {len(grads)} runs" if grads else "") + "; decode max diff " + ", ".join(
         f"{k.split()[1]} {v['max_abs_diff']:.1e}" for k, v in r.data.items()
         if k.startswith("decode")
     )  # fmt: skip
@@ -713,16 +828,17 @@ def stage_graph_breaks(r: Report) -> None:
 def stage_decode(r: Report) -> None:
     """One-token decode steps at 7B in bf16 with random weights (the sampler's prepared
     inference weights), cache 12,288, batch 1 and 16 (a shorter cache when the card cannot
-    hold it): eager, CUDA-graph replay and (time permitting) the sampler's compiled step;
-    achieved bandwidth against the HBM bound (weights + KV cache read per step)."""
+    hold it): eager and CUDA-graph replay; achieved bandwidth against the HBM bound (weights +
+    KV cache read per step). Then the sampler's compiled step (fullgraph, reduce-overhead) on
+    a 7B-width model of :data:`COMPILED_DECODE_LAYERS` layers (compiling all 32 takes minutes;
+    every layer is the same code), in a child process killed when it overruns what is left of
+    the stage: SKIP, with the reason."""
     import torch
 
     from jpeglm.model import ModelArgs, Transformer
 
     device = _device()
     cuda = device.type == "cuda"
-    t_start = time.perf_counter()
-    budget = float(os.environ.get("JPEGLM_STAGE_TIMEOUT", "150"))
     if r.dry:
         size, fmt_name, cache_target, batches = "tiny", "fp32", 64, (1, 2)
     else:
@@ -751,8 +867,9 @@ def stage_decode(r: Report) -> None:
                    "copy_measured": copy_bw, "rows": []})  # fmt: skip
     rows = []
 
-    def record(batch: int, cache: int, mode: str, ms: float) -> None:
-        moved = weight_bytes + batch * cache * kv_token
+    def record(batch: int, cache: int, mode: str, ms: float, weights: int = weight_bytes,
+               kv: int = kv_token) -> None:  # fmt: skip
+        moved = weights + batch * cache * kv
         achieved = moved / (ms / 1e3)
         row = {"batch": batch, "cache": cache, "mode": mode, "ms": ms,
                "tokens_per_s": batch / (ms / 1e3), "GB_per_step": moved / 1e9,
@@ -800,49 +917,35 @@ def stage_decode(r: Report) -> None:
         model.clear_caches()
         _free()
 
-    if cuda and budget - (time.perf_counter() - t_start) >= 100:  # compiling takes a while
-        # the sampler's own step: torch.compile(fullgraph, reduce-overhead), batch 1
-        cache = min(cache_target, 12288)
-        with torch.no_grad():
-            model.setup_caches(1, cache, dtype=act, device=device)
-            tok = torch.randint(0, args.vocab_size, (1, 1), device=device)
-            pos = torch.tensor([cache - 1], device=device)
-            try:
-                compiled = torch.compile(model.decode, mode="reduce-overhead", fullgraph=True,
-                                         dynamic=False)  # fmt: skip
-                t0 = time.perf_counter()
-                compiled(tok, pos, cache)
-                compiled(tok, pos, cache)
-                r.data["compile_s"] = time.perf_counter() - t0
-                record(1, cache, "torch.compile (sampler)", _cuda_time(
-                    lambda: compiled(tok, pos, cache), reps=20))  # fmt: skip
-            except Exception as e:
-                print(f"compiled decode failed: {type(e).__name__}: {e}", file=sys.stderr)
-                rows.append([1, f"{cache:,}", "torch.compile (sampler)", "failed", "", "", "",
-                             "", ""])  # fmt: skip
-        model.clear_caches()
-    elif cuda:
-        rows.append([1, "", "torch.compile (sampler)", "not run: under 100 s left in the stage",
-                     "", "", "", "", ""])  # fmt: skip
+    model = None  # the 7B weights go before the child loads its own
+    _free()
+    compile_skip = ""
+    if cuda:  # the sampler's compiled step, in a child process the stage kills on overrun
+        compile_skip = _compiled_decode_rows(r, COMPILED_DECODE_LAYERS, cache_target, record,
+                                             rows)  # fmt: skip
 
     bound = f"{hbm / 1e12:.2f} TB/s datasheet" if hbm else "no datasheet bandwidth"
     r.add(
-        f"Decode step, `{size}` ({model.num_params() / 1e6:,.1f}M parameters, random weights), "
+        f"Decode step, `{size}` ({r.data['params'] / 1e6:,.1f}M parameters, random weights), "
         f"{fmt_name} inference weights ({weight_bytes / 1e9:.3g} GB read per step), KV cache "
         f"{act} ({kv_token / 2**10:.0f} KiB per token and sequence), backend "
-        f"{model.backend.name}, attention {model.backend.attention_impl}. Each step decodes "
+        f"{r.data['backend']}, attention {r.data['attention']}. Each step decodes "
         "at the cache's last position, so attention reads every slot; HBM bound = (weights + "
         f"KV read) / bandwidth ({bound}; copy measured in stage env: "
         f"{fmt(copy_bw and copy_bw / 1e12, '.2f')} TB/s)."
-        + (f" Compiling the sampler's step took {r.data['compile_s']:.0f} s."
-           if "compile_s" in r.data else "")
+        + (f" The compiled rows: a {COMPILED_DECODE_LAYERS}-layer model of 7B width (its own "
+           f"eager row beside them; {r.data['compiled']['weight_bytes'] / 1e9:.2f} GB read per "
+           f"step), compiling took {r.data['compiled']['compile_s']:.0f} s."
+           if "compiled" in r.data else "")
         + ("" if cuda else " Dry run: CPU timings, no bound.") + "\n\n"
         + md_table(["batch", "cache", "mode", "ms/step", "tokens/s", "GB/step", "TB/s",
                     "of HBM peak", "of copy BW"], rows, "rrlrrrrrr")
     )  # fmt: skip
     if r.data["rows"]:
-        best = {}  # per batch: the fastest mode at the longest cache
+        best = {}  # per batch: the fastest mode at the longest cache, the full model only
         for row in r.data["rows"]:
+            if "layers)" in row["mode"]:
+                continue
             b = best.get(row["batch"])
             if b is None or (row["cache"], -row["ms"]) > (b["cache"], -b["ms"]):
                 best[row["batch"]] = row
@@ -851,9 +954,100 @@ def stage_decode(r: Report) -> None:
             + (f"{100 * x['of_datasheet']:.0f}% of HBM peak" if x["of_datasheet"] else "no bound")
             for b, x in sorted(best.items())
         )  # fmt: skip
+        rows_few = [row for row in r.data["rows"] if "layers)" in row["mode"]]
+        few = {row["mode"].split(" (")[0]: row for row in rows_few}
+        if len(few) == 2 and few["eager"]["of_datasheet"]:
+            r.headline += (f"; {COMPILED_DECODE_LAYERS}-layer step compiled "
+                           f"{100 * few['torch.compile']['of_datasheet']:.0f}% of HBM peak "
+                           f"(eager {100 * few['eager']['of_datasheet']:.0f}%)")  # fmt: skip
     if r.dry:
         r.skip("decode speed against the HBM bound needs CUDA; the code ran at tiny shapes")
+    elif compile_skip:
+        r.skip(compile_skip)
     r.save()
+
+
+COMPILED_DECODE_LAYERS = 4
+
+
+def _compiled_decode_rows(r: Report, layers: int, cache: int, record: Callable,
+                          rows: list) -> str:  # fmt: skip
+    """Run :func:`compiled_decode` in a child process within what is left of the stage;
+    record its rows. Returns why it did not finish ('' when it did)."""
+    import signal
+
+    allowed = time_left() - 5
+    if allowed < 30:
+        why = f"the compiled decode step was not tried: {max(allowed, 0):.0f} s left in the stage"
+        rows.append([1, "", f"torch.compile (sampler, {layers} layers)", why, "", "", "", "",
+                     ""])  # fmt: skip
+        return why
+    out = r.out / f"{r.n}_compiled_decode.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "compiled-decode", "--layers",
+           str(layers), "--cache", str(cache), "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: inductor's workers too
+    try:
+        rc = proc.wait(timeout=allowed)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        why = (f"compiling the sampler's decode step ({layers} layers of 7B width) did not "
+               f"finish in the {allowed:.0f} s left in the stage")  # fmt: skip
+        rows.append([1, "", f"torch.compile (sampler, {layers} layers)", "SKIP: overran", "",
+                     "", "", "", ""])  # fmt: skip
+        return why
+    if rc != 0 or not out.exists():
+        rows.append([1, "", f"torch.compile (sampler, {layers} layers)", "failed", "", "", "",
+                     "", ""])  # fmt: skip
+        r.fail(f"compiled decode step: the child exited {rc} (see log.txt)")
+        return ""
+    res = json.loads(out.read_text())
+    r.data["compiled"] = res
+    sizes = {"weights": res["weight_bytes"], "kv": res["kv_bytes_per_token"]}
+    record(1, res["cache"], f"eager ({layers} layers)", res["eager_ms"], **sizes)
+    record(1, res["cache"], f"torch.compile (sampler, {layers} layers)", res["compiled_ms"],
+           **sizes)  # fmt: skip
+    return ""
+
+
+def compiled_decode(layers: int, cache: int, out: Path) -> int:
+    """The decode stage's child: the sampler's compiled step (``torch.compile(model.decode,
+    mode="reduce-overhead", fullgraph=True, dynamic=False)``) on a 7B-width, ``layers``-layer
+    model with random bf16 inference weights, batch 1 at the last of ``cache`` slots; writes
+    the compile time and the eager / compiled ms per step to ``out`` (JSON)."""
+    import torch
+
+    from jpeglm.model import ModelArgs, Transformer
+
+    args = ModelArgs.from_name("7B", n_layers=layers)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.to(torch.bfloat16)
+    model.to_empty(device="cuda")
+    _random_init_(model)
+    model.eval()
+    with torch.no_grad():
+        model.prepare_inference("bf16")
+        act = model.inference["act_dtype"]
+        model.setup_caches(1, cache, dtype=act, device="cuda")
+        tok = torch.randint(0, args.vocab_size, (1, 1), device="cuda")
+        pos = torch.tensor([cache - 1], device="cuda")
+        eager_ms = _cuda_time(lambda: model.decode(tok, pos, cache), reps=10)
+        step = torch.compile(model.decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        t0 = time.perf_counter()
+        for _ in range(3):  # compile, record the CUDA graph, replay
+            step(tok, pos, cache)
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        compiled_ms = _cuda_time(lambda: step(tok, pos, cache), reps=20)
+    kv_token = 2 * layers * args.n_kv_heads * args.head_dim * torch.finfo(act).bits // 8
+    out.write_text(json.dumps({
+        "layers": layers, "cache": cache, "weight_bytes": model.inference_bytes(),
+        "kv_bytes_per_token": kv_token,
+        "compile_s": compile_s, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
+    }))  # fmt: skip
+    return 0
 
 
 def _graph_time(step: Callable[[], object], reps: int = 20) -> float:
@@ -892,6 +1086,11 @@ def stage_train(r: Report) -> None:
     rows = []
     eager = None
     for mode in modes:
+        need = 50 if mode == "torch.compile" else 15  # compiling a block, forward and backward
+        if time_left() < need:
+            rows.append([mode, f"not run: {max(time_left(), 0):.0f} s left in the stage", "", "",
+                         "", "", ""])  # fmt: skip
+            continue
         try:
             res = bench.measure(size, mode, batch, seq, steps, device, "autocast", warmup=warmup)
         except Exception as e:
@@ -956,6 +1155,11 @@ def stage_memory(r: Report) -> None:
     for backend_mode in ("eager",) if r.dry else ("eager", "jpeglm"):
         for ac in planmod.AC_MODES:
             pred = predicted[ac]
+            if time_left() < 10:
+                rows.append(["torch" if backend_mode == "eager" else "triton", ac,
+                             f"not run: {max(time_left(), 0):.0f} s left", f"{pred / GiB:.2f}",
+                             "", ""])  # fmt: skip
+                continue
             try:
                 measured = _step_memory(bench, size, backend_mode, ac, seq, device)
             except torch.OutOfMemoryError:
@@ -1037,47 +1241,73 @@ def _step_memory(bench, size: str, mode: str, ac: str, seq: int, device: str) ->
 # --------------------------------------------------------------------------- stage: pytest
 
 
+def _text(b: bytes | str | None) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+PYTEST_FILES = ["tests/test_kernels.py", "tests/test_sample.py"]  # the sampler's: needs _core
+# the compiled-block gradient variants: stage model runs them, at a larger size
+PYTEST_DESELECT = "not (gradients_per_parameter and compiled)"
+
+
 def stage_pytest(r: Report) -> None:
-    """The GPU-relevant test files on the GPU (the model-level ones with the Triton backend)."""
+    """tests/test_kernels.py (the kernels; the model's per-parameter gradients under
+    activation checkpointing) and the sampler's tests on the GPU, ``JPEGLM_BACKEND=triton``.
+    The compiled-block gradient variants are left to stage model (:data:`PYTEST_DESELECT`)."""
     if r.dry:
         r.skip("the test suite runs separately in CI (scripts/test.sh); on a GPU this stage "
-               "runs tests/test_kernels.py, test_model.py and test_sample.py there")  # fmt: skip
+               f"runs {' and '.join(PYTEST_FILES)} there")  # fmt: skip
         return
-    files = ["tests/test_kernels.py", "tests/test_model.py"]
+    files = PYTEST_FILES[:1]
     core = _importable("jpeglm._core") == "yes"
     if core:
-        files.append("tests/test_sample.py")
+        files += PYTEST_FILES[1:]
     env = {**os.environ, "JPEGLM_BACKEND": "triton"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *files]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    print(proc.stdout[-20000:])
-    print(proc.stderr[-5000:], file=sys.stderr)
-    lines = [x for x in proc.stdout.splitlines() if x.strip()]
-    last = lines[-1].strip("= ") if lines else "(no output)"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
+           "-k", PYTEST_DESELECT, *files]  # fmt: skip
+    allowed = max(time_left(), 1.0)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=allowed)  # fmt: skip
+        stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:  # what it printed by then
+        stdout, stderr, rc = _text(e.stdout), _text(e.stderr), None
+    print(stdout[-20000:])
+    print(stderr[-5000:], file=sys.stderr)
+    lines = [x for x in stdout.splitlines() if x.strip()]
     failed = [x for x in lines if x.startswith(("FAILED", "ERROR"))]
-    r.data.update({"files": files, "returncode": proc.returncode, "result": last,
+    if rc is None:
+        progress = lines[-1].split("[")[-1].strip(" ]") if lines else "0%"
+        last = f"did not finish in the {allowed:.0f} s left (at {progress})"
+    else:
+        last = lines[-1].strip("= ") if lines else "(no output)"
+    r.data.update({"files": files, "returncode": rc, "result": last,
                    "failed": failed})  # fmt: skip
     r.headline = last
-    r.add(f"`JPEGLM_BACKEND=triton python -m pytest -q {' '.join(files)}`"
-          + ("" if core else " (test_sample.py left out: no `jpeglm._core`)")
+    r.add(f"`JPEGLM_BACKEND=triton python -m pytest -q -k '{PYTEST_DESELECT}' {' '.join(files)}`"
+          + ("" if core else f" ({PYTEST_FILES[1]} left out: no `jpeglm._core`)")
           + f": {last}\n\n" + "\n".join(f"- {x}" for x in failed[:30]))  # fmt: skip
-    if proc.returncode != 0:
-        r.fail(f"pytest exited {proc.returncode}: {last}")
+    if failed or (rc is not None and rc != 0):
+        r.fail(f"pytest: {last}")
+    elif rc is None:
+        r.skip(last)
 
 
-STAGES: dict[str, Callable[[Report], None]] = {
+STAGES: dict[str, Callable[[Report], None]] = {  # in the order scripts/gpu_check.sh runs them
     "env": stage_env,
     "kernels": stage_kernels,
     "model": stage_model,
-    "graph_breaks": stage_graph_breaks,
-    "decode": stage_decode,
     "train": stage_train,
     "memory": stage_memory,
+    "decode": stage_decode,
+    "graph_breaks": stage_graph_breaks,
     "pytest": stage_pytest,
 }
 
 
 def run_stage(name: str, n: int, out: Path, dry: bool) -> int:
+    global _STAGE_END
+    _STAGE_END = time.monotonic() + float(os.environ.get("JPEGLM_STAGE_TIMEOUT", "inf"))
     import torch
 
     dry = dry or not torch.cuda.is_available()
@@ -1098,9 +1328,10 @@ def run_stage(name: str, n: int, out: Path, dry: bool) -> int:
 # -------------------------------------------------------------------------------- summary
 
 
-def summary(out: Path, dry: bool) -> Path:
-    """``summary.md`` from ``stages.tsv`` (the script's verdicts: status, seconds, note) and
-    the stage files; written after every stage and at exit."""
+def summary(out: Path, dry: bool, dest: Path | None = None) -> Path:
+    """``summary.md`` (at ``dest``, default ``out/summary.md``) from ``out/stages.tsv`` (the
+    script's verdicts: status, seconds, note) and the stage files in ``out``; written after
+    every stage and at exit."""
     stages = []
     tsv = out / "stages.tsv"
     if tsv.exists():
@@ -1122,7 +1353,8 @@ def summary(out: Path, dry: bool) -> Path:
         f"CPUs. Python {env.get('python', '?')}, torch {env.get('torch', '?')} (CUDA "
         f"{env.get('cuda (torch)', '?')}), triton {env.get('triton', '?')}, Liger-Kernel "
         f"{env.get('liger-kernel', '?')}, flash-attn {env.get('flash-attn', '?')}. Command: "
-        f"`bash scripts/gpu_check.sh{' --dry' if dry else ''}`; {total} s of stages.",
+        f"`bash scripts/gpu_check.sh{' --dry' if dry else ''}`; {total} s of stages. Every "
+        f"stage's files: `{ARCHIVE}` beside this summary.",
     ]
     if dry:
         lines += ["", "**Dry run** (no CUDA): tiny shapes on the CPU, Triton kernels in the "
@@ -1137,8 +1369,9 @@ def summary(out: Path, dry: bool) -> Path:
             lines += ["", md.read_text().strip()]
             if s[4]:
                 lines += ["", f"({s[4]})"]
-    path = out / "summary.md"
-    tmp = out / ".summary.md.tmp"
+    path = dest or out / "summary.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".summary.md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
     return path
@@ -1167,11 +1400,18 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--dry", action="store_true")
     sm = sub.add_parser("summary")
     sm.add_argument("--out", type=Path, required=True)
+    sm.add_argument("--to", type=Path, default=None)
     sm.add_argument("--dry", action="store_true")
+    cd = sub.add_parser("compiled-decode")
+    cd.add_argument("--layers", type=int, required=True)
+    cd.add_argument("--cache", type=int, required=True)
+    cd.add_argument("--out", type=Path, required=True)
     ns = ap.parse_args(argv)
+    if ns.cmd == "compiled-decode":
+        return compiled_decode(ns.layers, ns.cache, ns.out)
     ns.out.mkdir(parents=True, exist_ok=True)
     if ns.cmd == "summary":
-        print(summary(ns.out, ns.dry))
+        print(summary(ns.out, ns.dry, ns.to))
         return 0
     return run_stage(ns.name, ns.n, ns.out, ns.dry)
 

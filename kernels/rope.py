@@ -1,4 +1,4 @@
-"""Rotary position embeddings as a Triton kernel, applied in place.
+"""Rotary position embeddings as a Triton kernel, out of place, for training and inference.
 
 Layout: ``x`` is ``(batch, seq, heads, head_dim)`` -- q or k, any strides with the last
 dimension contiguous (e.g. a view of a projection's output) -- and the rotary tables ``cos`` /
@@ -7,12 +7,14 @@ dimension ``i`` rotates with ``i + head_dim / 2``, so HF Llama weights load unch
 
 One program handles one (batch, position) pair, all heads at once. The backward is the same
 rotation by the opposite angle (a rotation's transpose), written to a fresh gradient tensor.
-q and k are separate calls: autograd allows an in-place Function on a view only when it
-returns a single tensor.
 
-For inference :func:`rope` is the out-of-place op ``torch.ops.jpeglm.rope`` (a
-``torch.library.custom_op`` with a fake implementation), which ``torch.compile`` traces into
-one graph -- the in-place autograd Function, with its ``ctx.mark_dirty``, splits the graph.
+:func:`rope` is the ``torch.library`` custom op ``torch.ops.jpeglm.rope`` with a fake
+implementation and an autograd formula (the backward is the op ``jpeglm::rope_backward``):
+``torch.compile(fullgraph=True)`` traces it, and selective activation checkpointing sees it as
+an op of its own to recompute. It never writes into its input: the input is the q / k matmul's
+output, which selective checkpointing keeps for the backward pass, and a rotation in place
+(the earlier ``ctx.mark_dirty`` Function) was then applied twice on recompute -- wrong
+gradients, identical losses (issue 26).
 """
 
 from __future__ import annotations
@@ -95,46 +97,13 @@ def _launch(x_in: torch.Tensor, x_out: torch.Tensor, cos, sin, backward: bool) -
     )  # fmt: skip
 
 
-def rope_forward_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """Rotate ``x`` in place."""
-    _check(x, cos, sin)
-    _launch(x, x, cos, sin, backward=False)
-
-
-def rope_backward(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Gradient w.r.t. the unrotated input (a fresh tensor; ``dy`` is left untouched)."""
-    dy = dy.contiguous()
-    dx = torch.empty_like(dy)
-    _launch(dy, dx, cos, sin, backward=True)
-    return dx
-
-
-# ---------------------------------------------------------------------------------- autograd
-
-
-class RoPEFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rope_forward_(x, cos, sin)
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(cos, sin)
-        return x
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        cos, sin = ctx.saved_tensors
-        return rope_backward(dy, cos, sin), None, None
-
-
-def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply rotary embeddings to ``x`` (q or k) in place, differentiably; returns ``x``."""
-    return RoPEFunction.apply(x, cos, sin)
+# ----------------------------------------------------------------------- custom ops, autograd
 
 
 @torch.library.custom_op("jpeglm::rope", mutates_args=())
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embeddings out of place (a fresh contiguous tensor; ``x`` untouched), for
-    inference: a custom op that ``torch.compile(fullgraph=True)`` traces. No autograd."""
+    """Rotary embeddings out of place (a fresh contiguous tensor; ``x`` untouched),
+    differentiable in ``x``."""
     _check(x, cos, sin)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _launch(x, out, cos, sin, backward=False)
@@ -144,3 +113,32 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 @rope.register_fake
 def _(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("jpeglm::rope_backward", mutates_args=())
+def rope_backward(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. the unrotated input: ``dy`` rotated back (a fresh tensor)."""
+    _check(dy, cos, sin)
+    dx = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device)
+    _launch(dy, dx, cos, sin, backward=True)
+    return dx
+
+
+@rope_backward.register_fake
+def _(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return torch.empty(dy.shape, dtype=dy.dtype, device=dy.device)
+
+
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library's signature
+    _, cos, sin = inputs
+    ctx.save_for_backward(cos, sin)
+
+
+def _backward(ctx, dy: torch.Tensor):  # noqa: ANN001
+    cos, sin = ctx.saved_tensors
+    if dy.stride(-1) != 1:
+        dy = dy.contiguous()
+    return rope_backward(dy, cos, sin), None, None
+
+
+rope.register_autograd(_backward, setup_context=_setup_context)

@@ -616,7 +616,8 @@ def test_cli_prepare_no_usable_image(prep, tmp_path, capsys):
     assert rc == 2
     _one_line(err, "no usable image", "2 skipped", "report.json")
     assert "BytesIO" not in err
-    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["report.json"]
+    left = sorted(f.name for f in (tmp_path / "out").iterdir())
+    assert left == [".jpeglm-outputs", "report.json"]
     assert _snapshot(src) == before
     (tmp_path / "empty").mkdir()
     for what, match in ((tmp_path / "empty", "no images found"),

@@ -1,20 +1,40 @@
-"""The GPU check's CPU-testable parts (issue 17): the model importable from a plain source
-checkout, the wheel's package mapping, the summary writer, and the linear + CE chunking fact.
-The script's dry run itself (`bash scripts/gpu_check.sh --dry`, ~2 minutes) runs in CI."""
+"""The GPU check's CPU-testable parts (issues 17, 26): the model importable from a plain source
+checkout, the wheel's package mapping, the summary writer, the linear + CE chunking fact, and
+the script itself -- its stage order and time caps against the 540 s budget, a row for every
+stage and two files in the output folder even when the budget is spent, and exit 2 where
+nvidia-smi sees a GPU that torch cannot use. The full dry run (`bash scripts/gpu_check.sh
+--dry`, ~1-2 minutes) runs in CI."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import site
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+ORDER = ["env", "kernels", "model", "train", "memory", "decode", "graph_breaks", "core", "pytest"]
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu_check  # dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def run_script(*args: str, env: dict | None = None, timeout: float = 120):
+    return subprocess.run(["bash", str(SCRIPT), *args], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def test_model_imports_from_a_plain_source_checkout(tmp_path):
@@ -58,10 +78,7 @@ def test_installed_package_keeps_its_mapping():
 
 
 def test_summary_is_markdown_with_every_stage(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks/gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = gpu_check  # dataclasses look their module up there
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_gpu_check()
 
     (tmp_path / "1_env.json").write_text(json.dumps({
         "status": "PASS", "headline": "NVIDIA H200, 132 SMs", "failures": [],
@@ -83,6 +100,9 @@ def test_summary_is_markdown_with_every_stage(tmp_path):
     row = "| 2 kernels | FAIL | 150 s | timed out after 150s; 3/4 within limits -- failed: RoPE"
     assert row in text
     assert "| 3 model | SKIP | 0 s |" in text and "### 1 env" in text
+    assert "`gpu_check.tar.gz` beside this summary" in text
+    elsewhere = gpu_check.summary(tmp_path, dry=False, dest=tmp_path / "out" / "summary.md")
+    assert elsewhere == tmp_path / "out" / "summary.md" and elsewhere.read_text() == text
 
 
 def test_linear_cross_entropy_is_one_chunk_at_jpeglm_vocabulary():
@@ -94,3 +114,63 @@ def test_linear_cross_entropy_is_one_chunk_at_jpeglm_vocabulary():
         dim = ModelArgs.from_name(name).dim
         assert chunk_rows(12288, 323, dim) >= 12288, name  # every row in one chunk
     assert -(-8192 // chunk_rows(8192, 32000, 4096)) == 8  # 32k vocabulary: 8 chunks
+
+
+def test_stage_order_and_caps_fit_the_budget():
+    """The new order (issue 26: training and memory before the slow decode compile, pytest
+    last), and GPU caps that leave pytest at least 45 s of the 540 s budget after the
+    reserve and ~15 s of set-up -- every stage gets to run. The stage module knows the same
+    stages in the same order."""
+    r = run_script("--list")
+    assert r.returncode == 0, r.stderr
+    head, *rows = r.stdout.split("\n")
+    budget, reserve = int(head.split()[1]), int(head.split()[-1])
+    assert budget == 540
+    stages = [row.split() for row in rows if row.strip()]
+    assert [s[1] for s in stages] == ORDER
+    assert [int(s[0]) for s in stages] == list(range(1, 10))
+    caps = {s[1]: int(s[2]) for s in stages}
+    assert caps.pop("pytest") == 0  # the last: what is left
+    assert budget - reserve - 15 - sum(caps.values()) >= 45, caps
+    assert list(load_gpu_check().STAGES) == [n for n in ORDER if n != "core"]
+
+
+def test_spent_budget_still_leaves_a_row_per_stage_and_two_files(tmp_path):
+    """With no budget every stage is SKIP "budget spent" -- still one STAGE line and one
+    summary row each, in order -- and the output folder holds summary.md and the archive."""
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "3_model.json").write_text("{}")  # an older run's file: cleared
+    r = run_script("--dry", env={"JPEGLM_GPU_OUT": str(out), "JPEGLM_GPU_BUDGET": "1",
+                                 "JPEGLM_VENDOR": str(tmp_path / "none")})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [x.split() for x in r.stdout.splitlines() if x.startswith("STAGE ")]
+    assert [x[2] for x in lines] == ORDER
+    assert all(x[3] == "SKIP" for x in lines if x[2] != "core"), lines
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.tar.gz", "summary.md"]
+    text = (out / "summary.md").read_text()
+    rows = [x for x in text.splitlines() if x.startswith("| ") and " s | " in x]
+    assert [x.split(" | ")[0].split()[-1] for x in rows] == ORDER
+    assert "budget was spent" in text
+    with tarfile.open(out / "gpu_check.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"stages.tsv", "log.txt", "core.log", "8_core.md"} <= names
+
+
+def test_gpu_without_cuda_torch_is_an_error_not_a_dry_run(tmp_path):
+    """nvidia-smi answers but torch sees no CUDA (a CPU-only wheel on a GPU machine): exit 2
+    with one line, nothing run."""
+    pytest.importorskip("torch")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3'\n")
+    smi.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "",
+           "JPEGLM_GPU_OUT": str(tmp_path / "out")}  # fmt: skip
+    r = run_script(env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "nvidia-smi sees a GPU but torch" in r.stderr and "has no CUDA" in r.stderr
+    assert "STAGE" not in r.stdout and not (tmp_path / "out" / "summary.md").exists()

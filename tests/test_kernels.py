@@ -23,7 +23,7 @@ from jpeglm import backends  # noqa: E402
 from jpeglm.kernels import reference  # noqa: E402
 from jpeglm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy  # noqa: E402
 from jpeglm.kernels.rms_norm import rms_norm  # noqa: E402
-from jpeglm.kernels.rope import rope_  # noqa: E402
+from jpeglm.kernels.rope import rope  # noqa: E402
 from jpeglm.kernels.swiglu import swiglu  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 
@@ -106,8 +106,10 @@ def test_rope(dtype, heads, head_dim):
     x_ref = base.view(batch, seq, heads + 2, head_dim)[:, :, 1 : heads + 1]
     y_ref = reference.rope(x_ref, cos, sin)
     x = (base * 1).view(batch, seq, heads + 2, head_dim)[:, :, 1 : heads + 1]
-    y = rope_(x, cos, sin)
-    assert y.data_ptr() == x.data_ptr()  # in place
+    before = x.detach().clone()
+    y = rope(x, cos, sin)
+    # out of place: selective activation checkpointing keeps x (the q / k matmul's output)
+    assert y.data_ptr() != x.data_ptr() and torch.equal(x, before)
     close(y, y_ref, dtype, msg="forward")
     if dtype == torch.float32:
         close(y, rotate_half_hf(x_ref, cos, sin), dtype, msg="HF rotate_half")
@@ -119,7 +121,7 @@ def test_rope_rejects_bad_tables():
     x = torch.zeros(1, 4, 2, 8, device=DEVICE)
     cos, sin = rope_tables(3, 8)
     with pytest.raises(ValueError, match=r"cos/sin must have shape \(4, 4\)"):
-        rope_(x, cos, sin)
+        rope(x, cos, sin)
 
 
 # ------------------------------------------------------------------------------------ SwiGLU
@@ -240,7 +242,7 @@ def test_backend_forced_to_triton(monkeypatch):
     # Under the interpreter the kernels run on CPU tensors too: no silent fallback.
     if DEVICE == "cpu":
         assert ops.rms_norm is rms_norm and ops.swiglu is swiglu
-        assert ops.rope.__name__ == "rope_op"  # in place with gradients, custom op without
+        assert ops.rope is rope  # the custom op, with and without gradients
 
 
 def test_model_triton_backend_matches_reference():
@@ -270,11 +272,9 @@ def test_model_triton_backend_matches_reference():
 
 
 def test_rope_custom_op_out_of_place_and_compiles():
-    """Inference RoPE: ``torch.ops.jpeglm.rope`` writes a fresh tensor (input untouched, any
-    input strides), equals the reference, and traces with fullgraph=True (the in-place
-    autograd Function would break the graph)."""
-    from jpeglm.kernels.rope import rope
-
+    """``torch.ops.jpeglm.rope`` writes a fresh tensor (input untouched, any input strides),
+    equals the reference, passes ``torch.library.opcheck`` (schema, fake tensor, autograd
+    registration) and traces with fullgraph=True, its gradient included."""
     qkv = torch.randn(2, 3, 3 * 4 * 8, device=DEVICE)
     x = qkv[..., : 4 * 8].view(2, 3, 4, 8)  # a strided view, as the fused projection gives
     before = x.clone()
@@ -288,6 +288,11 @@ def test_rope_custom_op_out_of_place_and_compiles():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     close(compiled(x, cos, sin), 2 * reference.rope(x, cos, sin), torch.float32)
+    leaf_x = x.detach().clone().requires_grad_()
+    dy = torch.randn(2, 3, 4, 8, device=DEVICE)
+    close(grads(compiled(leaf_x, cos, sin), leaf_x, dy)[0],
+          grads(2 * reference.rope(leaf_x, cos, sin), leaf_x, dy)[0], torch.float32)  # fmt: skip
+    torch.library.opcheck(torch.ops.jpeglm.rope.default, (leaf_x, cos, sin))
     ops = backends.resolve_backend("triton")
     with torch.no_grad():
         close(ops.rope(x, cos, sin), reference.rope(x, cos, sin), torch.float32)
@@ -309,3 +314,58 @@ def test_reference_ops_have_one_home():
     assert torch_backend.rms_norm is home.rms_norm and torch_backend.swiglu is home.swiglu
     code = "import sys, jpeglm.kernels.reference; assert 'jpeglm._core' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------- per-parameter gradients under activation checkpointing
+
+GRAD_RTOL = 1e-4  # ||g - g_ref|| / ||g_ref||, every parameter, fp32
+
+
+def param_grads(model, idx, targets) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(idx, targets=targets).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def relative_errors(got: dict, ref: dict) -> dict[str, float]:
+    """||g - g_ref|| / ||g_ref|| per parameter, in float64."""
+    out = {}
+    for name, g_ref in ref.items():
+        a, b = got[name].double(), g_ref.double()
+        out[name] = ((a - b).norm() / b.norm()).item()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_grads():
+    """The tiny model's weights, a batch, and the PyTorch backend's gradients without
+    activation checkpointing: the reference every Triton / checkpointing combination meets."""
+    torch.manual_seed(0)
+    args = ModelArgs.from_name("tiny", max_seq_len=32)
+    ref = Transformer(args, backend="torch").to(DEVICE)
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, args.vocab_size, (2, 12), generator=gen).to(DEVICE)
+    targets = idx.roll(-1, dims=1)
+    targets[:, -1] = -100
+    return args, ref.state_dict(), idx, targets, param_grads(ref, idx, targets)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("ac", ["none", "selective", "full"])
+def test_model_gradients_per_parameter(reference_grads, ac, compiled):
+    """Every parameter's gradient on the Triton backend, under each activation-checkpointing
+    mode, within 1e-4 (relative) of the PyTorch backend's without checkpointing. Per parameter:
+    the loss and the overall gradient cosine hid a 0.78 error on one weight (issue 26)."""
+    if compiled and DEVICE == "cpu":
+        pytest.skip("Triton + torch.compile: Dynamo cannot trace the Triton interpreter's "
+                    "launches; scripts/gpu_check.sh (stage model) checks it on a GPU")  # fmt: skip
+    args, state, idx, targets, ref = reference_grads
+    fast = Transformer(args, backend="triton").to(DEVICE)
+    fast.load_state_dict(state)
+    fast.set_activation_checkpointing(ac)
+    if compiled:
+        for layer in fast.layers:  # as the trainer's compile=true does
+            layer.compile()
+    errors = relative_errors(param_grads(fast, idx, targets), ref)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= GRAD_RTOL, f"{ac}: {worst} off by {errors[worst]:.2e} (relative)"

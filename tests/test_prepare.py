@@ -50,7 +50,14 @@ def _flat(out: Path, index: dict) -> np.ndarray:
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    """The folder's files; of the output manifest (whose lines record the history of the
+    writes), which names it lists."""
+    from jpeglm._io import OUTPUTS_MANIFEST, owned_outputs
+
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    if OUTPUTS_MANIFEST in files:
+        files[OUTPUTS_MANIFEST] = "\n".join(sorted(owned_outputs(out))).encode()
+    return files
 
 
 def _check_index(out: Path, index: dict, seq_len: int) -> None:

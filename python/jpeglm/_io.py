@@ -6,8 +6,15 @@ reader therefore sees either the old file or the complete new one, never a torn 
 :func:`write_png` encodes a picture as PNG in memory and writes it the same way.
 
 The guards of the user's files live here too: :func:`refuse_overwriting` (an output never
-replaces an input), :func:`writable_folder` (fail before the work, not after it) and
-:func:`remove_own_temps` (clean up only the temporary files :func:`atomic_open` makes).
+replaces an input), :func:`writable_folder` (fail before the work, not after it),
+:func:`remove_own_temps` (clean up only the temporary files :func:`atomic_open` makes), the
+output manifest ``.jpeglm-outputs`` (:func:`claim_outputs` before the work, each output listed
+once it is in place: a rerun replaces only files jpeglm wrote) and :func:`folder_lock` (one
+writer per folder: a trainer holds its run folder's ``.jpeglm-lock``).
+
+Untrusted JSON and TOML text (model records, index files, train configs) is parsed by
+:func:`parse_json` / :func:`parse_toml`: nesting deeper than :data:`MAX_NESTING` is one
+``ValueError`` naming the file, never a ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", record: bool = False) -> Iterator[IO]:
     """Open a temporary file that replaces ``path`` atomically when the block exits cleanly.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. ``record``:
+    ``path`` is an output of a command, listed in its folder's :data:`OUTPUTS_MANIFEST` once it
+    is in place (:func:`record_outputs`; a crash between the rename and the listing is covered
+    by a ``#pending`` line naming the very file written, see :func:`owned_outputs`).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open supports 'wb' and 'w', got {mode!r}")
@@ -53,7 +63,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+            if record:
+                _record_pending(path, os.fstat(f.fileno()))
         os.replace(tmp, path)
+        if record:
+            record_outputs([path])
     except BaseException:
         if tmp:
             with contextlib.suppress(OSError):
@@ -85,21 +99,24 @@ def _target_mode(path: Path) -> int:
         return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
-    with atomic_open(path, "wb") as f:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, record: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename); ``record``: as
+    :func:`atomic_open`'s."""
+    with atomic_open(path, "wb", record) as f:
         f.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_open(path, "w") as f:
+def atomic_write_text(path: str | os.PathLike, text: str, record: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; ``record``: as :func:`atomic_open`'s."""
+    with atomic_open(path, "w", record) as f:
         f.write(text)
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None:
+def write_png(
+    path: str | os.PathLike, image: np.ndarray | Image.Image, record: bool = False
+) -> None:
     """Encode ``image`` (a uint8 array, as :func:`PIL.Image.fromarray` takes, or a PIL image)
-    as PNG and write it to ``path`` atomically."""
+    as PNG and write it to ``path`` atomically; ``record``: as :func:`atomic_open`'s."""
     import io
 
     from PIL import Image
@@ -107,7 +124,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None:
     buf = io.BytesIO()
     im = image if isinstance(image, Image.Image) else Image.fromarray(image)
     im.save(buf, "PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), record)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,3 +205,241 @@ def writable_folder(folder: str | os.PathLike) -> Path:
     except OSError as e:
         raise ValueError(f"output folder {show(folder)} is not writable: {e.strerror}") from e
     return folder
+
+
+#: the lock file of a folder one process at a time writes into (a trainer's run folder)
+LOCK_FILE = ".jpeglm-lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, who: str = "another process") -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``folder/.jpeglm-lock`` (created if needed; the
+    holder's pid written in it) for the block. The kernel releases it when the holder dies, so a
+    killed run never leaves a stale lock. Another holder: ValueError naming its pid. A no-op
+    where the OS has no ``flock`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(folder) / LOCK_FILE
+    flags = os.O_RDWR | os.O_CREAT | _O_EXTRA | getattr(os, "O_NOFOLLOW", 0)  # never a link
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        raise ValueError(f"cannot open the lock file {show(path)}: {e.strerror}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{show(folder)} is in use by {who} (pid {_lock_holder(fd)}, which holds "
+                f"{LOCK_FILE}): wait for it to finish, or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid written in a held lock file (it may take a moment to appear), or ``?``."""
+    import time
+
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return text
+        time.sleep(0.05)
+    return "?"
+
+
+# ------------------------------------------------------------------------------------------------
+# The output manifest: which files in a folder jpeglm wrote
+
+#: in every output folder, the names of the files jpeglm wrote there: a rerun may replace
+#: those, and nothing else
+OUTPUTS_MANIFEST = ".jpeglm-outputs"
+OUTPUTS_HEADER = "# files written here by jpeglm commands; a rerun may replace only these\n"
+_PENDING = "#pending "
+_MANIFEST_LIMIT = 64 << 20
+#: the names known listed, per folder (what this process read or appended)
+_listed: dict[str, set[str]] = {}
+
+
+def _key(folder: Path) -> str:
+    return os.path.realpath(folder)
+
+
+def owned_outputs(folder: str | os.PathLike) -> set[str]:
+    """The names in ``folder`` that jpeglm wrote: the manifest's lines (a line a crash left
+    unfinished counts for nothing), and a name of a ``#pending`` line when the file there now is
+    the very file that line describes (device, inode, size, modification time: the rename of a
+    write that the crash cut off before listing it). ValueError when the manifest cannot be
+    read."""
+    folder = Path(folder)
+    path = folder / OUTPUTS_MANIFEST
+    try:
+        if path.stat().st_size > _MANIFEST_LIMIT:
+            raise ValueError(f"{show(path)} is too large to be jpeglm's list of outputs")
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        text = ""
+    except OSError as e:
+        raise ValueError(f"cannot read {show(path)}: {e.strerror}") from e
+    lines = text.split("\n")[:-1]  # the last piece has no newline: unfinished, ignored
+    owned = {x for x in lines if x and not x.startswith("#")}
+    _listed[_key(folder)] = set(owned)
+    for x in lines:
+        if x.startswith(_PENDING):
+            ident, _, name = x[len(_PENDING) :].partition(" ")
+            if name and name not in owned and _identity(folder / name) == ident:
+                owned.add(name)
+    return owned
+
+
+def _identity(path: Path, st: os.stat_result | None = None) -> str | None:
+    try:
+        st = st or os.lstat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _append_manifest(folder: Path, lines: list[str]) -> None:
+    """Append whole lines to ``folder``'s manifest (created with its header); a line is one
+    ``write`` of an ``O_APPEND`` file, so a crash leaves at most one unfinished last line."""
+    path = folder / OUTPUTS_MANIFEST
+    if not os.path.lexists(path):
+        atomic_write_text(path, OUTPUTS_HEADER)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | _O_EXTRA | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.write(fd, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
+    finally:
+        os.close(fd)
+
+
+def _record_pending(path: Path, st: os.stat_result) -> None:
+    """Before ``path`` is replaced by the finished temporary file ``st``: a ``#pending`` line
+    naming that file (unless ``path``'s name is listed already)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.name not in _listed_names(folder):
+        _append_manifest(folder, [f"{_PENDING}{_identity(path, st)} {path.name}"])
+
+
+def _listed_names(folder: Path) -> set[str]:
+    names = _listed.get(_key(folder))
+    if names is None:
+        owned_outputs(folder)
+        names = _listed[_key(folder)]
+    return names
+
+
+def record_outputs(paths: Iterable[str | os.PathLike]) -> None:
+    """List each of ``paths`` that is in place (exists) in its folder's manifest, once."""
+    by_folder: dict[Path, list[str]] = {}
+    for p in map(Path, paths):
+        if os.path.lexists(p) and "\n" not in p.name:
+            by_folder.setdefault(p.parent if str(p.parent) else Path("."), []).append(p.name)
+    for folder, names in by_folder.items():
+        listed = _listed_names(folder)
+        new = [n for n in dict.fromkeys(names) if n not in listed]
+        if new:
+            _append_manifest(folder, new)
+            listed.update(new)
+
+
+def claim_outputs(
+    folder: str | os.PathLike,
+    names: Iterable[str] | Callable[[str], bool],
+    inputs: Iterable[str | os.PathLike] = (),
+) -> list[Path]:
+    """The files ``folder/NAME`` a run will write, checked before any work: the folder is
+    created and checked writable; an output that is one of ``inputs`` is refused (after
+    creating: ``new/..`` names the folder above only once it exists), and so is a file (or
+    folder, or link) in the way that jpeglm did not write there. Nothing is listed yet: each
+    output is, once in place (``record=True`` writes, :func:`record_outputs`). ValueError with
+    one line otherwise.
+
+    ``names`` may instead be a test of a name (outputs too many to list, ``sample -n 10**9``):
+    then the folder's entries are the ones checked, and ``[]`` is returned."""
+    folder = Path(folder)
+    writable_folder(folder)
+    if callable(names):
+        with os.scandir(folder) as entries:
+            targets = [folder / e.name for e in entries if names(e.name)]
+        planned = []
+    else:
+        targets = planned = [folder / n for n in names]
+    refuse_overwriting(targets, inputs)
+    owned = owned_outputs(folder)
+    record_outputs(folder / n for n in owned - _listed[_key(folder)])  # pending, in place
+    for t in targets:
+        if os.path.lexists(t) and t.name not in owned:
+            raise ValueError(
+                f"{show(t)} exists and was not written by jpeglm: choose another output folder "
+                "(or move it away)"
+            )
+    return planned
+
+
+# ------------------------------------------------------------------------------------------------
+# Untrusted JSON / TOML: bounded nesting
+
+#: the deepest nesting jpeglm's own JSON / TOML files use is 4; anything past this is hostile
+MAX_NESTING = 64
+
+
+def check_nesting(obj: object, what: str, limit: int = MAX_NESTING) -> None:
+    """ValueError naming ``what`` when the lists / dicts in ``obj`` nest deeper than ``limit``
+    (checked without recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if isinstance(x, dict):
+            children = x.values()
+        elif isinstance(x, list):
+            children = x
+        else:
+            continue
+        if depth > limit:
+            raise ValueError(f"{what} is nested deeper than {limit} levels: not a jpeglm file")
+        stack.extend((c, depth + 1) for c in children)
+
+
+def parse_json(text: str | bytes, what: str, limit: int = MAX_NESTING) -> object:
+    """``json.loads(text)`` for untrusted text: ValueError naming ``what`` (a file's name) when
+    it is not JSON or nests deeper than ``limit`` (the parser's own RecursionError included)."""
+    import json
+
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise ValueError(
+            f"{what} is nested deeper than {limit} levels: not a jpeglm file"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from e
+    check_nesting(obj, what, limit)
+    return obj
+
+
+def parse_toml(text: str, what: str, limit: int = MAX_NESTING) -> dict:
+    """``tomllib.loads(text)`` for untrusted text, as :func:`parse_json` (``tomli`` before
+    Python 3.11)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    try:
+        obj = tomllib.loads(text)
+    except RecursionError:
+        raise ValueError(
+            f"{what} is nested deeper than {limit} levels: not a jpeglm file"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{what} is not valid TOML: {e}") from e
+    check_nesting(obj, what, limit)
+    return obj

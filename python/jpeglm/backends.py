@@ -2,9 +2,9 @@
 
 Two backends exist:
 
-* ``"triton"`` -- the Triton kernels of :mod:`jpeglm.kernels` (RMSNorm, RoPE -- in place
-  with gradients, a ``torch.library`` custom op out of place without them -- fused
-  SwiGLU, chunked linear + cross-entropy) and flash-attn 2 for causal attention when it is
+* ``"triton"`` -- the Triton kernels of :mod:`jpeglm.kernels` (RMSNorm, RoPE -- a
+  ``torch.library`` custom op, out of place, with gradients -- fused SwiGLU, chunked
+  linear + cross-entropy) and flash-attn 2 for causal attention when it is
   importable (else ``scaled_dot_product_attention``). Chosen automatically on CUDA when Triton
   imports.
 * ``"torch"`` -- the plain PyTorch reference ops of :mod:`jpeglm.reference.kernels` and
@@ -44,7 +44,8 @@ class Backend:
     name: str  # "triton" or "torch"
     attention_impl: str  # "flash_attn" or "sdpa"
     rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-    # (x (batch, seq, heads, head_dim), cos, sin) -> rotated x; may rotate in place.
+    # (x (batch, seq, heads, head_dim), cos, sin) -> rotated x, a new tensor: never in place
+    # (selective activation checkpointing keeps x, the q / k matmul's output, for recompute)
     rope: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     swiglu: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     # (h (tokens, dim), weight (vocab, dim), targets (tokens,)) -> mean loss over non-ignored.
@@ -109,15 +110,7 @@ def _triton_backend() -> Backend:
         raise RuntimeError("the triton backend needs the 'triton' package (pip install triton)")
     from jpeglm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
     from jpeglm.kernels.rms_norm import rms_norm
-    from jpeglm.kernels.rope import rope, rope_
-
-    def rope_op(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # training: the in-place autograd Function; inference: the out-of-place custom op,
-        # which torch.compile(fullgraph=True) traces (the Function's mark_dirty splits graphs)
-        if torch.is_grad_enabled():
-            return rope_(x, cos, sin)
-        return rope(x, cos, sin)
-
+    from jpeglm.kernels.rope import rope
     from jpeglm.kernels.swiglu import swiglu
 
     attention_impl, attention = "sdpa", sdpa_causal
@@ -130,7 +123,7 @@ def _triton_backend() -> Backend:
         name="triton",
         attention_impl=attention_impl,
         rms_norm=_on_kernel_device(rms_norm, reference.rms_norm),
-        rope=_on_kernel_device(rope_op, reference.rope),
+        rope=_on_kernel_device(rope, reference.rope),
         swiglu=_on_kernel_device(swiglu, reference.swiglu),
         linear_cross_entropy=_on_kernel_device(
             fused_linear_cross_entropy, reference.fused_linear_cross_entropy

@@ -19,6 +19,10 @@ Two kinds of folder, and nothing else:
   newest ``keep`` are kept. All ranks must see one shared file system (as on every cluster
   that trains at this scale).
 
+A checkpoint's pickles never run code: its DCP files are read through
+:mod:`jpeglm.dcp_reader` (``.metadata`` by a restricted unpickler, shard items and
+``rng_rank{R}.pt`` weights only).
+
 Loading a model of either kind for sampling is :mod:`jpeglm.loading`. What this module held
 before the split -- the HF folder functions, now in :mod:`jpeglm.hf`, and the loading ones --
 is still importable from here.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -240,19 +245,25 @@ def load_train_checkpoint(
         set_state_dict,
     )
 
+    from jpeglm.dcp_reader import SafeFileSystemReader, SafeLoadPlanner, read_metadata
+
     path = Path(path)
     state = read_train_state(path)
+    read_metadata(path / ".metadata")  # a pickled payload: refused in one line, never run
+
+    def load(sd: dict) -> None:  # no code in the checkpoint's pickles runs (jpeglm.dcp_reader)
+        with _quiet_single_process():
+            dcp.load(sd, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+
     try:
         if optimizer is None:
             model_sd = get_model_state_dict(model)
-            with _quiet_single_process():
-                dcp.load({"model": model_sd}, checkpoint_id=str(path))
+            load({"model": model_sd})
             set_model_state_dict(model, model_sd)
         else:
             model_sd, optim_sd = get_state_dict(model, optimizer)
             sd = {"model": model_sd, "optim": optim_sd}
-            with _quiet_single_process():
-                dcp.load(sd, checkpoint_id=str(path))
+            load(sd)
             set_state_dict(model, optimizer, model_state_dict=sd["model"],
                            optim_state_dict=sd["optim"])  # fmt: skip
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP's errors: one line
@@ -262,10 +273,16 @@ def load_train_checkpoint(
     rank, _ = _dist()
     rng = path / f"rng_rank{rank}.pt"
     if optimizer is not None and rng.is_file():
-        try:
+        try:  # weights only: a pickled payload is refused, never run
             _set_rng_state(torch.load(rng, weights_only=True))
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"corrupt checkpoint {path}: refusing {rng.name}: it holds more "
+                "than tensors (a pickle can run code; not loaded)"
+            ) from e
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"corrupt checkpoint {path}: {rng.name}: {e}") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"corrupt checkpoint {path}: {rng.name}: {first}") from e
     return state
 
 

@@ -7,10 +7,11 @@ The two kinds are the HF folder (:mod:`jpeglm.hf`) and the trainer checkpoint ``
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
+
+from jpeglm._io import parse_json
 
 __all__ = [
     "CHECKPOINT_STATE",
@@ -30,14 +31,16 @@ DEFAULT_SHARD_SIZE = 5 * 2**30  #: bytes per safetensors file of an HF folder, b
 
 
 def read_json(path: str | os.PathLike, limit: int = 16 << 20) -> dict:
-    """A checkpoint's JSON file, refused when oversized or not a JSON object (hostile files)."""
+    """A checkpoint's JSON file, refused when oversized, nested deeper than
+    :data:`jpeglm._io.MAX_NESTING` or not a JSON object (hostile files)."""
     path = Path(path)
     if path.stat().st_size > limit:
         raise ValueError(f"{path} is larger than {limit} bytes: not a checkpoint file")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+    obj = parse_json(text, str(path))  # nesting bounded: one line, never a RecursionError
     if not isinstance(obj, dict):
         raise ValueError(f"{path} must hold a JSON object")
     return obj

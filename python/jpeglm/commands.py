@@ -6,7 +6,9 @@ A mistake of the user's raises :class:`UserError` (one line, exit 2). Before any
 command checks its options and plans its outputs (:func:`plan_outputs`): the output folder is
 created and checked writable, an output that would replace an input is refused, and so is a
 file in the way that jpeglm did not write there (the folder's ``.jpeglm-outputs`` lists the
-ones it did). Outputs of inputs with equal names get distinct ones (:func:`distinct_names`).
+ones it did, each once it is in place). Outputs are written as they are made, so an
+interrupted command keeps its finished files. Outputs of inputs with equal names get distinct
+ones (:func:`distinct_names`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from jpeglm._io import (
+from jpeglm._io import (  # noqa: F401 - OUTPUTS_*: re-exported (jpeglm.cli)
+    OUTPUTS_HEADER,
+    OUTPUTS_MANIFEST,
     atomic_write_bytes,
-    atomic_write_text,
-    refuse_overwriting,
+    claim_outputs,
+    record_outputs,
     show,
-    writable_folder,
     write_png,
 )
 
@@ -34,49 +37,19 @@ class UserError(Exception):
 
 
 def plan_outputs(
-    out: str | os.PathLike, names: Iterable[str], inputs: Iterable[str | os.PathLike] = ()
+    out: str | os.PathLike,
+    names: Iterable[str] | Callable[[str], bool],
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> list[Path]:
-    """The files ``out/NAME`` a command will write, checked before any work: the folder is
-    created and checked writable, then the command is refused when one of them is one of
-    ``inputs`` (after creating: ``-o new/..`` names the folder above only once it exists)."""
-    folder = Path(out)
-    names = list(names)
-    targets = [folder / n for n in names]
+    """The files ``out/NAME`` a command will write, checked before any work
+    (:func:`jpeglm._io.claim_outputs`): the folder is created and checked writable, then the
+    command is refused when one of them is one of ``inputs`` or a file jpeglm did not write.
+    Each is listed in the folder's ``.jpeglm-outputs`` only once it is in place (written with
+    ``record=True``, or :func:`record_outputs` after the library wrote it)."""
     try:
-        writable_folder(folder)
-        refuse_overwriting(targets, inputs)
+        return claim_outputs(out, names, inputs)
     except ValueError as e:
         raise UserError(str(e)) from e
-    owned = _owned_outputs(folder)
-    for t in targets:
-        if (t.exists() or t.is_symlink()) and t.name not in owned:
-            raise UserError(
-                f"{show(t)} exists and was not written by jpeglm: choose another output folder "
-                "(or move it away)"
-            )
-    if not set(names) <= owned:
-        body = "".join(f"{n}\n" for n in sorted(owned | set(names)))
-        atomic_write_text(folder / OUTPUTS_MANIFEST, OUTPUTS_HEADER + body)
-    return targets
-
-
-#: in every output folder, the names of the files jpeglm commands wrote there: a rerun may
-#: replace those, and nothing else
-OUTPUTS_MANIFEST = ".jpeglm-outputs"
-OUTPUTS_HEADER = "# files written here by jpeglm commands; a rerun may replace only these\n"
-
-
-def _owned_outputs(folder: Path) -> set[str]:
-    path = folder / OUTPUTS_MANIFEST
-    try:
-        if path.stat().st_size > 16 << 20:
-            raise UserError(f"{show(path)} is too large to be jpeglm's list of outputs")
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return set()
-    except OSError as e:
-        raise UserError(f"cannot read {show(path)}: {e.strerror}") from e
-    return {x for x in text.splitlines() if x and not x.startswith("#")}
 
 
 def plan_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
@@ -167,7 +140,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             raise UserError(f"{show(p)}: {e}") from e
         if args.full:
             data = codec.with_tables(data, args.quality)
-        atomic_write_bytes(dst, data)
+        atomic_write_bytes(dst, data, record=True)
         print(f"{show(p)} -> {show(dst)} ({len(data)} bytes)")
     return 0
 
@@ -192,7 +165,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             except codec.JPEGError as e:
                 raise UserError(f"{show(p)}: {e} (use --tolerant to decode what is valid)") from e
             note = "clean"
-        write_png(dst, img)
+        write_png(dst, img, record=True)
         print(f"{show(p)} -> {show(dst)} ({img.shape[1]}x{img.shape[0]}, {note})")
     return 0
 
@@ -235,7 +208,10 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     if video is None:
         streams = codec.encode_batch(images, quality=args.quality, size=args.size)
     tok = Tokenizer.train(streams, vocab_size=args.vocab_size, progress=not args.quiet)
-    tok.save(dst)
+    try:
+        tok.save(dst)
+    finally:
+        record_outputs([dst])
     print(f"trained on {len(streams)} {what} ({len(skipped)} skipped) -> {show(dst)} "
           f"(vocab {tok.vocab_size})")  # fmt: skip
     return 0
@@ -334,11 +310,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     tok = _load_tokenizer(Path(args.tokenizer))
     video = video_settings(args)
-    try:
+    try:  # the tokenizer is an input too: never an output
         index = data.prepare(
             args.src, args.out, tok, size=args.size, quality=args.quality, seq_len=args.seq_len,
             images_per_shard=args.images_per_shard, workers=args.workers, fast=args.fast,
-            progress=not args.quiet, video=video,
+            progress=not args.quiet, video=video, inputs=[args.tokenizer],
         )  # fmt: skip
     except FileNotFoundError as e:
         raise UserError(str(e)) from e
@@ -398,9 +374,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         check_temperature(args.temperature)
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
-    plan_outputs(args.out, demo.output_names(args.codec_only), demo.inputs())
-    demo.run(args.out, quality=args.quality, size=args.size, samples=args.samples,
-             seed=args.seed, temperature=args.temperature, codec_only=args.codec_only)  # fmt: skip
+    targets = plan_outputs(args.out, demo.output_names(args.codec_only), demo.inputs())
+    try:
+        demo.run(args.out, quality=args.quality, size=args.size, samples=args.samples,
+                 seed=args.seed, temperature=args.temperature,
+                 codec_only=args.codec_only)  # fmt: skip
+    finally:  # what is in place now (an interrupt too) was written by it, or was listed
+        record_outputs(targets)
     return 0
 
 
@@ -424,7 +404,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     _check_codec_options(args)
     (src,) = existing_files([args.image], "image file")
-    plan_outputs(args.out, EXPLAIN_FILES, [src])
-    page = explain(src, args.out, quality=args.quality, size=args.size)
+    targets = plan_outputs(args.out, EXPLAIN_FILES, [src])
+    try:
+        page = explain(src, args.out, quality=args.quality, size=args.size)
+    finally:  # what is in place now (an interrupt too) was written by it, or was listed
+        record_outputs(targets)
     print(f"wrote {show(page)} and its pictures")
     return 0

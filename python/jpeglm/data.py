@@ -66,10 +66,9 @@ from jpeglm import codec
 from jpeglm._io import (
     atomic_open,
     atomic_write_text,
-    refuse_overwriting,
+    claim_outputs,
     remove_own_temps,
     show,
-    writable_folder,
 )
 from jpeglm.sources import (  # noqa: F401 - re-exported: the listing moved to jpeglm.sources
     IMAGE_SUFFIXES,
@@ -207,7 +206,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", record=True) as f:
         np.save(f, arr)
 
 
@@ -223,6 +222,7 @@ def prepare(
     fast: bool = False,
     progress: bool = True,
     video: dict | None = None,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> dict:
     """Turn the images of ``src`` into packed token shards in ``out``; returns the index.
 
@@ -230,6 +230,12 @@ def prepare(
     H.264 stream by :mod:`jpeglm.video` with these settings (``width``, ``height``, ``fps``,
     ``seconds``, ``qp``; missing ones take the paper's 256x144, 3 fps, 5 s, QP 37) and packed
     the same way; ``images_per_shard`` then counts clips and ``size`` / ``quality`` are unused.
+
+    ``out`` is an output folder like every command's (:func:`jpeglm._io.claim_outputs`): a file
+    there that jpeglm did not write (a user's ``sources.txt``, ``report.json``, a shard) is
+    refused before any work, and so is one that is an input -- a source, or one of ``inputs``
+    (the tokenizer file it was made with). Each file is listed in ``out/.jpeglm-outputs`` once
+    it is in place.
 
     Every token of every usable image lands in a sequence; the last sequence is padded with
     ``tokenizer.pad_id`` (see the module docstring). Resumable: shards already present (from
@@ -257,8 +263,8 @@ def prepare(
     out = Path(out)
     n_chunks = (len(sources) + images_per_shard - 1) // images_per_shard
     targets = [out / shard_name(c) for c in range(n_chunks)] + [out / n for n in OWN_FILES]
-    writable_folder(out)  # first: `out` must exist for its files to be compared with inputs
-    refuse_overwriting(targets, {str(src), *(s.path for s in sources)})
+    claim_outputs(out, [t.name for t in targets], {str(src), *map(str, inputs),
+                                                   *(s.path for s in sources)})  # fmt: skip
     config = {
         "size": size,
         "quality": quality,
@@ -395,7 +401,8 @@ def prepare(
     if not any(s["images"] for s in shards) or not n_seq:  # nothing to keep: rerun afresh
         for f in [*(s["file"] for s in shards), INDEX]:
             (out / f).unlink(missing_ok=True)
-        atomic_write_text(out / REPORT, json.dumps({"skipped": skipped}, indent=1) + "\n")
+        atomic_write_text(out / REPORT, json.dumps({"skipped": skipped}, indent=1) + "\n",
+                          record=True)  # fmt: skip
         if any(s["images"] for s in shards):
             n_tok = sum(s["tokens"] for s in shards)
             raise ValueError(
@@ -480,10 +487,12 @@ def _write_index(out: Path, config: dict, shards: list, skipped: list, sources: 
     if config["pad_id"] is None:
         index["dropped_tokens"] = sum(s.get("dropped_tokens", 0) for s in shards)
     index["skipped"] = skipped
-    atomic_write_text(out / INDEX, json.dumps(index, indent=1) + "\n")
+    atomic_write_text(out / INDEX, json.dumps(index, indent=1) + "\n", record=True)
     if final:
-        atomic_write_text(out / "sources.txt", "\n".join(s.name for s in sources) + "\n")
-        atomic_write_text(out / REPORT, json.dumps({"skipped": skipped}, indent=1) + "\n")
+        names = "\n".join(s.name for s in sources) + "\n"
+        atomic_write_text(out / "sources.txt", names, record=True)
+        atomic_write_text(out / REPORT, json.dumps({"skipped": skipped}, indent=1) + "\n",
+                          record=True)  # fmt: skip
     return index
 
 

@@ -28,7 +28,7 @@ def _sequence_table(folders: Sequence[str | os.PathLike]) -> tuple[list[np.ndarr
         for s in index["shards"]:
             if s["sequences"] == 0:
                 continue
-            arr = np.load(Path(folder) / s["file"], mmap_mode="r")
+            arr = np.load(Path(folder) / s["file"], mmap_mode="r", allow_pickle=False)
             if arr.dtype != np.uint16 or arr.ndim != 2:
                 raise ValueError(f"{folder}/{s['file']}: not a uint16 (sequences, seq_len) shard")
             table += [(len(arrays), r) for r in range(arr.shape[0])]

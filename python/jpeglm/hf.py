@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -492,6 +493,13 @@ def save_hf_files(
         index.unlink()
 
 
+def _hf_file(name: str) -> bool:
+    """Whether ``name`` is a file :func:`save_hf` writes (or the output manifest)."""
+    return name in ("config.json", "model.safetensors", "model.safetensors.index.json",
+                    TOKENIZER_FILE, HF_METADATA, _io.OUTPUTS_MANIFEST) or bool(
+        re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name))  # fmt: skip
+
+
 def save_hf(
     folder: str | os.PathLike,
     args: ModelArgs,
@@ -506,7 +514,8 @@ def save_hf(
 
     ``tokenizer`` (a tokenizer file) is copied in as ``tokenizer.jpeglm``; ``metadata`` is
     written as ``jpeglm.json`` and its ``bos_id`` / ``eos_id`` go into ``config.json``. An
-    existing ``folder`` is refused unless ``replace`` (then it must be an HF folder itself).
+    existing ``folder`` is refused unless ``replace`` (then it must be an HF folder holding only
+    the files this function writes: a user's file in it is never removed).
     ``files``: :func:`save_hf_files`' options (``dtype``, ``max_shard_size``).
     """
     folder = Path(folder)
@@ -515,6 +524,12 @@ def save_hf(
             raise FileExistsError(f"{folder} exists; choose a new folder")
         if not (folder / "config.json").is_file():
             raise FileExistsError(f"{folder} exists and is not an HF folder; not replacing it")
+        foreign = sorted(p.name for p in folder.iterdir() if not _hf_file(p.name))
+        if foreign:  # a replace removes the old folder: only what save_hf writes may be in it
+            raise FileExistsError(
+                f"{folder} holds files jpeglm did not write ({first_names(foreign)}); not "
+                "replacing it: move them away"
+            )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp_{folder.name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

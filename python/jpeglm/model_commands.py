@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from jpeglm import video_commands
-from jpeglm._io import atomic_write_bytes, show, write_png
+from jpeglm._io import atomic_write_bytes, record_outputs, show, write_png
 from jpeglm.commands import (
     UserError,
     check_temperature,
@@ -139,10 +140,12 @@ def _apply_model_defaults(args: argparse.Namespace, info: dict) -> None:
 
 
 def _plan_model_outputs(
-    args: argparse.Namespace, names: Iterable[str], images: Sequence[Path] = ()
+    args: argparse.Namespace,
+    names: Iterable[str] | Callable[[str], bool],
+    images: Sequence[Path] = (),
 ) -> tuple[Path, Path]:
     """Model files, options (defaults from the model), and outputs checked (in that order)
-    before the model is loaded."""
+    before the model is loaded. ``names``: a list, or a test of a name (``sample``)."""
     _check_sampling(args)
     folder, tok_path, info = _model_files(args)
     _apply_model_defaults(args, info)
@@ -150,6 +153,11 @@ def _plan_model_outputs(
     inputs = [tok_path, *images, *(p for p in folder.iterdir() if p.is_file())]
     plan_outputs(args.out, names, inputs)
     return folder, tok_path
+
+
+#: rows per sampling batch when ``--batch-size`` is not given: outputs are written batch by
+#: batch, so an interrupted command keeps every finished batch's files
+DEFAULT_BATCH = 16
 
 
 def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
@@ -166,24 +174,37 @@ def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
     return loaded.model, loaded.tokenizer
 
 
-def _sample_stems(prefix: str, n: int) -> list[str]:
-    return [f"{prefix}{i:03d}" for i in range(n)]
+def _sample_stems(prefix: str, n: int) -> Iterator[str]:
+    """``sample_000``, ``sample_001``, ...: made one at a time (``-n`` may be 10**9)."""
+    return (f"{prefix}{i:03d}" for i in range(n))
+
+
+def _is_sample_file(prefix: str, n: int, exts: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a name is one of the files of :func:`_sample_stems` ``(prefix, n)`` (one of
+    ``exts`` each), without listing them."""
+    pattern = re.compile(re.escape(prefix) + r"(\d{3,})(" + "|".join(map(re.escape, exts)) + ")")
+
+    def test(name: str) -> bool:
+        m = pattern.fullmatch(name)
+        return bool(m) and int(m.group(1)) < n and f"{int(m.group(1)):03d}" == m.group(1)
+
+    return test
 
 
 def _files_of(stems: Sequence[str]) -> list[str]:
     return [stem + ext for stem in stems for ext in (".png", ".jpg")]
 
 
-def _write_samples(out: Path, samples_, stems: Sequence[str], quality: int) -> None:
-    """``STEM.png`` (the tolerant decode) and ``STEM.jpg`` (the stream with tables) each."""
+def _write_sample(out: Path, stem: str, s, quality: int) -> None:  # noqa: ANN001
+    """``STEM.png`` (the tolerant decode) and ``STEM.jpg`` (the stream with tables), each
+    written and listed as an output at once."""
     from jpeglm import codec
 
-    for stem, s in zip(stems, samples_):
-        write_png(out / f"{stem}.png", s.image)
-        if s.data:
-            atomic_write_bytes(out / f"{stem}.jpg", codec.with_tables(s.data, quality))
-        state = "clean" if s.clean else f"{s.valid_mcus}/{s.total_mcus} MCUs valid"
-        print(f"{show(out / f'{stem}.png')}: {len(s.data)} bytes, {state}")
+    write_png(out / f"{stem}.png", s.image, record=True)
+    if s.data:
+        atomic_write_bytes(out / f"{stem}.jpg", codec.with_tables(s.data, quality), record=True)
+    state = "clean" if s.clean else f"{s.valid_mcus}/{s.total_mcus} MCUs valid"
+    print(f"{show(out / f'{stem}.png')}: {len(s.data)} bytes, {state}", flush=True)
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -195,7 +216,7 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         top_p=args.top_p,
         max_tokens=args.max_tokens,
         seed=args.seed,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or DEFAULT_BATCH,
         constrained=not args.unconstrained,
         compile=args.compile,
         dtype=args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"),
@@ -203,25 +224,33 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``sample_000.png`` + ``.jpg``, ... each written as its batch finishes; the names are
+    made as they are needed (``-n 10**9`` lists none)."""
     from jpeglm.sample import generate
 
-    stems = _sample_stems("sample_", max(args.n, 0))
+    n = max(args.n, 0)
     info = _model_info(args)
     if video_commands.is_video(info):
+        stems = list(_sample_stems("sample_", n))
         folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems))
         video_commands.sample(args, *_load_model(folder, tok_path, args), info, stems,
                               _sampling_kwargs(args))  # fmt: skip
         return 0
-    folder, tok_path = _plan_model_outputs(args, _files_of(stems))
+    folder, tok_path = _plan_model_outputs(args, _is_sample_file("sample_", n, (".png", ".jpg")))
     model, tok = _load_model(folder, tok_path, args)
-    out = generate(model, tok, n=args.n, **_sampling_kwargs(args))
-    _write_samples(Path(args.out), out, stems, args.quality)
+    out = Path(args.out)
+
+    def write(i: int, s) -> None:  # noqa: ANN001 - a Sample, written as its batch finishes
+        _write_sample(out, f"sample_{i:03d}", s, args.quality)
+
+    generate(model, tok, n=args.n, **_sampling_kwargs(args), on_sample=write)
     return 0
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
     """Completions named after their inputs: ``photo.jpg`` -> ``photo.png`` + ``photo.jpg``
-    (equal names numbered as everywhere: ``photo-1.png``)."""
+    (equal names numbered as everywhere: ``photo-1.png``), each written as its batch
+    finishes."""
     from jpeglm.sample import complete
 
     info = _model_info(args)
@@ -236,8 +265,9 @@ def cmd_complete(args: argparse.Namespace) -> int:
     stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
     folder, tok_path = _plan_model_outputs(args, _files_of(stems), images)
     model, tok = _load_model(folder, tok_path, args)
-    out = complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args))
-    _write_samples(Path(args.out), out, stems, args.quality)
+    out = Path(args.out)
+    complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args),
+             on_sample=lambda i, s: _write_sample(out, stems[i], s, args.quality))  # fmt: skip
     return 0
 
 
@@ -269,9 +299,6 @@ def _fid_network(args: argparse.Namespace, n_images: int):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jpeglm import codec
-    from jpeglm.eval import bits_per_byte, evaluate_completion
-
     info = _model_info(args)
     if video_commands.is_video(info):
         if args.fid_weights is not None or args.fid_samples is not None:
@@ -288,6 +315,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     fid_net = _fid_network(args, len(paths))
     extra = [Path(args.fid_weights)] if fid_net is not None else []
     folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], [*paths, *extra])
+    try:
+        return _eval_images(args, folder, tok_path, paths, fid_net)
+    finally:  # grid.png is written as soon as the completions are made
+        record_outputs([Path(args.out) / "grid.png"])
+
+
+def _eval_images(args: argparse.Namespace, folder: Path, tok_path: Path, paths: list[Path],
+                 fid_net) -> int:  # noqa: ANN001  # fmt: skip
+    from jpeglm import codec
+    from jpeglm.eval import bits_per_byte, evaluate_completion
+
     model, tok = _load_model(folder, tok_path, args)
     kw = _sampling_kwargs(args)
     streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
@@ -311,6 +349,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             value = fid(held_out, gen[:n_fid], fid_net, device=dev)
             res["fid"] = {"value": value, "samples": n_fid, "reference_images": len(held_out),
                           "weights": Path(args.fid_weights).name}  # fmt: skip
-    atomic_write_bytes(Path(args.out) / "results.json", (json.dumps(res, indent=2) + "\n").encode())
+    text = json.dumps(res, indent=2) + "\n"
+    atomic_write_bytes(Path(args.out) / "results.json", text.encode(), record=True)
     print(json.dumps(res, indent=2))
     return 0

@@ -1,7 +1,7 @@
 """The model under data parallelism: one process, DDP or FSDP2 -- the process group, the model
-built, sharded and initialised (:func:`build_model`), its optimizer, gradient clipping over
-sharded gradients, and the up-front check that the training state fits the device
-(:func:`check_memory`).
+built, sharded (:func:`shard`, under :func:`mixed_precision`) and initialised
+(:func:`build_model`), its optimizer, gradient clipping over sharded gradients, and the
+up-front check that the training state fits the device (:func:`check_memory`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ __all__ = [
     "build_optimizer",
     "check_memory",
     "clip_grad_norm_",
+    "mixed_precision",
     "setup_distributed",
+    "shard",
 ]
 
 
@@ -68,14 +70,7 @@ def build_model(
             layer.compile()
     sharded = cfg.fsdp and world > 1
     if sharded:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = MixedPrecisionPolicy()
-        if device.type == "cuda":
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for layer in model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+        shard(model, torch.bfloat16 if device.type == "cuda" else None)
     model.to_empty(device=device)
     torch.manual_seed(cfg.seed)
     model.reset_parameters()
@@ -89,6 +84,33 @@ def build_model(
             gradient_as_bucket_view=True,  # no second fp32 copy of every gradient in buckets
         )
     return model, fwd
+
+
+def mixed_precision(param_dtype: torch.dtype | None):
+    """FSDP2's ``MixedPrecisionPolicy``: parameters gathered in ``param_dtype`` (``None``: as
+    stored) and gradients reduced in float32 -- and forward inputs *not* cast
+    (``cast_forward_inputs=False``, as torchtitan does). A block's inputs include the RoPE
+    tables, which are float32 on purpose (:class:`jpeglm.model.RotaryEmbedding`); cast to bf16
+    each cos / sin carries up to 2e-3 of rounding. The activations reach the blocks in
+    ``param_dtype`` regardless: they come from the embedding the root gathers in it."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(
+        param_dtype=param_dtype,
+        reduce_dtype=torch.float32 if param_dtype is not None else None,
+        cast_forward_inputs=False,
+    )
+
+
+def shard(model: Transformer, param_dtype: torch.dtype | None) -> None:
+    """Shard ``model`` with FSDP2 the trainer's way: each block, then the root, under
+    :func:`mixed_precision` (bf16 on CUDA: ``build_model``)."""
+    from torch.distributed.fsdp import fully_shard
+
+    mp = mixed_precision(param_dtype)
+    for layer in model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
 
 
 def build_optimizer(

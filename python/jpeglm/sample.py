@@ -13,8 +13,9 @@ sample decodes; without it, samples are decoded tolerantly and may be partly gre
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -341,17 +342,42 @@ def _finish(tokenizer, prompt: bytes, tokens: list[int], size: int, quality: int
     return Sample(tokens, data, r.image, r.clean, r.valid_mcus, r.total_mcus)
 
 
+class _Repeat(Sequence):
+    """``[item] * n`` without the list (``n`` may be 10**9: samples are made lazily)."""
+
+    def __init__(self, item: Any, n: int) -> None:
+        self.item, self.n = item, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        if isinstance(i, slice):
+            return _Repeat(self.item, len(range(self.n)[i]))
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.item
+
+
 def _generate_prompts(
     model,
     tokenizer,
-    prompt_bytes: list[bytes],
+    prompt_bytes: Sequence[bytes],
     size: int,
     quality: int,
     opts: SamplingSettings,
     stats: dict | None = None,
+    on_sample: Callable[[int, Sample], None] | None = None,
 ) -> list[Sample]:
     size = codec.check_size(size)
     quality = codec.check_quality(quality)
+    if on_sample is not None:  # each sample handed on as its batch finishes; none kept
+
+        def done(i: int, toks: list[int]) -> None:
+            on_sample(i, _finish(tokenizer, prompt_bytes[i], toks, size, quality))
+
+        _run_batches(model, tokenizer, prompt_bytes, size, opts, stats, on_result=done)
+        return []
     new = _run_batches(model, tokenizer, prompt_bytes, size, opts, stats)
     return [_finish(tokenizer, p, toks, size, quality) for p, toks in zip(prompt_bytes, new)]
 
@@ -364,23 +390,31 @@ def _run_batches(
     opts: SamplingSettings,
     stats: dict | None = None,
     stop_at_eoi: bool = True,
+    on_result: Callable[[int, list[int]], None] | None = None,
 ) -> list[list[int]]:
     """Each prompt (after BOS) through :func:`_run`: prompts of equal token length share a
     batch (one KV cache position for all rows), ``opts.batch_size`` rows at a time; returns
-    each prompt's new tokens, in order."""
+    each prompt's new tokens, in order -- or, with ``on_result``, hands each prompt's index and
+    new tokens to it as its batch finishes and returns ``[]`` (one prompt repeated,
+    :class:`_Repeat`, is encoded once and never listed)."""
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError("the tokenizer needs BOS and EOS tokens")
     room = model.args.max_seq_len
     opts = replace(opts, max_tokens=opts.max_tokens or room, seed=opts.seed or 0)
-    prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
-    for p in prompts:
-        if len(p) >= room:
-            raise ValueError(f"prompt of {len(p)} tokens leaves no room (max_seq_len {room})")
+    by_len: dict[int, Sequence[int]] = {}
+    if isinstance(prompt_bytes, _Repeat):
+        ids = [tokenizer.bos_id] + tokenizer.encode(prompt_bytes.item)
+        prompts: Sequence[list[int]] = _Repeat(ids, len(prompt_bytes))
+        by_len = {len(ids): range(len(prompt_bytes))} if len(prompt_bytes) else {}
+    else:
+        prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
+        for i, p in enumerate(prompts):
+            by_len.setdefault(len(p), []).append(i)  # type: ignore[union-attr]
+    for n in by_len:
+        if n >= room:
+            raise ValueError(f"prompt of {n} tokens leaves no room (max_seq_len {room})")
     batch_size = opts.batch_size or len(prompts)
-    results: list[list[int]] = [[] for _ in prompts]
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
+    results: list[list[int]] = [[] for _ in prompts] if on_result is None else []
     was_training = model.training
     model.eval()
     n_chunk = 0
@@ -395,7 +429,10 @@ def _run_batches(
                                stop_at_eoi)  # fmt: skip
                     n_chunk += 1
                     for i, toks in zip(chunk, new):
-                        results[i] = toks
+                        if on_result is None:
+                            results[i] = toks
+                        else:
+                            on_result(i, toks)
     finally:
         model.train(was_training)
     return results
@@ -445,8 +482,13 @@ def generate(
     dtype: str = "fp32",
     jump_forward: bool = True,
     stats: dict | None = None,
+    on_sample: Callable[[int, Sample], None] | None = None,
 ) -> list[Sample]:
     """``n`` unconditional samples (or continuations of the raw ``prompt`` bytes).
+
+    ``on_sample``: called with each sample's index and :class:`Sample` as its batch finishes
+    (to write it at once: an interrupted run keeps what was made); nothing is kept and ``[]``
+    is returned, so ``n`` may be as large as the caller's patience.
 
     ``compile``: ``torch.compile(fullgraph=True)`` the one-token decode step (CUDA graphs on
     GPU); pays off for long generations, costs a compilation first (one graph per attention
@@ -462,7 +504,8 @@ def generate(
     if prompt is not None and not isinstance(prompt, (bytes, bytearray, memoryview)):
         raise ValueError(f"prompt must be bytes or None, got {type(prompt).__name__}")
     prompt = bytes(prompt or b"")
-    return _generate_prompts(model, tokenizer, [prompt] * n, size, quality, opts, stats)
+    prompts = _Repeat(prompt, n)
+    return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)
 
 
 def complete(
@@ -484,8 +527,10 @@ def complete(
     dtype: str = "fp32",
     jump_forward: bool = True,
     stats: dict | None = None,
+    on_sample: Callable[[int, Sample], None] | None = None,
 ) -> list[Sample]:
-    """Complete each image from its first ``rows`` rows of MCUs (options as :func:`generate`)."""
+    """Complete each image from its first ``rows`` rows of MCUs (options as :func:`generate`,
+    ``on_sample`` too)."""
     opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
                             compile, dtype, jump_forward)  # fmt: skip
     size, quality = codec.check_size(size), codec.check_quality(quality)
@@ -495,4 +540,4 @@ def complete(
         raise ValueError("complete expects a sequence of images (a list of one for one image)")
     streams = codec.encode_batch(list(images), quality=quality, size=size)
     prompts = [prompt_stream(s, rows, size) for s in streams]
-    return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats)
+    return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)

@@ -31,7 +31,7 @@ MNIST_FILE = Path(__file__).parent / "data" / "mnist" / "mnist_5k.npz"
 def mnist() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 bundled MNIST digits: images (5000, 28, 28) uint8 and labels (5000,) uint8
     (see ``jpeglm/data/mnist/README.md`` for source and licence)."""
-    with np.load(MNIST_FILE) as f:
+    with np.load(MNIST_FILE, allow_pickle=False) as f:
         return f["images"], f["labels"]
 
 

@@ -13,7 +13,9 @@ step / data position / RNG; see :mod:`jpeglm.checkpoint`) and only the last ``ke
 kept; ``resume=true`` continues from the newest one exactly as if never stopped, on the same
 or (where the data position maps exactly) another number of ranks. At the end the weights
 are gathered into an HF folder ``OUT/final`` (with the tokenizer) that transformers and
-``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit.
+``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit. One trainer
+per run folder: rank 0 holds ``OUT/.jpeglm-lock`` (``flock``; the kernel releases it if the
+process dies) for the whole run, and a second trainer is refused naming the holder's pid.
 
 Scale: ``fsdp=true`` shards with FSDP2 (per block, then the root; bf16 compute and fp32
 gradient reduction on CUDA; the model is built on the meta device and each rank materialises
@@ -30,6 +32,7 @@ Multi-node: the same command under torchrun on every node, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -42,7 +45,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from jpeglm._io import atomic_open
+from jpeglm._io import (
+    OUTPUTS_MANIFEST,
+    atomic_open,
+    claim_outputs,
+    folder_lock,
+    record_outputs,
+    writable_folder,
+)
 from jpeglm.data import ShardDataset, read_index
 from jpeglm.model import ModelArgs
 from jpeglm.parallel import (
@@ -243,8 +253,44 @@ def _metadata(index: dict, tok, seq_len: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
+#: the files a run writes into its folder besides its checkpoints (step_N, kept by run id) and
+#: tb/ (new event files only): claimed before the run (a user's file of one of these names is
+#: refused) and listed in OUT/.jpeglm-outputs once in place
+RUN_FILES = ("metrics.jsonl", "loss.png", "final")
+
+
 def train(cfg: TrainConfig) -> dict:
-    """Run training; returns the final metrics (rank 0)."""
+    """Run training; returns the final metrics (rank 0). One trainer per run folder: rank 0
+    holds ``OUT/.jpeglm-lock`` for the whole run (:func:`jpeglm._io.folder_lock`)."""
+    with contextlib.ExitStack() as held:
+        return _train(cfg, held)
+
+
+def _on_rank0(fn) -> None:  # noqa: ANN001
+    """``fn()`` on rank 0 (a check of the run folder, which only rank 0 writes); its ValueError
+    is raised on every rank, so that all stop together."""
+    error = [None]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            fn()
+        except ValueError as e:
+            error = [str(e)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(error, src=0)
+    if error[0]:
+        raise ValueError(error[0])
+
+
+def _claim_run_files(out: Path, legacy: bool) -> None:
+    """A user's file in the way of :data:`RUN_FILES` (``loss.png``, a ``final/`` of their own)
+    is refused before any work. ``legacy``: a run being resumed in a folder without the output
+    manifest was written by an older jpeglm, and its files are the run's."""
+    if legacy and not (out / OUTPUTS_MANIFEST).exists():
+        record_outputs(out / n for n in RUN_FILES)
+    claim_outputs(out, RUN_FILES)
+
+
+def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
     from tqdm.auto import tqdm
 
     from jpeglm import checkpoint as ckpt
@@ -295,6 +341,13 @@ def train(cfg: TrainConfig) -> dict:
     check_memory(args, cfg, device, world)
     bytes_per_token = index["bytes"] / max(1, index["tokens"])
     out = Path(cfg.out)
+
+    # one trainer per run folder: taken before anything in it is looked at or written
+    def lock() -> None:
+        writable_folder(out)
+        held.enter_context(folder_lock(out, "another trainer"))  # held until the run ends
+
+    _on_rank0(lock)
     existing = ckpt.list_checkpoints(out)
     if existing and not cfg.resume:
         raise ValueError(
@@ -306,6 +359,7 @@ def train(cfg: TrainConfig) -> dict:
             f"{out} already holds a run's metrics.jsonl: pass resume=true to continue it, or "
             "choose a new out"
         )
+    _on_rank0(lambda: _claim_run_files(out, legacy=cfg.resume and bool(existing)))
 
     model, fwd = build_model(args, cfg, device, world)
     opt = build_optimizer(model, cfg, device)
@@ -334,6 +388,7 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         log = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed at the end
+        record_outputs([out / "metrics.jsonl"])
         writer = _tensorboard(out, cfg)
     batches = micro_batches(train_ds, micro, epoch, skip)
     flops_per_token = model.flops_per_token(seq_len - 1)  # causal attention counted as half
@@ -422,10 +477,11 @@ def train(cfg: TrainConfig) -> dict:
     if step == cfg.max_steps and not stop.signal:
         # the run's result as an HF folder: what transformers and `jpeglm sample` load
         full = ckpt.gather_full_state(model)
-        if rank == 0:
+        if rank == 0:  # replaces only an HF folder of jpeglm's files (final/ was claimed)
             ckpt.save_hf(out / "final", args, full, dtype=_dtype(cfg.export_dtype),
                          max_shard_size=cfg.export_shard_size, tokenizer=cfg.tokenizer,
                          metadata=meta, replace=True)  # fmt: skip
+            record_outputs([out / "final"])
         if world > 1:
             dist.barrier()
     if rank == 0:
@@ -495,7 +551,7 @@ def _plot(out: Path) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
     fig.tight_layout()
-    with atomic_open(out / "loss.png", "wb") as f:
+    with atomic_open(out / "loss.png", "wb", record=True) as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 

@@ -49,8 +49,8 @@ def _kwargs(sampling: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
 
 def _write(out: Path, stems: Sequence[str], clips: Sequence[Any]) -> None:
     for stem, c in zip(stems, clips):
-        write_png(out / f"{stem}.png", np.concatenate(list(c.frames), axis=1))
-        atomic_write_bytes(out / f"{stem}.h264", c.data)
+        write_png(out / f"{stem}.png", np.concatenate(list(c.frames), axis=1), record=True)
+        atomic_write_bytes(out / f"{stem}.h264", c.data, record=True)
         print(f"{show(out / f'{stem}.h264')}: {len(c.data)} bytes, "
               f"{c.valid_frames}/{c.total_frames} frames decoded")  # fmt: skip
 
@@ -111,6 +111,6 @@ def evaluate(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: 
                                    **kw)  # fmt: skip
     res["held_out"] = bits_per_byte(model, tok, streams, constrained=False)
     text = json.dumps(res, indent=2) + "\n"
-    atomic_write_bytes(Path(args.out) / "results.json", text.encode())
+    atomic_write_bytes(Path(args.out) / "results.json", text.encode(), record=True)
     print(text, end="")
     return res

@@ -3,10 +3,28 @@ session instead of once per file."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+
+def _triton_interpreter_without_cuda() -> None:
+    """TRITON_INTERPRET=1 where there is no GPU, before any test module is collected: Triton
+    reads it once, when it is first imported, and any module collected before
+    test_kernels.py that imports it (an ``importorskip("triton")``) would otherwise fix the
+    compiled mode for the whole session (every kernel test then fails with "Cannot call
+    @triton.jit'd outside of the scope of a kernel")."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_triton_interpreter_without_cuda()
 
 
 @pytest.fixture(scope="session")

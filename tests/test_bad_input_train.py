@@ -345,13 +345,14 @@ def test_init_from_a_trainer_checkpoint_advises_export(run4, world, tmp_path, ca
     assert not out.exists()
     rc, err = _main(_cfg(root, out, init_from=str(run4)), capsys)  # the run folder
     assert rc == 2
-    _one_line(err, "is a run folder", str(run4 / "final"))
+    _one_line(err, "is a run folder", f"jpeglm export {run4} DEST")
+    assert not out.exists()
 
 
 def test_a_model_shape_mismatch_gives_both_shapes(run4, world, tmp_path):
     root, _ = world
     out = _copy_run(run4, tmp_path)
-    r = _run(_cfg(root, out, max_steps=8, resume=True, model_args={"n_layers": 1}))
+    r = _run([*_cfg(root, out, max_steps=8, resume=True), "model_args={n_layers = 1}"])
     assert r.returncode == 2
     _one_line(r.stderr, "the model's shape differs", "checkpoint: n_layers=2",
               "this run: n_layers=1")  # fmt: skip

@@ -521,8 +521,10 @@ def _read_index_file(p: Path) -> dict:
         isinstance(index, dict)
         and isinstance(index.get("config"), dict)
         and isinstance(shards, list)
-        and all(isinstance(x, dict) and isinstance(x.get("file"), str)
-                and _is_count(x.get("sequences")) for x in shards)  # fmt: skip
+        and all(
+            isinstance(x, dict) and isinstance(x.get("file"), str) and _is_count(x.get("sequences"))
+            for x in shards
+        )  # fmt: skip
         and _is_count(index.get("sequences"))
     )
     if not ok:

@@ -269,7 +269,7 @@ def read_metrics(path: Path) -> list[dict]:
     from jpeglm._io import parse_json, show
 
     if path.stat().st_size > _METRICS_LIMIT:
-        raise ValueError(f"{show(path)} is larger than {_METRICS_LIMIT} bytes: not jpeglm's metrics")
+        raise ValueError(f"{show(path)} is larger than {_METRICS_LIMIT} bytes: not a run's metrics")
     lines = path.read_bytes().split(b"\n")[:-1]  # the last piece has no newline: unfinished
     rows = []
     for i, line in enumerate(lines, 1):
@@ -359,9 +359,18 @@ def _check_init_from(path: Path) -> None:
             f"`jpeglm export {show(path)} DEST` and pass init_from=DEST (or continue its run "
             "with resume=true)"
         )
-    if not (path / "config.json").exists() and (path / "final" / "config.json").is_file():
+    if (path / "config.json").exists():
+        return
+    if (path / "final" / "config.json").is_file():
         raise ValueError(
             f"init_from={show(path)} is a run folder: its HF folder is {show(path / 'final')}"
+        )
+    from jpeglm.checkpoint import list_checkpoints
+
+    if list_checkpoints(path):
+        raise ValueError(
+            f"init_from={show(path)} is a run folder: make an HF folder of its newest "
+            f"checkpoint with `jpeglm export {show(path)} DEST` and pass init_from=DEST"
         )
 
 
@@ -371,8 +380,11 @@ def _check_nothing_to_resume(out: Path) -> None:
     step 1 would repeat its steps, so that is one line instead."""
     torn = sorted(p.name for p in out.glob(".tmp_step_*"))
     if torn or (out / "metrics.jsonl").is_file():
-        what = f"only {torn[-1]}, a checkpoint cut off while being written" if torn else (
-            "only the metrics.jsonl of a run stopped before its first checkpoint")
+        what = (
+            f"only {torn[-1]}, a checkpoint cut off while being written"
+            if torn
+            else ("only the metrics.jsonl of a run stopped before its first checkpoint")
+        )
         raise ValueError(
             f"cannot resume: {show(out)} holds no complete checkpoint ({what}); start the run "
             "again in a new out (or empty this one)"
@@ -572,8 +584,9 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
             stopping = interrupted or (cfg.stop_at > 0 and step >= cfg.stop_at)
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
                 with stop.writing(f"step_{step:08d}"):
-                    ckpt.save_train_checkpoint(out, step, model, opt, train_state,
-                                               keep=cfg.keep, tokenizer=cfg.tokenizer)
+                    ckpt.save_train_checkpoint(
+                        out, step, model, opt, train_state, keep=cfg.keep, tokenizer=cfg.tokenizer
+                    )
                 # a signal during the write: the checkpoint just written is where to stop
                 stopping = stopping or stop.requested(device)
                 t_last = time.perf_counter()

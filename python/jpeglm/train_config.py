@@ -90,9 +90,7 @@ class TrainConfig:
             except tomllib.TOMLDecodeError:
                 raw[k.strip()] = v  # a bare string
             except RecursionError:
-                raise ValueError(
-                    f"{what} is nested deeper than {MAX_NESTING} levels"
-                ) from None
+                raise ValueError(f"{what} is nested deeper than {MAX_NESTING} levels") from None
             check_nesting(raw[k.strip()], what)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)

@@ -294,20 +294,25 @@ def test_prepare_records_each_shards_largest_id(world):
 # ---------------------------------------------------------------- item 10: nothing to resume
 
 
-def test_resume_without_a_complete_checkpoint_is_one_line(run4, world, tmp_path, capsys):
+def test_resume_without_a_complete_checkpoint_says_so(run4, world, tmp_path):
+    """A preemptible job relaunched with resume=true after a kill before its first whole
+    checkpoint starts again at step 1 -- saying so, and never listing a step twice."""
     root, _ = world
     out = _copy_run(run4, tmp_path)
     (out / "step_00000004").rename(out / ".tmp_step_00000004")  # a write a kill cut off
-    before = (out / "metrics.jsonl").read_bytes()
-    rc, err = _main(_cfg(root, out, resume=True), capsys)
-    assert rc == 2
-    _one_line(err, "cannot resume", "no complete checkpoint", ".tmp_step_00000004")
-    assert (out / "metrics.jsonl").read_bytes() == before  # no row appended
-    shutil.rmtree(out / ".tmp_step_00000004")  # a run stopped before its first checkpoint
-    rc, err = _main(_cfg(root, out, resume=True), capsys)
-    assert rc == 2
-    _one_line(err, "cannot resume", "no complete checkpoint", "metrics.jsonl")
-    assert (out / "metrics.jsonl").read_bytes() == before
+    assert _steps(out) == [1, 2, 3, 4]
+    r = _run(_cfg(root, out, max_steps=6, eval_every=100, resume=True))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"jpeglm train: {out} holds no complete checkpoint to resume (only .tmp_step_00000004, "
+        "cut off while being written): starting at step 1 (the rows of metrics.jsonl are done "
+        "again)"
+    ]
+    assert _steps(out) == list(range(1, 7))  # not 1 2 3 4 1 2 3 4 5 6
+    assert not list(out.glob(".tmp_step_*"))
+    # an empty out: resume=true starts quietly
+    r = _run(_cfg(root, tmp_path / "new", max_steps=2, eval_every=100, resume=True))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
 # ---------------------------------------------------------------- item 11: sources.txt

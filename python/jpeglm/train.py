@@ -374,21 +374,19 @@ def _check_init_from(path: Path) -> None:
         )
 
 
-def _check_nothing_to_resume(out: Path) -> None:
-    """``resume=true`` in a folder without a complete checkpoint: a fresh start, unless a run
-    was there (its ``metrics.jsonl``, a ``.tmp_step_N`` a kill cut off): starting it again at
-    step 1 would repeat its steps, so that is one line instead."""
+def _nothing_to_resume(out: Path) -> str | None:
+    """``resume=true`` in a folder without a complete checkpoint starts at step 1 (the first
+    launch of a preemptible job, or one killed before its first checkpoint); when a run was
+    there (a ``.tmp_step_N`` a kill cut off, its ``metrics.jsonl``) that is said in one line,
+    and its rows are dropped (they are done again: never a step twice)."""
     torn = sorted(p.name for p in out.glob(".tmp_step_*"))
-    if torn or (out / "metrics.jsonl").is_file():
-        what = (
-            f"only {torn[-1]}, a checkpoint cut off while being written"
-            if torn
-            else ("only the metrics.jsonl of a run stopped before its first checkpoint")
-        )
-        raise ValueError(
-            f"cannot resume: {show(out)} holds no complete checkpoint ({what}); start the run "
-            "again in a new out (or empty this one)"
-        )
+    if not torn and not (out / "metrics.jsonl").is_file():
+        return None
+    what = f"only {torn[-1]}, cut off while being written" if torn else "only its metrics.jsonl"
+    return (
+        f"{show(out)} holds no complete checkpoint to resume ({what}): starting at step 1 "
+        "(the rows of metrics.jsonl are done again)"
+    )
 
 
 def _claim_run_files(out: Path, legacy: bool) -> None:
@@ -462,8 +460,6 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
 
     _on_rank0(lock)
     existing = ckpt.list_checkpoints(out)
-    if cfg.resume and not existing:
-        _on_rank0(lambda: _check_nothing_to_resume(out))
     if existing and not cfg.resume:
         raise ValueError(
             f"{out} already holds a run ({existing[-1].name}): pass resume=true to continue it, "
@@ -475,6 +471,11 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
             "choose a new out"
         )
     _on_rank0(lambda: _claim_run_files(out, legacy=cfg.resume and bool(existing)))
+    if cfg.resume and not existing and rank == 0:
+        note = _nothing_to_resume(out)
+        if note:
+            print(f"jpeglm train: {note}", file=sys.stderr, flush=True)
+            _truncate_metrics(out / "metrics.jsonl", 0)
 
     model, fwd = build_model(args, cfg, device, world)
     opt = build_optimizer(model, cfg, device)

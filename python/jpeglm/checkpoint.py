@@ -17,7 +17,10 @@ Two kinds of folder, and nothing else:
   written as ``OUT/.tmp_step_N`` by all ranks and renamed into place by rank 0 after every
   rank has finished (folder-level atomicity: a ``step_N`` folder is always complete); only the
   newest ``keep`` are kept. All ranks must see one shared file system (as on every cluster
-  that trains at this scale).
+  that trains at this scale). A write that fails removes its ``.tmp_step_N`` (the checkpoints
+  before it are untouched); a full disk is one ``ValueError`` naming the folder and the space
+  the checkpoint needs. Tests pause or fail a write through :data:`write_hook` (or the
+  environment variable ``JPEGLM_TEST_CHECKPOINT_HOOK`` in a subprocess).
 
 A checkpoint's pickles never run code: its DCP files are read through
 :mod:`jpeglm.dcp_reader` (``.metadata`` by a restricted unpickler, shard items and
@@ -31,12 +34,13 @@ is still importable from here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,7 @@ __all__ = [
     "CHECKPOINT_STATE",
     "HF_METADATA",
     "TOKENIZER_FILE",
+    "checkpoint_bytes",
     "copy_state_into",
     "export",
     "gather_full_state",
@@ -77,6 +82,7 @@ __all__ = [
     "model_args_from_state",
     "read_train_state",
     "save_train_checkpoint",
+    "write_hook",
     # re-exported: HF folders (jpeglm.hf) and the shared JSON reader (jpeglm.checkpoint_files)
     "hf_model_args",
     "hf_names",
@@ -172,26 +178,110 @@ def save_train_checkpoint(
     out = Path(out)
     final = out / f"step_{step:08d}"
     tmp = out / f".tmp_step_{step:08d}"
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a torn write of ours from a killed run
+            tmp.mkdir(parents=True)
+        _barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        with _quiet_single_process():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        with _io.atomic_open(tmp / f"rng_rank{rank}.pt", "wb") as f:
+            torch.save(_rng_state(), f)
+        _write_hook_call(tmp)
+        _barrier()
+        if rank == 0:
+            if tokenizer is not None:
+                _io.atomic_write_bytes(tmp / TOKENIZER_FILE, Path(tokenizer).read_bytes())
+            body = {"format": "jpeglm-train-checkpoint", "version": 1, "step": step,
+                    **train_state}  # fmt: skip
+            _io.atomic_write_text(tmp / CHECKPOINT_STATE, json.dumps(body, indent=1) + "\n")
+            fsync_dir(tmp)
+            swap_into_place(tmp, final)
+    except BaseException as e:  # DCP wraps errors in CheckpointException, a BaseException
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # never a torn .tmp_step_N left behind
+        if _disk_full(e, out, model):
+            before = [p.name for p in list_checkpoints(out) if p != final]
+            kept = f"; {before[-1]} is intact" if before else ""
+            raise ValueError(
+                f"no space left in {_io.show(out)} for the checkpoint {final.name} (it needs "
+                f"about {_mb(checkpoint_bytes(model))}, {_mb(_free(out))} free): free some space "
+                f"(or lower keep), then resume=true; its temporary folder was removed{kept}"
+            ) from None
+        raise
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)  # a torn write of ours from a killed run
-        tmp.mkdir(parents=True)
-    _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _quiet_single_process():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    with _io.atomic_open(tmp / f"rng_rank{rank}.pt", "wb") as f:
-        torch.save(_rng_state(), f)
-    _barrier()
-    if rank == 0:
-        if tokenizer is not None:
-            _io.atomic_write_bytes(tmp / TOKENIZER_FILE, Path(tokenizer).read_bytes())
-        body = {"format": "jpeglm-train-checkpoint", "version": 1, "step": step, **train_state}
-        _io.atomic_write_text(tmp / CHECKPOINT_STATE, json.dumps(body, indent=1) + "\n")
-        fsync_dir(tmp)
-        swap_into_place(tmp, final)
         _prune(out, final, keep, train_state.get("run_id"))
     _barrier()
     return final
+
+
+#: a test-only hook, called as ``write_hook(tmp)`` inside every checkpoint write (after the DCP
+#: shards and the RNG files, before ``train_state.json``): tests pause the write or make it
+#: fail there. In a subprocess, the environment variable ``JPEGLM_TEST_CHECKPOINT_HOOK`` does
+#: the same: ``pause:SECONDS:MARKER`` (create the file MARKER, then wait SECONDS) or
+#: ``enospc[:STEP]`` (raise ``OSError(ENOSPC)``, in the write of step STEP only if given).
+write_hook: Callable[[Path], None] | None = None
+
+
+def _write_hook_call(tmp: Path) -> None:
+    if write_hook is not None:
+        write_hook(tmp)
+        return
+    spec = os.environ.get("JPEGLM_TEST_CHECKPOINT_HOOK", "")
+    kind, _, arg = spec.partition(":")
+    if kind == "pause":
+        import time
+
+        seconds, _, marker = arg.partition(":")
+        if marker:
+            Path(marker).write_text(tmp.name)
+        deadline = time.monotonic() + float(seconds)
+        while time.monotonic() < deadline:  # signals are handled between the sleeps
+            time.sleep(0.02)
+    elif kind == "enospc" and (not arg or tmp.name == f".tmp_step_{int(arg):08d}"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "__0_0.distcp"))
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About how many bytes a trainer checkpoint of ``model`` takes: the weights and AdamW's
+    two moments (each of the weights' size; every rank's shard together)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) * 3
+
+
+def _free(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _disk_full(e: BaseException, out: Path, model: torch.nn.Module) -> bool:
+    """Whether the write failed for want of space: ``ENOSPC`` / ``EDQUOT`` anywhere in the
+    error's chain (DCP's ``CheckpointException`` holds each rank's error; torch's own writer
+    says ``file write failed``), or less space free than the checkpoint needs."""
+    if isinstance(e, (KeyboardInterrupt, SystemExit)):
+        return False
+    seen: set[int] = set()
+    stack: list[object] = [e]
+    while stack:
+        x = stack.pop()
+        if not isinstance(x, BaseException) or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(x) or "file write failed" in str(x):
+            return True
+        stack += [x.__cause__, x.__context__]
+        failures = getattr(x, "failures", None)  # DCP: rank -> (exception, traceback)
+        if isinstance(failures, dict):
+            stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+    return isinstance(e, (OSError, RuntimeError)) and _free(out) < checkpoint_bytes(model)
 
 
 def _prune(out: Path, newest: Path, keep: int, run_id: str | None) -> None:

@@ -28,7 +28,14 @@ def _sequence_table(folders: Sequence[str | os.PathLike]) -> tuple[list[np.ndarr
         for s in index["shards"]:
             if s["sequences"] == 0:
                 continue
-            arr = np.load(Path(folder) / s["file"], mmap_mode="r", allow_pickle=False)
+            path = Path(folder) / s["file"]
+            try:  # the trainer checked every shard first (jpeglm.data.check_shard_files)
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as e:  # numpy's words would suggest allow_pickle
+                raise ValueError(
+                    f"{path} is not a readable .npy shard ({type(e).__name__}): prepare the "
+                    "folder again"
+                ) from e
             if arr.dtype != np.uint16 or arr.ndim != 2:
                 raise ValueError(f"{folder}/{s['file']}: not a uint16 (sequences, seq_len) shard")
             table += [(len(arrays), r) for r in range(arr.shape[0])]

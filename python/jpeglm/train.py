@@ -13,7 +13,8 @@ step / data position / RNG; see :mod:`jpeglm.checkpoint`) and only the last ``ke
 kept; ``resume=true`` continues from the newest one exactly as if never stopped, on the same
 or (where the data position maps exactly) another number of ranks. At the end the weights
 are gathered into an HF folder ``OUT/final`` (with the tokenizer) that transformers and
-``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit. One trainer
+``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit (a second
+signal during that checkpoint's write is deferred until it is whole). One trainer
 per run folder: rank 0 holds ``OUT/.jpeglm-lock`` (``flock``; the kernel releases it if the
 process dies) for the whole run, and a second trainer is refused naming the holder's pid.
 
@@ -51,6 +52,7 @@ from jpeglm._io import (
     claim_outputs,
     folder_lock,
     record_outputs,
+    show,
     writable_folder,
 )
 from jpeglm.data import ShardDataset, read_index
@@ -77,6 +79,7 @@ __all__ = [
     "evaluate",
     "main",
     "peak_flops",
+    "read_metrics",
     "resume",
     "train",
     # re-exported: the trainer's parts, importable from here as before
@@ -139,11 +142,17 @@ def peak_flops(device: torch.device, override: float = 0.0) -> float:
 
 
 class _Stop:
-    """SIGINT / SIGTERM during training: finish the step, checkpoint, exit with one line."""
+    """SIGINT / SIGTERM during training: finish the step, checkpoint, exit with one line. A
+    second signal stops at once -- except while a checkpoint is being written (:meth:`writing`):
+    then it is deferred until the checkpoint is whole (one line says so), so that no signal
+    ever leaves a torn ``.tmp_step_N`` and no checkpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, rank: int = 0) -> None:
         self.signal: int | None = None
         self._old: dict = {}
+        self._writing: str | None = None  # the checkpoint being written
+        self._said = False
+        self._rank = rank
 
     def __enter__(self) -> _Stop:
         import signal
@@ -156,9 +165,27 @@ class _Stop:
         return self
 
     def _handle(self, signum, frame) -> None:  # noqa: ANN001
-        if self.signal is not None:  # a second signal: stop now
+        if self.signal is not None and self._writing is None:  # a second signal: stop now
             raise KeyboardInterrupt
-        self.signal = signum
+        if self.signal is not None and not self._said:
+            import signal
+
+            self._said = True
+            if self._rank == 0:
+                print(f"jpeglm train: {signal.Signals(signum).name} again: finishing the "
+                      f"checkpoint {self._writing} first, then stopping", file=sys.stderr,
+                      flush=True)  # fmt: skip
+        if self.signal is None:
+            self.signal = signum
+
+    @contextlib.contextmanager
+    def writing(self, name: str):  # noqa: ANN201
+        """While the checkpoint ``name`` is written, every signal is deferred."""
+        self._writing = name
+        try:
+            yield
+        finally:
+            self._writing = None
 
     def __exit__(self, *exc) -> bool:
         import signal
@@ -203,7 +230,11 @@ def resume(
         try:
             saved = ckpt.read_train_state(path)
             if saved.get("model_args") != dataclasses.asdict(args):
-                raise ValueError(f"cannot resume from {path}: the model's shape differs")
+                raise ValueError(
+                    f"cannot resume from {path}: the model's shape differs "
+                    f"({_shape_difference(saved.get('model_args'), dataclasses.asdict(args))}): "
+                    "resume with the checkpoint's model settings, or choose a new out"
+                )
             state = ckpt.load_train_checkpoint(path, model, opt)
         except ValueError as e:
             if "the model's shape differs" in str(e) or "older jpeglm" in str(e):
@@ -217,16 +248,52 @@ def resume(
                      f"({errors[0]})")  # fmt: skip
 
 
+def _shape_difference(saved: object, now: dict) -> str:
+    """The model settings a checkpoint and this run disagree on, both sides, for a message."""
+    if not isinstance(saved, dict):
+        return "the checkpoint records no model_args"
+    keys = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    ck = ", ".join(f"{k}={saved.get(k)}" for k in keys)
+    here = ", ".join(f"{k}={now.get(k)}" for k in keys)
+    return f"checkpoint: {ck}; this run: {here}"
+
+
+#: metrics.jsonl is read back (resume, loss.png) at most this large
+_METRICS_LIMIT = 256 << 20
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (one JSON object per line, nesting bounded); a
+    last line cut off by a kill (no newline) counts for nothing. ValueError naming the file and
+    line otherwise."""
+    from jpeglm._io import parse_json, show
+
+    if path.stat().st_size > _METRICS_LIMIT:
+        raise ValueError(f"{show(path)} is larger than {_METRICS_LIMIT} bytes: not a run's metrics")
+    lines = path.read_bytes().split(b"\n")[:-1]  # the last piece has no newline: unfinished
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{show(path)} line {i}")
+        if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
+            raise ValueError(f"{show(path)} line {i} is not a metrics row (an object with a step)")
+        rows.append(row)
+    return rows
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the records of steps after the resumed checkpoint (they are done again)."""
+    """Keep only the records of the steps up to the resumed checkpoint (the later ones are done
+    again: never a step twice), and no line a kill cut off."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines()
-    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
-    if len(keep) != len(lines):
+    rows = read_metrics(path)
+    keep = [r for r in rows if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in keep)
+    if len(keep) != len(rows) or path.read_text(encoding="utf-8", errors="replace") != text:
         from jpeglm._io import atomic_write_text
 
-        atomic_write_text(path, "".join(x + "\n" for x in keep))
+        atomic_write_text(path, text)
 
 
 def _metadata(index: dict, tok, seq_len: int) -> dict:
@@ -281,6 +348,47 @@ def _on_rank0(fn) -> None:  # noqa: ANN001
         raise ValueError(error[0])
 
 
+def _check_init_from(path: Path) -> None:
+    """``init_from`` names an HF folder; a trainer checkpoint or a run folder gets the command
+    that makes one."""
+    from jpeglm.checkpoint_files import CHECKPOINT_STATE
+
+    if (path / CHECKPOINT_STATE).is_file() or (path / ".metadata").is_file():
+        raise ValueError(
+            f"init_from={show(path)} is a trainer checkpoint, not an HF folder: make one with "
+            f"`jpeglm export {show(path)} DEST` and pass init_from=DEST (or continue its run "
+            "with resume=true)"
+        )
+    if (path / "config.json").exists():
+        return
+    if (path / "final" / "config.json").is_file():
+        raise ValueError(
+            f"init_from={show(path)} is a run folder: its HF folder is {show(path / 'final')}"
+        )
+    from jpeglm.checkpoint import list_checkpoints
+
+    if list_checkpoints(path):
+        raise ValueError(
+            f"init_from={show(path)} is a run folder: make an HF folder of its newest "
+            f"checkpoint with `jpeglm export {show(path)} DEST` and pass init_from=DEST"
+        )
+
+
+def _nothing_to_resume(out: Path) -> str | None:
+    """``resume=true`` in a folder without a complete checkpoint starts at step 1 (the first
+    launch of a preemptible job, or one killed before its first checkpoint); when a run was
+    there (a ``.tmp_step_N`` a kill cut off, its ``metrics.jsonl``) that is said in one line,
+    and its rows are dropped (they are done again: never a step twice)."""
+    torn = sorted(p.name for p in out.glob(".tmp_step_*"))
+    if not torn and not (out / "metrics.jsonl").is_file():
+        return None
+    what = f"only {torn[-1]}, cut off while being written" if torn else "only its metrics.jsonl"
+    return (
+        f"{show(out)} holds no complete checkpoint to resume ({what}): starting at step 1 "
+        "(the rows of metrics.jsonl are done again)"
+    )
+
+
 def _claim_run_files(out: Path, legacy: bool) -> None:
     """A user's file in the way of :data:`RUN_FILES` (``loss.png``, a ``final/`` of their own)
     is refused before any work. ``legacy``: a run being resumed in a folder without the output
@@ -306,9 +414,11 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
     tok = Tokenizer.load(cfg.tokenizer)
     fingerprint = tokenizer_fingerprint(tok)
     index = read_index(cfg.train_data[0])
-    seq_len = check_shards(cfg.train_data, fingerprint, cfg.tokenizer, "train_data")
+    seq_len = check_shards(cfg.train_data, fingerprint, cfg.tokenizer, "train_data",
+                           tok.vocab_size)  # fmt: skip
     if cfg.eval_data:
-        eval_len = check_shards(cfg.eval_data, fingerprint, cfg.tokenizer, "eval_data")
+        eval_len = check_shards(cfg.eval_data, fingerprint, cfg.tokenizer, "eval_data",
+                                tok.vocab_size)  # fmt: skip
         if eval_len > seq_len:
             raise ValueError(
                 f"eval_data has sequences of {eval_len} tokens, longer than the model's context "
@@ -332,6 +442,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
             f"{len(train_ds)} training sequences per rank: fewer than one micro-batch of {micro}"
         )
     if cfg.init_from:
+        _check_init_from(Path(cfg.init_from))
         args = ckpt.hf_model_args(cfg.init_from, vocab_size=tok.vocab_size)
         args = dataclasses.replace(args, max_seq_len=max(seq_len, args.max_seq_len))
     else:
@@ -360,6 +471,11 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
             "choose a new out"
         )
     _on_rank0(lambda: _claim_run_files(out, legacy=cfg.resume and bool(existing)))
+    if cfg.resume and not existing and rank == 0:
+        note = _nothing_to_resume(out)
+        if note:
+            print(f"jpeglm train: {note}", file=sys.stderr, flush=True)
+            _truncate_metrics(out / "metrics.jsonl", 0)
 
     model, fwd = build_model(args, cfg, device, world)
     opt = build_optimizer(model, cfg, device)
@@ -398,7 +514,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
     )
     metrics: dict = {}
     t_last = time.perf_counter()
-    stop = _Stop()
+    stop = _Stop(rank)
     with stop:
         while step < cfg.max_steps:
             for g in opt.param_groups:
@@ -468,8 +584,12 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
             interrupted = stop.requested(device)
             stopping = interrupted or (cfg.stop_at > 0 and step >= cfg.stop_at)
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
-                ckpt.save_train_checkpoint(out, step, model, opt, train_state, keep=cfg.keep,
-                                           tokenizer=cfg.tokenizer)  # fmt: skip
+                with stop.writing(f"step_{step:08d}"):
+                    ckpt.save_train_checkpoint(
+                        out, step, model, opt, train_state, keep=cfg.keep, tokenizer=cfg.tokenizer
+                    )
+                # a signal during the write: the checkpoint just written is where to stop
+                stopping = stopping or stop.requested(device)
                 t_last = time.perf_counter()
             if stopping:
                 break
@@ -541,7 +661,7 @@ def _plot(out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics(out / "metrics.jsonl")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train")
     ev = [r for r in rows if "eval_loss" in r]

@@ -17,6 +17,8 @@ from typing import Any
 
 import tomllib
 
+from jpeglm._io import MAX_NESTING, check_nesting, parse_toml
+
 __all__ = ["TrainConfig", "lr_at"]
 
 
@@ -73,15 +75,23 @@ class TrainConfig:
                 raise FileNotFoundError(f"no such config file: {p}")
             if p.stat().st_size > 1 << 20:
                 raise ValueError(f"{p}: config file too large")
-            raw = tomllib.loads(p.read_text())
+            try:
+                text = p.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{p} is not a TOML file (not UTF-8 text)") from e
+            raw = parse_toml(text, str(p))  # nesting bounded: one line, no RecursionError
         for o in overrides:
             if "=" not in o:
                 raise ValueError(f"override {o!r} is not key=value")
             k, v = o.split("=", 1)
+            what = f"the override {k.strip()}=..."
             try:
                 raw[k.strip()] = tomllib.loads(f"v = {v}")["v"]
             except tomllib.TOMLDecodeError:
                 raw[k.strip()] = v  # a bare string
+            except RecursionError:
+                raise ValueError(f"{what} is nested deeper than {MAX_NESTING} levels") from None
+            check_nesting(raw[k.strip()], what)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from jpeglm.data import ShardDataset, read_index
+from jpeglm.data import ShardDataset, check_shard_files, read_index
 
 if TYPE_CHECKING:
     from jpeglm.train_config import TrainConfig
@@ -19,14 +19,28 @@ if TYPE_CHECKING:
 __all__ = ["check_shards", "data_position", "epoch_sequences", "micro_batches", "targets_of"]
 
 
-def check_shards(folders: list[str], fingerprint: str, tokenizer: str, key: str) -> int:
-    """Every folder prepared with ``tokenizer`` and one sequence length; returns it."""
+def check_shards(
+    folders: list[str], fingerprint: str, tokenizer: str, key: str, vocab_size: int | None = None
+) -> int:
+    """Every folder prepared with ``tokenizer`` and one sequence length; returns it. With
+    ``vocab_size``, every shard file is checked too (:func:`jpeglm.data.check_shard_files`:
+    its header's shape against the index, whole, its ids below ``vocab_size``) -- before the
+    run folder is touched."""
     lengths = {}
     for f in folders:
-        config = read_index(f)["config"]
+        index = read_index(f)
+        config = index["config"]
         if config.get("tokenizer") != fingerprint:
             raise ValueError(f"{key}: {f} was prepared with another tokenizer than {tokenizer}")
-        lengths[f] = int(config.get("seq_len", 0))
+        seq_len = config.get("seq_len")
+        if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2:
+            raise ValueError(f"{key}: {f}/index.json gives no usable seq_len ({seq_len!r})")
+        lengths[f] = seq_len
+        if vocab_size is not None:
+            try:
+                check_shard_files(f, index, vocab_size)
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from e
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{f}: {n}" for f, n in lengths.items())
         raise ValueError(f"{key}: the folders have different sequence lengths ({detail})")
@@ -83,14 +97,27 @@ def data_position(state: dict, cfg: TrainConfig, per_rank: int, micro: int, worl
     if state["epoch_sequences"] != e_new:
         raise ValueError(
             f"cannot resume exactly on {world} rank(s) with micro_batch_size {micro}: an epoch "
-            f"would hold {e_new} sequences instead of {state['epoch_sequences']}; resume with "
-            f"{state['world']} rank(s) and micro_batch_size {state['micro_batch_size']}"
+            f"would hold {e_new} sequences instead of {state['epoch_sequences']}; "
+            f"{_resume_hint(state, world, micro)}"
         )
     consumed = state["step"] * cfg.batch_size
     epoch, offset = divmod(consumed, e_new)
     if offset % (world * micro):
         raise ValueError(
             f"cannot resume exactly on {world} rank(s) with micro_batch_size {micro}: step "
-            f"{state['step']} ends mid-micro-batch; resume with {state['world']} rank(s)"
+            f"{state['step']} ends mid-micro-batch; {_resume_hint(state, world, micro)}"
         )
     return {"epoch": epoch, "skip": offset // world}
+
+
+def _resume_hint(state: dict, world: int, micro: int) -> str:
+    """What to change to resume exactly: the checkpoint's settings that differ from this run's
+    (never the current setting again)."""
+    changes = []
+    if state.get("world") != world:
+        changes.append(f"{state.get('world')} rank(s)")
+    if state.get("micro_batch_size") != micro:
+        changes.append(f"micro_batch_size={state.get('micro_batch_size')}")
+    if not changes:  # the same settings cannot disagree; a checkpoint of another dataset can
+        return "the checkpoint was made on other train_data"
+    return "resume with " + " and ".join(changes) + " (as the checkpoint was written)"

@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (co, ev):  # both complete prompts: the first rows of images / frames of clips
         sampling(sp)
         sp.add_argument("images", nargs="+")
-        sp.add_argument("--rows", type=int, default=8)
+        sp.add_argument("--rows", type=int, default=None,
+                        help="prompt rows of MCUs (default: half the image's, at least 1)")
         sp.add_argument("--frames", type=int, default=None,
                         help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
     co.set_defaults(func=cmd_complete)

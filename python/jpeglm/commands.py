@@ -175,10 +175,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _load_tokenizer(path: Path):
+    from jpeglm._io import input_file
     from jpeglm.tokenizer import load_file
 
-    if not path.is_file():
-        raise UserError(f"no such tokenizer file: {show(path)}")
+    try:
+        input_file(path, "tokenizer")  # nothing there, a folder, a link loop, a FIFO
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from e
     try:
         return load_file(path)  # jpeglm's format, or the official sentencepiece .model
     except ValueError as e:

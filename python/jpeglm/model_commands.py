@@ -10,6 +10,7 @@ refused before sampling when its context cannot hold a stream of the image size 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -91,24 +92,43 @@ def _check_sampling(args: argparse.Namespace) -> None:
     rows = getattr(args, "rows", None)
     if rows is not None and args.size is not None and not 0 <= rows < args.size // 16:
         raise UserError(f"--rows must be in 0..{args.size // 16 - 1} for --size {args.size}")
+    if rows is None and args.size is not None and hasattr(args, "rows"):
+        args.rows = default_rows(args.size)
     args.device = _check_device(args.device)
+
+
+def default_rows(size: int) -> int:
+    """``--rows`` when not given: half the image's rows of MCUs, at least 1 (0 for a one-row
+    16 px image: a prompt of the header alone)."""
+    mcu_rows = size // 16
+    return min(max(1, mcu_rows // 2), mcu_rows - 1)
 
 
 def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     """The model folder ``--model`` names (an HF folder, a trainer checkpoint step_N, or a run
     folder: its final/ export, else its newest checkpoint), its tokenizer file (``--tokenizer``,
     else tokenizer.jpeglm or the official sentencepiece tokenizer.model inside) and what it
-    says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one)."""
+    says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one).
+
+    Everything is checked here, before any output folder is made: the model's files (an HF
+    folder's config.json, index and safetensors headers; a checkpoint's train_state.json),
+    its record, and a ``--tokenizer`` (a readable file, the one the record names)."""
     from jpeglm import checkpoint
+    from jpeglm._io import input_file
 
     try:
         kind, folder = checkpoint.resolve_model(args.model)
         state = checkpoint.read_train_state(folder) if kind == "dcp" else None
         info = checkpoint.read_info(folder, state)
-    except (FileNotFoundError, ValueError) as e:
+        if kind == "hf":
+            checkpoint.hf_model_args(folder)  # config.json, index, headers: no weight read
+        if args.tokenizer:
+            tok_path = input_file(args.tokenizer, "tokenizer")
+            tok = checkpoint.load_tokenizer(tok_path)
+            checkpoint.check_tokenizer(info, tok, tok_path, folder)
+            return folder, tok_path, info
+    except (OSError, ValueError) as e:
         raise UserError(str(e)) from e
-    if args.tokenizer:
-        return folder, Path(args.tokenizer), info
     tok = checkpoint.find_tokenizer(folder)
     if tok is None:
         raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
@@ -174,6 +194,18 @@ def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
     return loaded.model, loaded.tokenizer
 
 
+@contextlib.contextmanager
+def _sampling(folder: Path) -> Iterator[None]:
+    """Sampling from the model in ``folder``: logits that are not finite (NaN weights) stop it
+    with one line naming the model."""
+    from jpeglm.sample import NonFiniteLogits
+
+    try:
+        yield
+    except NonFiniteLogits as e:
+        raise UserError(f"{show(folder)}: {e}") from e
+
+
 def _sample_stems(prefix: str, n: int) -> Iterator[str]:
     """``sample_000``, ``sample_001``, ...: made one at a time (``-n`` may be 10**9)."""
     return (f"{prefix}{i:03d}" for i in range(n))
@@ -233,8 +265,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if video_commands.is_video(info):
         stems = list(_sample_stems("sample_", n))
         folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems))
-        video_commands.sample(args, *_load_model(folder, tok_path, args), info, stems,
-                              _sampling_kwargs(args))  # fmt: skip
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.sample(args, *loaded, info, stems, _sampling_kwargs(args))
         return 0
     folder, tok_path = _plan_model_outputs(args, _is_sample_file("sample_", n, (".png", ".jpg")))
     model, tok = _load_model(folder, tok_path, args)
@@ -243,7 +276,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     def write(i: int, s) -> None:  # noqa: ANN001 - a Sample, written as its batch finishes
         _write_sample(out, f"sample_{i:03d}", s, args.quality)
 
-    generate(model, tok, n=args.n, **_sampling_kwargs(args), on_sample=write)
+    with _sampling(folder):
+        generate(model, tok, n=args.n, **_sampling_kwargs(args), on_sample=write)
     return 0
 
 
@@ -258,16 +292,18 @@ def cmd_complete(args: argparse.Namespace) -> int:
         clips = existing_files(args.images, "clip")
         stems = [n.removesuffix(".png") for n in distinct_names(clips, ".png")]
         folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems), clips)
-        video_commands.complete(args, *_load_model(folder, tok_path, args), info, clips, stems,
-                                _sampling_kwargs(args))  # fmt: skip
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.complete(args, *loaded, info, clips, stems, _sampling_kwargs(args))
         return 0
     images = image_paths(args.images)
     stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
     folder, tok_path = _plan_model_outputs(args, _files_of(stems), images)
     model, tok = _load_model(folder, tok_path, args)
     out = Path(args.out)
-    complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args),
-             on_sample=lambda i, s: _write_sample(out, stems[i], s, args.quality))  # fmt: skip
+    with _sampling(folder):
+        complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args),
+                 on_sample=lambda i, s: _write_sample(out, stems[i], s, args.quality))  # fmt: skip
     return 0
 
 
@@ -305,8 +341,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UserError("--fid-weights is for image models, not video models")
         clips = existing_files(args.images, "clip")
         folder, tok_path = _plan_model_outputs(args, ["results.json"], clips)
-        video_commands.evaluate(args, *_load_model(folder, tok_path, args), info, clips,
-                                _sampling_kwargs(args))  # fmt: skip
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.evaluate(args, *loaded, info, clips, _sampling_kwargs(args))
         return 0
     size = args.size if args.size is not None else info.get("image_size")  # before the defaults
     if args.judge and size != 32:
@@ -316,7 +353,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra = [Path(args.fid_weights)] if fid_net is not None else []
     folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], [*paths, *extra])
     try:
-        return _eval_images(args, folder, tok_path, paths, fid_net)
+        with _sampling(folder):
+            return _eval_images(args, folder, tok_path, paths, fid_net)
     finally:  # grid.png is written as soon as the completions are made
         record_outputs([Path(args.out) / "grid.png"])
 

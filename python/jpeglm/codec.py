@@ -12,7 +12,8 @@ Canonical form (arXiv 2408.08459, and the published inference code):
   or missing MCUs mid-grey, and how many were valid).
 
 The work is done by libjpeg through ``jpeglm._core`` with the GIL released; the batch calls
-run on all cores.
+run on all cores. Sizes whose working memory cannot fit (``size=65488`` is 51 GB) are refused
+before any allocation, with the numbers (:func:`check_memory`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ __all__ = [
     "check_quality",
     "check_threads",
     "check_size",
+    "available_memory",
+    "check_memory",
+    "encode_memory",
+    "WORK_BYTES_PER_PIXEL",
 ]
 
 #: Raised for data libjpeg cannot decode (a subclass of ValueError), with libjpeg's message.
@@ -122,6 +127,57 @@ def check_threads(threads: int | None) -> int:
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     return int(threads)
+
+
+#: Working memory per pixel of one image being prepared and encoded: Pillow's 4-byte RGBX
+#: image, its resize buffer and the RGB array (measured: 10 bytes at 4096 and 8192 px).
+WORK_BYTES_PER_PIXEL = 12
+#: Below this much working memory nothing is checked (reading /proc/meminfo costs more).
+_CHECK_FROM = 256 << 20
+
+
+def encode_memory(size: int, held: int = 0, working: int = 1) -> int:
+    """About how many bytes preparing and encoding ``size`` x ``size`` images takes:
+    ``working`` images being prepared at once (12 bytes a pixel each) and ``held`` prepared
+    RGB images kept in memory (3 bytes a pixel each)."""
+    pixels = int(size) * int(size)
+    return pixels * (WORK_BYTES_PER_PIXEL * working + 3 * held)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get: ``MemAvailable`` of ``/proc/meminfo``,
+    lowered to the room left under a cgroup (v2) memory limit; None where unknown."""
+    have = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                have = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            room = max(0, int(limit) - used)
+            have = room if have is None else min(have, room)
+    except (OSError, ValueError):
+        pass
+    return have
+
+
+def check_memory(need: int, what: str, hint: str = "use a smaller size") -> None:
+    """ValueError with the numbers when ``need`` bytes (``what`` takes them) exceed
+    :func:`available_memory`; nothing is checked below 256 MiB or where it is unknown."""
+    if need < _CHECK_FROM:
+        return
+    have = available_memory()
+    if have is not None and need > have:
+        gib = 2.0**30
+        raise ValueError(
+            f"{what} needs about {need / gib:.1f} GiB of memory but only {have / gib:.1f} GiB is "
+            f"available: {hint}"
+        )
 
 
 def _as_buffer(data: BytesLike, what: str = "data") -> BytesLike:
@@ -269,6 +325,7 @@ def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
     size = check_size(size)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3):
         return np.ascontiguousarray(image)
+    check_memory(encode_memory(size), f"a {size}x{size} image")
     im = _to_rgb(_open(image))
     w, h = im.size
     if w == 0 or h == 0:
@@ -320,6 +377,10 @@ def encode_batch(
         return _core.encode_stack(np.ascontiguousarray(images), quality, nthreads)
     if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
         raise TypeError("encode_batch expects a sequence of images; use encode() for one")
+    if hasattr(images, "__len__"):  # every prepared image is held until the batch is encoded
+        check_memory(encode_memory(size, held=len(images)),
+                     f"{len(images)} images of {size}x{size}", "encode fewer at a time or use "
+                     "a smaller size")  # fmt: skip
     prepared = [prepare(im, size) for im in images]
     if not prepared:
         return []

@@ -113,7 +113,7 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     Everything is checked here, before any output folder is made: the model's files (an HF
     folder's config.json, index and safetensors headers; a checkpoint's train_state.json),
     its record, and a ``--tokenizer`` (a readable file, the one the record names)."""
-    from jpeglm import checkpoint
+    from jpeglm import checkpoint, loading
     from jpeglm._io import input_file
 
     try:
@@ -124,8 +124,8 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
             checkpoint.hf_model_args(folder)  # config.json, index, headers: no weight read
         if args.tokenizer:
             tok_path = input_file(args.tokenizer, "tokenizer")
-            tok = checkpoint.load_tokenizer(tok_path)
-            checkpoint.check_tokenizer(info, tok, tok_path, folder)
+            tok = loading.load_tokenizer(tok_path)
+            loading.check_tokenizer(info, tok, tok_path, folder)
             return folder, tok_path, info
     except (OSError, ValueError) as e:
         raise UserError(str(e)) from e

@@ -308,8 +308,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
+def prepare(
+    image: ImageLike, size: int = DEFAULT_SIZE, *, exif_transpose: bool = False
+) -> np.ndarray:
     """Center square crop + antialiased bilinear resize to ``size`` x ``size``, as RGB uint8.
+
+    EXIF orientation is ignored by default, as the official pipeline ignores it (the pixels as
+    stored: a phone photo taken upright may come out rotated; byte identity with the paper's
+    data). ``exif_transpose=True`` first applies ``PIL.ImageOps.exif_transpose`` (the
+    picture as viewers show it); arrays have no EXIF and are unaffected.
 
     Equal to the reference preprocessing: the largest centered square (offsets rounded down, as
     torchvision's center crop), then Pillow's ``resize((size, size), Image.BILINEAR)``.
@@ -326,7 +333,12 @@ def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3):
         return np.ascontiguousarray(image)
     check_memory(encode_memory(size), f"a {size}x{size} image")
-    im = _to_rgb(_open(image))
+    im = _open(image)
+    if exif_transpose:
+        from PIL import ImageOps
+
+        im = ImageOps.exif_transpose(im)
+    im = _to_rgb(im)
     w, h = im.size
     if w == 0 or h == 0:
         raise ValueError("image has no pixels")
@@ -343,14 +355,20 @@ def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
 # Encoding
 
 
-def encode(image: ImageLike, quality: int = DEFAULT_QUALITY, size: int = DEFAULT_SIZE) -> bytes:
-    """The canonical stripped JPEG stream of ``prepare(image, size)``.
+def encode(
+    image: ImageLike,
+    quality: int = DEFAULT_QUALITY,
+    size: int = DEFAULT_SIZE,
+    *,
+    exif_transpose: bool = False,
+) -> bytes:
+    """The canonical stripped JPEG stream of ``prepare(image, size, exif_transpose=...)``.
 
     Byte-identical to Pillow's ``save(f, "JPEG", quality=quality, subsampling="4:2:0",
     streamtype=2, restart_marker_blocks=1)`` of the prepared image.
     """
     quality = check_quality(quality)
-    return _core.encode(prepare(image, size), quality)
+    return _core.encode(prepare(image, size, exif_transpose=exif_transpose), quality)
 
 
 def encode_batch(
@@ -358,6 +376,8 @@ def encode_batch(
     quality: int = DEFAULT_QUALITY,
     size: int = DEFAULT_SIZE,
     threads: int | None = None,
+    *,
+    exif_transpose: bool = False,
 ) -> list[bytes]:
     """``encode`` over many images, natively on ``threads`` threads (None: all cores).
 
@@ -381,7 +401,7 @@ def encode_batch(
         check_memory(encode_memory(size, held=len(images)),
                      f"{len(images)} images of {size}x{size}", "encode fewer at a time or use "
                      "a smaller size")  # fmt: skip
-    prepared = [prepare(im, size) for im in images]
+    prepared = [prepare(im, size, exif_transpose=exif_transpose) for im in images]
     if not prepared:
         return []
     return _core.encode_batch(prepared, quality, nthreads)

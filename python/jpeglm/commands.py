@@ -153,7 +153,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     targets = plan_outputs(args.out, distinct_names(paths, suffix), paths)
     for p, dst in zip(paths, targets):
         try:
-            data = codec.encode(p, quality=args.quality, size=args.size)
+            data = codec.encode(p, quality=args.quality, size=args.size,
+                                exif_transpose=args.exif_transpose)  # fmt: skip
         except ValueError as e:
             raise UserError(f"{show(p)}: {e}") from e
         if args.full:
@@ -364,6 +365,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             args.src, args.out, tok, size=args.size, quality=args.quality, seq_len=args.seq_len,
             images_per_shard=args.images_per_shard, workers=args.workers, fast=args.fast,
             progress=not args.quiet, video=video, inputs=[args.tokenizer],
+            exif_transpose=args.exif_transpose,
         )  # fmt: skip
     except FileNotFoundError as e:
         raise UserError(str(e)) from e

@@ -303,6 +303,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with _sampling(folder):
         complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args),
+                 exif_transpose=args.exif_transpose,
                  on_sample=lambda i, s: _write_sample(out, stems[i], s, args.quality))  # fmt: skip
     return 0
 

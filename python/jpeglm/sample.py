@@ -541,9 +541,10 @@ def complete(
     jump_forward: bool = True,
     stats: dict | None = None,
     on_sample: Callable[[int, Sample], None] | None = None,
+    exif_transpose: bool = False,
 ) -> list[Sample]:
     """Complete each image from its first ``rows`` rows of MCUs (options as :func:`generate`,
-    ``on_sample`` too)."""
+    ``on_sample`` too; ``exif_transpose`` as :func:`jpeglm.codec.prepare`'s)."""
     opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
                             compile, dtype, jump_forward)  # fmt: skip
     size, quality = codec.check_size(size), codec.check_quality(quality)
@@ -551,6 +552,7 @@ def complete(
         raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {show(rows)}")
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):
         raise ValueError("complete expects a sequence of images (a list of one for one image)")
-    streams = codec.encode_batch(list(images), quality=quality, size=size)
+    streams = codec.encode_batch(list(images), quality=quality, size=size,
+                                 exif_transpose=exif_transpose)  # fmt: skip
     prompts = [prompt_stream(s, rows, size) for s in streams]
     return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         sampling(sp)
         sp.add_argument("images", nargs="+")
         sp.add_argument("--rows", type=int, default=None,
-                        help="prompt rows of MCUs (default: half the image's, at least 1)")  # fmt: skip
+                        help="prompt rows of MCUs (default: half the image's)")  # fmt: skip
         sp.add_argument("--frames", type=int, default=None,
                         help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
     co.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)

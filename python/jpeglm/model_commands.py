@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -110,29 +111,49 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     else tokenizer.jpeglm or the official sentencepiece tokenizer.model inside) and what it
     says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one).
 
-    Everything is checked here, before any output folder is made: the model's files (an HF
-    folder's config.json, index and safetensors headers; a checkpoint's train_state.json),
-    its record, and a ``--tokenizer`` (a readable file, the one the record names)."""
-    from jpeglm import checkpoint, loading
-    from jpeglm._io import input_file
+    A checkpoint's train_state.json and the record are checked here; the rest of the model's
+    files by :func:`_check_model_files`."""
+    from jpeglm import checkpoint
 
     try:
         kind, folder = checkpoint.resolve_model(args.model)
         state = checkpoint.read_train_state(folder) if kind == "dcp" else None
         info = checkpoint.read_info(folder, state)
-        if kind == "hf":
-            checkpoint.hf_model_args(folder)  # config.json, index, headers: no weight read
-        if args.tokenizer:
-            tok_path = input_file(args.tokenizer, "tokenizer")
-            tok = loading.load_tokenizer(tok_path)
-            loading.check_tokenizer(info, tok, tok_path, folder)
-            return folder, tok_path, info
-    except (OSError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
+    if args.tokenizer:
+        return folder, Path(args.tokenizer), info
     tok = checkpoint.find_tokenizer(folder)
     if tok is None:
         raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
     return folder, tok, info
+
+
+def _check_model_files(folder: Path, tok_path: Path, info: dict, given: bool) -> None:
+    """Before any weight is read: an HF folder's config.json, index and safetensors headers
+    (:func:`jpeglm.hf.hf_model_args`), and a ``--tokenizer`` (``given``): a readable file, the
+    one the model's record names."""
+    from jpeglm import checkpoint, loading
+    from jpeglm._io import input_file
+
+    try:
+        if (folder / "config.json").is_file():
+            checkpoint.hf_model_args(folder)  # no weight read
+        if given:
+            input_file(tok_path, "tokenizer")
+            loading.check_tokenizer(info, loading.load_tokenizer(tok_path), tok_path, folder)
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from e
+
+
+def _new_folders(out: Path) -> list[Path]:
+    """The folders that making ``out`` will create, deepest first."""
+    made = []
+    p = out.absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        made.append(p)
+        p = p.parent
+    return made
 
 
 def _model_info(args: argparse.Namespace) -> dict:
@@ -171,7 +192,15 @@ def _plan_model_outputs(
     _apply_model_defaults(args, info)
     _check_sampling(args)
     inputs = [tok_path, *images, *(p for p in folder.iterdir() if p.is_file())]
-    plan_outputs(args.out, names, inputs)
+    made = _new_folders(Path(args.out))
+    plan_outputs(args.out, names, inputs)  # an output refused: said before the model's faults
+    try:
+        _check_model_files(folder, tok_path, info, bool(args.tokenizer))
+    except BaseException:
+        for d in made:  # a bad model leaves no output folder behind (only empty ones made here)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     return folder, tok_path
 
 

@@ -5,6 +5,9 @@ the target (atomic on POSIX), and the folder is fsynced so the rename itself is 
 reader therefore sees either the old file or the complete new one, never a torn write.
 :func:`write_png` encodes a picture as PNG in memory and writes it the same way.
 
+:func:`input_file` says what an input path is when it is not a readable file (nothing, a
+folder, a link loop, a FIFO), in one line.
+
 The guards of the user's files live here too: :func:`refuse_overwriting` (an output never
 replaces an input), :func:`writable_folder` (fail before the work, not after it),
 :func:`remove_own_temps` (clean up only the temporary files :func:`atomic_open` makes), the
@@ -158,6 +161,43 @@ def remove_own_temps(folder: str | os.PathLike, is_target: Callable[[str], bool]
 def show(path: str | os.PathLike) -> str:
     """A path as printable text: bytes that are not UTF-8 appear as ``\\xNN``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def input_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a readable regular file, or one line that says what it is instead:
+    ``FileNotFoundError`` when nothing is there (a link to nothing says so) or when it is a
+    folder; ``ValueError`` for a loop of symbolic links, a FIFO, a socket or a device (reading
+    those would hang or never end); ``PermissionError`` when it cannot be looked at."""
+    import errno
+    import stat
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(
+                f"{what} file {show(path)} is a symbolic link to nothing "
+                f"({show(os.readlink(path))})"
+            ) from None
+        raise FileNotFoundError(f"no such {what} file: {show(path)}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(
+                f"{what} file {show(path)} is a loop of symbolic links: point it at a file"
+            ) from None
+        if e.errno == errno.EACCES:
+            raise PermissionError(
+                f"cannot read the {what} file {show(path)}: {e.strerror}"
+            ) from None
+        raise ValueError(f"cannot read the {what} file {show(path)}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileNotFoundError(f"{show(path)} is a folder, not a {what} file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")  # fmt: skip
+        raise ValueError(f"{show(path)} is {kind}, not a {what} file: give a regular file")
+    return path
 
 
 def refuse_overwriting(

@@ -414,6 +414,12 @@ def export(
     src = Path(checkpoint)
     if not src.is_dir():
         raise FileNotFoundError(f"no such checkpoint folder: {src}")
+    if (src / "config.json").is_file() and not (src / CHECKPOINT_STATE).is_file():
+        raise ValueError(
+            f"{src} is already an HF folder (config.json + safetensors), not a trainer "
+            f"checkpoint: use it as it is (jpeglm sample --model {src}); export converts a "
+            "step_N folder or a run folder"
+        )
     if not (src / CHECKPOINT_STATE).is_file() and list_checkpoints(src):
         src = list_checkpoints(src)[-1]
     state = read_train_state(src)

@@ -75,6 +75,10 @@ __all__ = [
 ]
 
 
+EXIF_HELP = (
+    "turn each image upright by its EXIF orientation first (PIL.ImageOps.exif_transpose); by "
+    "default EXIF is ignored, as in the official pipeline (byte-identical streams)"
+)
 OUT_HELP = (
     "output folder (an output that would replace an input is refused; inputs with equal names "
     "give NAME, NAME-1, NAME-2, ... in input order)"
@@ -108,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quality", type=int, default=25)
     e.add_argument("--size", type=int, default=256)
     e.add_argument("--full", action="store_true", help="write complete JFIF files (tables spliced)")
+    e.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
     e.epilog = ("Stripped streams are named NAME.jlm at quality 25 and NAME.qQ.jlm otherwise, so "
                 "that decode splices the right tables.")  # fmt: skip
     e.set_defaults(func=cmd_encode)
@@ -161,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--images-per-shard", type=int, default=1024)
     pr.add_argument("--workers", type=int, default=None)
     pr.add_argument("--fast", action="store_true", help="libjpeg DCT scaling for big JPEGs")
+    pr.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
     video_options(pr, "SRC holds clips (video files or .npy frames) made canonical H.264 "
                   "streams (jpeglm.video)")  # fmt: skip
     pr.add_argument("--quiet", action="store_true")
@@ -217,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (co, ev):  # both complete prompts: the first rows of images / frames of clips
         sampling(sp)
         sp.add_argument("images", nargs="+")
-        sp.add_argument("--rows", type=int, default=8)
+        sp.add_argument("--rows", type=int, default=None,
+                        help="prompt rows of MCUs (default: half the image's)")  # fmt: skip
         sp.add_argument("--frames", type=int, default=None,
                         help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
+    co.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
     co.set_defaults(func=cmd_complete)
     ev.add_argument("--judge", type=int, default=0, metavar="N",
                     help="also sample N images and judge them with the digit classifier "

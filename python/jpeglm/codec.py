@@ -12,7 +12,8 @@ Canonical form (arXiv 2408.08459, and the published inference code):
   or missing MCUs mid-grey, and how many were valid).
 
 The work is done by libjpeg through ``jpeglm._core`` with the GIL released; the batch calls
-run on all cores.
+run on all cores. Sizes whose working memory cannot fit (``size=65488`` is 51 GB) are refused
+before any allocation, with the numbers (:func:`check_memory`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ __all__ = [
     "check_quality",
     "check_threads",
     "check_size",
+    "available_memory",
+    "check_memory",
+    "encode_memory",
+    "WORK_BYTES_PER_PIXEL",
 ]
 
 #: Raised for data libjpeg cannot decode (a subclass of ValueError), with libjpeg's message.
@@ -122,6 +127,57 @@ def check_threads(threads: int | None) -> int:
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     return int(threads)
+
+
+#: Working memory per pixel of one image being prepared and encoded: Pillow's 4-byte RGBX
+#: image, its resize buffer and the RGB array (measured: 10 bytes at 4096 and 8192 px).
+WORK_BYTES_PER_PIXEL = 12
+#: Below this much working memory nothing is checked (reading /proc/meminfo costs more).
+_CHECK_FROM = 256 << 20
+
+
+def encode_memory(size: int, held: int = 0, working: int = 1) -> int:
+    """About how many bytes preparing and encoding ``size`` x ``size`` images takes:
+    ``working`` images being prepared at once (12 bytes a pixel each) and ``held`` prepared
+    RGB images kept in memory (3 bytes a pixel each)."""
+    pixels = int(size) * int(size)
+    return pixels * (WORK_BYTES_PER_PIXEL * working + 3 * held)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get: ``MemAvailable`` of ``/proc/meminfo``,
+    lowered to the room left under a cgroup (v2) memory limit; None where unknown."""
+    have = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                have = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            room = max(0, int(limit) - used)
+            have = room if have is None else min(have, room)
+    except (OSError, ValueError):
+        pass
+    return have
+
+
+def check_memory(need: int, what: str, hint: str = "use a smaller size") -> None:
+    """ValueError with the numbers when ``need`` bytes (``what`` takes them) exceed
+    :func:`available_memory`; nothing is checked below 256 MiB or where it is unknown."""
+    if need < _CHECK_FROM:
+        return
+    have = available_memory()
+    if have is not None and need > have:
+        gib = 2.0**30
+        raise ValueError(
+            f"{what} needs about {need / gib:.1f} GiB of memory but only {have / gib:.1f} GiB is "
+            f"available: {hint}"
+        )
 
 
 def _as_buffer(data: BytesLike, what: str = "data") -> BytesLike:
@@ -252,8 +308,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
+def prepare(
+    image: ImageLike, size: int = DEFAULT_SIZE, *, exif_transpose: bool = False
+) -> np.ndarray:
     """Center square crop + antialiased bilinear resize to ``size`` x ``size``, as RGB uint8.
+
+    EXIF orientation is ignored by default, as the official pipeline ignores it (the pixels as
+    stored: a phone photo taken upright may come out rotated; byte identity with the paper's
+    data). ``exif_transpose=True`` first applies ``PIL.ImageOps.exif_transpose`` (the
+    picture as viewers show it); arrays have no EXIF and are unaffected.
 
     Equal to the reference preprocessing: the largest centered square (offsets rounded down, as
     torchvision's center crop), then Pillow's ``resize((size, size), Image.BILINEAR)``.
@@ -269,7 +332,13 @@ def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
     size = check_size(size)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3):
         return np.ascontiguousarray(image)
-    im = _to_rgb(_open(image))
+    check_memory(encode_memory(size), f"a {size}x{size} image")
+    im = _open(image)
+    if exif_transpose:
+        from PIL import ImageOps
+
+        im = ImageOps.exif_transpose(im)
+    im = _to_rgb(im)
     w, h = im.size
     if w == 0 or h == 0:
         raise ValueError("image has no pixels")
@@ -286,14 +355,20 @@ def prepare(image: ImageLike, size: int = DEFAULT_SIZE) -> np.ndarray:
 # Encoding
 
 
-def encode(image: ImageLike, quality: int = DEFAULT_QUALITY, size: int = DEFAULT_SIZE) -> bytes:
-    """The canonical stripped JPEG stream of ``prepare(image, size)``.
+def encode(
+    image: ImageLike,
+    quality: int = DEFAULT_QUALITY,
+    size: int = DEFAULT_SIZE,
+    *,
+    exif_transpose: bool = False,
+) -> bytes:
+    """The canonical stripped JPEG stream of ``prepare(image, size, exif_transpose=...)``.
 
     Byte-identical to Pillow's ``save(f, "JPEG", quality=quality, subsampling="4:2:0",
     streamtype=2, restart_marker_blocks=1)`` of the prepared image.
     """
     quality = check_quality(quality)
-    return _core.encode(prepare(image, size), quality)
+    return _core.encode(prepare(image, size, exif_transpose=exif_transpose), quality)
 
 
 def encode_batch(
@@ -301,6 +376,8 @@ def encode_batch(
     quality: int = DEFAULT_QUALITY,
     size: int = DEFAULT_SIZE,
     threads: int | None = None,
+    *,
+    exif_transpose: bool = False,
 ) -> list[bytes]:
     """``encode`` over many images, natively on ``threads`` threads (None: all cores).
 
@@ -320,7 +397,11 @@ def encode_batch(
         return _core.encode_stack(np.ascontiguousarray(images), quality, nthreads)
     if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
         raise TypeError("encode_batch expects a sequence of images; use encode() for one")
-    prepared = [prepare(im, size) for im in images]
+    if hasattr(images, "__len__"):  # every prepared image is held until the batch is encoded
+        check_memory(encode_memory(size, held=len(images)),
+                     f"{len(images)} images of {size}x{size}", "encode fewer at a time or use "
+                     "a smaller size")  # fmt: skip
+    prepared = [prepare(im, size, exif_transpose=exif_transpose) for im in images]
     if not prepared:
         return []
     return _core.encode_batch(prepared, quality, nthreads)

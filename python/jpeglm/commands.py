@@ -126,16 +126,35 @@ def _check_codec_options(args: argparse.Namespace) -> None:
         raise UserError(str(e)) from e
 
 
+def check_memory(size: int, held: int = 0, working: int = 1, hint: str = "use a smaller --size"
+                 ) -> None:  # fmt: skip
+    """Refuse up front a ``--size`` (and counts) whose working memory exceeds what this machine
+    has available (:func:`jpeglm.codec.check_memory`), with the numbers."""
+    from jpeglm import codec
+
+    what = f"--size {size}"
+    if held:
+        what += f" with {held} prepared images held"
+    if working > 1:
+        what += f" on {working} workers"
+    try:
+        codec.check_memory(codec.encode_memory(size, held, working), what, hint)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from jpeglm import codec
 
     _check_codec_options(args)
+    check_memory(args.size)  # before any output folder or work
     paths = image_paths(args.images)
     suffix = ".jpg" if args.full else stream_suffix(args.quality)
     targets = plan_outputs(args.out, distinct_names(paths, suffix), paths)
     for p, dst in zip(paths, targets):
         try:
-            data = codec.encode(p, quality=args.quality, size=args.size)
+            data = codec.encode(p, quality=args.quality, size=args.size,
+                                exif_transpose=args.exif_transpose)  # fmt: skip
         except ValueError as e:
             raise UserError(f"{show(p)}: {e}") from e
         if args.full:
@@ -158,11 +177,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
         data = p.read_bytes()
         if args.tolerant:
             r = codec.decode(data, tolerant=True, quality=args.quality)
+            if r.valid_mcus == 0:  # nothing to show: a grey picture would hide why
+                _refuse_undecodable(p, data, args.quality)
             img, note = r.image, f"{r.valid_mcus}/{r.total_mcus} MCUs valid"
         else:
             try:
                 img = codec.decode(data, quality=args.quality)
             except codec.JPEGError as e:
+                if codec.decode(data, tolerant=True, quality=args.quality).valid_mcus == 0:
+                    _refuse_undecodable(p, data, args.quality)
                 raise UserError(f"{show(p)}: {e} (use --tolerant to decode what is valid)") from e
             note = "clean"
         write_png(dst, img, record=True)
@@ -170,15 +193,35 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_undecodable(path: Path, data: bytes, quality: int) -> None:
+    """``decode`` of a file in which not one MCU is valid (not a JPEG, a CMYK or otherwise
+    non-canonical JPEG, a stream cut before its first MCU): one line saying why, instead of a
+    grey picture (``--tolerant``) or advice to use ``--tolerant``. Returns when the strict
+    decode succeeds after all."""
+    from jpeglm import codec
+
+    try:
+        codec.decode(data, quality=quality)
+    except codec.JPEGError as e:
+        raise UserError(
+            f"{show(path)}: nothing in it can be decoded ({e}); --tolerant decodes the valid "
+            "part of a damaged canonical stream (a baseline YCbCr or grayscale JPEG), and this "
+            "has no valid part"
+        ) from e
+
+
 # ------------------------------------------------------------------------------------------------
 # tokenizer
 
 
 def _load_tokenizer(path: Path):
+    from jpeglm._io import input_file
     from jpeglm.tokenizer import load_file
 
-    if not path.is_file():
-        raise UserError(f"no such tokenizer file: {show(path)}")
+    try:
+        input_file(path, "tokenizer")  # nothing there, a folder, a link loop, a FIFO
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from e
     try:
         return load_file(path)  # jpeglm's format, or the official sentencepiece .model
     except ValueError as e:
@@ -193,6 +236,9 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     if video is None:
         _check_codec_options(args)
         paths = image_paths(args.images)
+        # every image is held prepared, each read on one of the cores
+        check_memory(args.size, held=len(paths), working=os.cpu_count() or 1,
+                     hint="use a smaller --size or fewer images")  # fmt: skip
         dst = plan_output_file(args.out, paths)
         kept, images, skipped = data.load_images(paths, size=args.size)  # unreadable: skipped
     else:
@@ -310,11 +356,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     tok = _load_tokenizer(Path(args.tokenizer))
     video = video_settings(args)
+    if video is None:  # a shard's images held prepared (and stacked), one read per worker
+        check_memory(args.size, held=2 * max(1, args.images_per_shard),
+                     working=args.workers or os.cpu_count() or 1,
+                     hint="use a smaller --size, --images-per-shard or --workers")  # fmt: skip
     try:  # the tokenizer is an input too: never an output
         index = data.prepare(
             args.src, args.out, tok, size=args.size, quality=args.quality, seq_len=args.seq_len,
             images_per_shard=args.images_per_shard, workers=args.workers, fast=args.fast,
             progress=not args.quiet, video=video, inputs=[args.tokenizer],
+            exif_transpose=args.exif_transpose,
         )  # fmt: skip
     except FileNotFoundError as e:
         raise UserError(str(e)) from e
@@ -403,6 +454,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from jpeglm.reference.explain import explain
 
     _check_codec_options(args)
+    check_memory(args.size)
     (src,) = existing_files([args.image], "image file")
     targets = plan_outputs(args.out, EXPLAIN_FILES, [src])
     try:

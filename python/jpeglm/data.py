@@ -91,22 +91,25 @@ INDEX = "index.json"
 REPORT = "report.json"
 
 
-def load_image(data: bytes, size: int, fast: bool = False) -> np.ndarray:
-    """Decode + prepare one image. ``fast``: libjpeg DCT scaling for big JPEGs first."""
+def load_image(
+    data: bytes, size: int, fast: bool = False, exif_transpose: bool = False
+) -> np.ndarray:
+    """Decode + prepare one image. ``fast``: libjpeg DCT scaling for big JPEGs first;
+    ``exif_transpose``: as :func:`jpeglm.codec.prepare`'s."""
     im = Image.open(io.BytesIO(data))
     if fast and im.format == "JPEG":
         # The largest 1/2^k reduction that keeps the short side >= size.
         w, h = im.size
         im.draft("RGB", (max(size, w * size // min(w, h)), max(size, h * size // min(w, h))))
     im.load()
-    return codec.prepare(im, size)
+    return codec.prepare(im, size, exif_transpose=exif_transpose)
 
 
-def _read_image(read, size: int, fast: bool) -> np.ndarray | str:
-    """``load_image(read(), size, fast)``, or the reason it failed as one line: any
-    unreadable image is skipped (and reported) by its callers rather than stopping them."""
+def _read_image(read, size: int, fast: bool, exif_transpose: bool = False) -> np.ndarray | str:
+    """``load_image(read(), size, fast, exif_transpose)``, or the reason it failed as one line:
+    any unreadable image is skipped (and reported) by its callers rather than stopping them."""
     try:
-        return load_image(read(), size, fast)
+        return load_image(read(), size, fast, exif_transpose)
     except UnidentifiedImageError:
         return "UnidentifiedImageError: not an image file Pillow can read"
     except Exception as e:  # noqa: BLE001 - any unreadable image is skipped
@@ -230,6 +233,7 @@ def prepare(
     progress: bool = True,
     video: dict | None = None,
     inputs: Sequence[str | os.PathLike] = (),
+    exif_transpose: bool = False,
 ) -> dict:
     """Turn the images of ``src`` into packed token shards in ``out``; returns the index.
 
@@ -237,6 +241,8 @@ def prepare(
     H.264 stream by :mod:`jpeglm.video` with these settings (``width``, ``height``, ``fps``,
     ``seconds``, ``qp``; missing ones take the paper's 256x144, 3 fps, 5 s, QP 37) and packed
     the same way; ``images_per_shard`` then counts clips and ``size`` / ``quality`` are unused.
+    ``exif_transpose``: each image turned upright by its EXIF orientation first (recorded in
+    the index; the default, as the official pipeline, ignores EXIF).
 
     ``out`` is an output folder like every command's (:func:`jpeglm._io.claim_outputs`): a file
     there that jpeglm did not write (a user's ``sources.txt``, ``report.json``, a shard) is
@@ -285,6 +291,8 @@ def prepare(
         "pad_id": pad_id,
         "sources": len(sources),
     }
+    if exif_transpose and video is None:  # only when set: older indexes stay resumable
+        config["exif_transpose"] = True
     if video is not None:
         config.update({"kind": "video", "video": video, "size": None, "quality": None,
                        "fast": False})  # fmt: skip
@@ -315,7 +323,7 @@ def prepare(
         if video is not None:
             read = lambda s: _read_clip(s.read, s.name, video)  # noqa: E731
         else:
-            read = lambda s: _read_image(s.read, size, fast)  # noqa: E731
+            read = lambda s: _read_image(s.read, size, fast, exif_transpose)  # noqa: E731
         for s, r in zip(chunk, pool.map(read, chunk)):
             if isinstance(r, str):
                 bad.append({"source": s.name, "error": r})

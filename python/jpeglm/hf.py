@@ -18,6 +18,7 @@ is read) and writing the safetensors weights, and a whole folder written atomica
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -349,18 +350,18 @@ def _hf_index(
     shapes = _param_shapes(args)
     where: dict[str, tuple[Path, str]] = {}
     unexpected: list[str] = []
+    head: tuple[Path, str] | None = None  # lm_head.weight of a config that ties it
     for file in safetensors_files(folder):
         try:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    if key not in expected:
-                        if key.endswith("rotary_emb.inv_freq") or (
-                            key == "lm_head.weight" and args.tie_embeddings
-                        ):
-                            continue  # recomputed / tied: HF ignores these too
+                    tied_head = key == "lm_head.weight" and args.tie_embeddings
+                    if key not in expected and not tied_head:
+                        if key.endswith("rotary_emb.inv_freq"):
+                            continue  # recomputed: HF ignores it too
                         unexpected.append(key)
                         continue
-                    ours = expected[key]
+                    ours = "output.weight" if tied_head else expected[key]
                     tensor = f.get_slice(key)
                     if tensor.get_dtype() not in _WEIGHT_DTYPES:
                         raise ValueError(
@@ -368,15 +369,19 @@ def _hf_index(
                             f"must be floating point ({', '.join(_WEIGHT_DTYPES)})"
                         )
                     shape = tuple(tensor.get_shape())
-                    if shape != shapes[ours]:
+                    want = shapes["tok_embeddings.weight" if tied_head else ours]
+                    if shape != want:
                         hint = ""
                         if key in ("model.embed_tokens.weight", "lm_head.weight"):
                             hint = f" (vocab mismatch: config.json vocab_size={args.vocab_size})"
                         raise ValueError(
                             f"{file.name}: tensor {key} has shape {shape}, expected "
-                            f"{shapes[ours]} from config.json{hint}"
+                            f"{want} from config.json{hint}"
                         )
-                    where[ours] = (file, key)
+                    if tied_head:
+                        head = (file, key)
+                    else:
+                        where[ours] = (file, key)
         except (ValueError, FileNotFoundError):
             raise
         except Exception as e:  # noqa: BLE001 - safetensors' own errors: one clear message
@@ -388,6 +393,12 @@ def _hf_index(
     missing = [theirs for theirs, ours in expected.items() if ours not in where]
     if missing:
         raise ValueError(f"checkpoint {folder} is missing tensors: {first_names(missing)}")
+    if head is not None:
+        # tie_word_embeddings with a stored lm_head.weight: transformers keeps the stored head
+        # (it ties only a head that is absent or equal to the embedding), so the head is loaded
+        # as a separate output and the logits equal LlamaForCausalLM.from_pretrained's
+        args = dataclasses.replace(args, tie_embeddings=False)
+        where["output.weight"] = head
     return args, where
 
 
@@ -404,9 +415,19 @@ def _read_tensors(
         try:
             with safe_open(str(file), framework="pt", device=device) as f:
                 for ours, key in items:
-                    yield ours, f.get_tensor(key)
+                    yield ours, _aligned(f.get_tensor(key))
         except Exception as e:  # noqa: BLE001 - a torn or hostile file: one clear message
             raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, copied to fresh (aligned) memory when its data is not aligned to its element
+    size. A valid safetensors file whose header length is not a multiple of 8 puts every tensor
+    at an odd offset of the mapped file; torch reads such tensors, but numpy's view of them
+    (what the native kernels take) is an unaligned buffer they refuse."""
+    if tensor.device.type == "cpu" and tensor.data_ptr() % tensor.element_size():
+        return tensor.clone(memory_format=torch.contiguous_format)
+    return tensor
 
 
 def load_hf_state(

@@ -70,6 +70,8 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     if core is None:
         raise RuntimeError("the packed linear kernel is not available (jpeglm._core not built)")
     w = weight.detach().to(torch.float32).contiguous()
+    if w.data_ptr() % w.element_size():  # unaligned (a tensor mapped from an odd offset)
+        w = w.clone()
     return torch.from_numpy(core.linear_pack(w.numpy()))
 
 

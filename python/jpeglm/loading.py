@@ -6,6 +6,7 @@ settings), and whether an image size fits its context.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from jpeglm._io import show
 from jpeglm.checkpoint import (
     list_checkpoints,
     load_train_checkpoint,
@@ -30,6 +32,8 @@ __all__ = [
     "DEFAULT_INFO",
     "LoadedModel",
     "check_context",
+    "check_info",
+    "check_tokenizer",
     "expected_tokens",
     "find_tokenizer",
     "load_model",
@@ -87,27 +91,78 @@ def resolve_model(path: str | os.PathLike) -> tuple[str, Path]:
 
 
 def read_info(folder: Path, state: dict | None = None) -> dict[str, Any]:
-    """The model's ``jpeglm.json`` (or a trainer checkpoint's metadata), over the defaults."""
+    """The model's ``jpeglm.json`` (or a trainer checkpoint's metadata), over the defaults.
+
+    The record is checked here (:func:`check_info`), so a bad value in it is reported as the
+    file's key (``…/jpeglm.json: sampling.top_p must be …``), never as the command line option
+    it fills in."""
     info = {**DEFAULT_INFO, "sampling": dict(DEFAULT_INFO["sampling"])}
     found = None
+    where = folder / HF_METADATA
     if state is not None:
         found = state.get("metadata")
+        where = folder / CHECKPOINT_STATE
     elif (folder / HF_METADATA).is_file():
         found = read_json(folder / HF_METADATA, limit=1 << 20)
+    if found is not None and not isinstance(found, dict):
+        raise ValueError(f"{where}: metadata must be a JSON object, got {_shown(found)}")
     if isinstance(found, dict):
+        sampling = found.get("sampling", {})
+        if not isinstance(sampling, dict):
+            raise ValueError(f"{where}: sampling must be an object, got {_shown(sampling)}")
         for k, v in found.items():
-            if k == "sampling" and isinstance(v, dict):
+            if k == "sampling":
                 info["sampling"].update(v)
-            elif k != "sampling":
+            else:
                 info[k] = v
         info["source"] = HF_METADATA
     else:
         info["source"] = "defaults"
-    for k in ("image_size", "quality") if info.get("kind", "image") == "image" else ():
-        v = info.get(k)
-        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65500:
-            raise ValueError(f"{folder}: metadata {k} must be a positive integer, got {v!r}")
+    check_info(info, where)
     return info
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_info(info: dict[str, Any], where: str | os.PathLike) -> None:
+    """ValueError naming the file ``where`` and the key when a model record's value cannot be
+    used: ``kind`` image / video; for images ``image_size`` a canonical size (a multiple of 16
+    up to 65488) and ``quality`` 1..100; ``sampling`` ``temperature`` a finite number >= 0,
+    ``top_k`` an integer >= 0 and ``top_p`` a number in (0, 1]."""
+    from jpeglm import codec
+
+    def bad(key: str, must: str, value: Any) -> ValueError:
+        return ValueError(
+            f"{where}: {key} must be {must}, got {_shown(value)} (a bad value in the model's "
+            "record: fix the file, or remove the key for the default)"
+        )
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    kind = info.get("kind", "image")
+    if kind not in ("image", "video"):
+        raise bad("kind", '"image" or "video"', kind)
+    if kind == "image":
+        size, quality = info.get("image_size"), info.get("quality")
+        if not is_int(size) or not 16 <= size <= codec.MAX_SIZE or size % 16:
+            raise bad("image_size", f"a multiple of 16 in 16..{codec.MAX_SIZE}", size)
+        if not is_int(quality) or not 1 <= quality <= 100:
+            raise bad("quality", "an integer in 1..100", quality)
+    rec = info["sampling"]
+    t, k, p = rec.get("temperature"), rec.get("top_k"), rec.get("top_p")
+    if not is_number(t) or t < 0:
+        raise bad("sampling.temperature", "a finite number >= 0", t)
+    if not (k is None or (is_int(k) and k >= 0)):
+        raise bad("sampling.top_k", "an integer >= 0 (0: off)", k)
+    if not (p is None or (is_number(p) and 0 < p <= 1)):
+        raise bad("sampling.top_p", "a number in (0, 1]", p)
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -142,24 +197,44 @@ def load_model(
     if tok_path is None:
         raise ValueError(f"no tokenizer in {folder}: pass one (--tokenizer)")
     tok = load_tokenizer(tok_path)
+    state = read_train_state(folder) if kind == "dcp" else None
+    info = read_info(folder, state)
+    check_tokenizer(info, tok, tok_path, folder)  # before any weight is read
     if kind == "hf":
         model = Transformer.from_pretrained(folder, dtype=dtype, device=device, backend=backend)
-        info = read_info(folder)
     else:
-        state = read_train_state(folder)
         args = model_args_from_state(state)
         with torch.device("meta"):
             model = Transformer(args, backend=backend)
         model.to_empty(device="cpu")
         load_train_checkpoint(folder, model, None)
         model = model.to(device=device, dtype=dtype or torch.float32)
-        info = read_info(folder, state)
     if model.args.vocab_size < tok.vocab_size:
         raise ValueError(
             f"the tokenizer has {tok.vocab_size} tokens but the model only {model.args.vocab_size}"
         )
     info.setdefault("seq_len", model.args.max_seq_len)
     return LoadedModel(model.eval(), tok, info, folder)
+
+
+def check_tokenizer(
+    info: dict[str, Any], tok: Tokenizer, tok_path: str | os.PathLike, folder: str | os.PathLike
+) -> None:
+    """ValueError when the model's record names the tokenizer it was trained with (its
+    ``tokenizer_fingerprint``) and ``tok`` is another one: another vocabulary of the same size
+    loads, but most of what it samples is not the stream the model means."""
+    want = info.get("tokenizer_fingerprint")
+    if not isinstance(want, str) or not want:
+        return  # an official / older folder: nothing recorded to compare
+    from jpeglm.data import tokenizer_fingerprint
+
+    have = tokenizer_fingerprint(tok)
+    if have != want:
+        raise ValueError(
+            f"the tokenizer {show(tok_path)} (fingerprint {have}) is not the one the model "
+            f"in {show(folder)} was trained with (fingerprint {want}, its record): leave out "
+            "--tokenizer to use the model's own"
+        )
 
 
 def expected_tokens(info: dict[str, Any], tokenizer: Tokenizer, size: int, quality: int) -> float:
@@ -181,9 +256,20 @@ def check_context(loaded: LoadedModel, size: int, quality: int) -> None:
     need = expected_tokens(loaded.info, loaded.tokenizer, size, quality)
     context = loaded.model.args.max_seq_len
     if need > context:
-        trained = loaded.info["image_size"]
+        trained, trained_q = loaded.info["image_size"], loaded.info["quality"]
+        what = f"a {size}x{size} image at quality {quality} takes about {need:,.0f} tokens"
+        if size != trained:
+            hint = f"use --size {trained} (what it was trained on)"
+        elif quality != trained_q:
+            hint = f"use --quality {trained_q} (what it was trained on)"
+        else:  # the trained size and quality: the record contradicts the model itself
+            raise ValueError(
+                f"{what}, the size and quality this model was trained on, but its context is only "
+                f"{context:,} tokens: its record (jpeglm.json: image_size, tokens_per_image) "
+                "does not match its config.json max_position_embeddings; fix the record or use "
+                "a model with a longer context"
+            )
         raise ValueError(
-            f"a {size}x{size} image takes about {need:,.0f} tokens but this model's context is "
-            f"{context:,}: use --size {trained} (what it was trained on) or a model with a longer "
+            f"{what} but this model's context is {context:,}: {hint} or a model with a longer "
             "context"
         )

@@ -10,8 +10,10 @@ refused before sampling when its context cannot hold a stream of the image size 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -91,14 +93,26 @@ def _check_sampling(args: argparse.Namespace) -> None:
     rows = getattr(args, "rows", None)
     if rows is not None and args.size is not None and not 0 <= rows < args.size // 16:
         raise UserError(f"--rows must be in 0..{args.size // 16 - 1} for --size {args.size}")
+    if rows is None and args.size is not None and hasattr(args, "rows"):
+        args.rows = default_rows(args.size)
     args.device = _check_device(args.device)
+
+
+def default_rows(size: int) -> int:
+    """``--rows`` when not given: half the image's rows of MCUs, at least 1 (0 for a one-row
+    16 px image: a prompt of the header alone)."""
+    mcu_rows = size // 16
+    return min(max(1, mcu_rows // 2), mcu_rows - 1)
 
 
 def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     """The model folder ``--model`` names (an HF folder, a trainer checkpoint step_N, or a run
     folder: its final/ export, else its newest checkpoint), its tokenizer file (``--tokenizer``,
     else tokenizer.jpeglm or the official sentencepiece tokenizer.model inside) and what it
-    says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one)."""
+    says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one).
+
+    A checkpoint's train_state.json and the record are checked here; the rest of the model's
+    files by :func:`_check_model_files`."""
     from jpeglm import checkpoint
 
     try:
@@ -113,6 +127,33 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     if tok is None:
         raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
     return folder, tok, info
+
+
+def _check_model_files(folder: Path, tok_path: Path, info: dict, given: bool) -> None:
+    """Before any weight is read: an HF folder's config.json, index and safetensors headers
+    (:func:`jpeglm.hf.hf_model_args`), and a ``--tokenizer`` (``given``): a readable file, the
+    one the model's record names."""
+    from jpeglm import checkpoint, loading
+    from jpeglm._io import input_file
+
+    try:
+        if (folder / "config.json").is_file():
+            checkpoint.hf_model_args(folder)  # no weight read
+        if given:
+            input_file(tok_path, "tokenizer")
+            loading.check_tokenizer(info, loading.load_tokenizer(tok_path), tok_path, folder)
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from e
+
+
+def _new_folders(out: Path) -> list[Path]:
+    """The folders that making ``out`` will create, deepest first."""
+    made = []
+    p = out.absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        made.append(p)
+        p = p.parent
+    return made
 
 
 def _model_info(args: argparse.Namespace) -> dict:
@@ -151,7 +192,15 @@ def _plan_model_outputs(
     _apply_model_defaults(args, info)
     _check_sampling(args)
     inputs = [tok_path, *images, *(p for p in folder.iterdir() if p.is_file())]
-    plan_outputs(args.out, names, inputs)
+    made = _new_folders(Path(args.out))
+    plan_outputs(args.out, names, inputs)  # an output refused: said before the model's faults
+    try:
+        _check_model_files(folder, tok_path, info, bool(args.tokenizer))
+    except BaseException:
+        for d in made:  # a bad model leaves no output folder behind (only empty ones made here)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     return folder, tok_path
 
 
@@ -172,6 +221,18 @@ def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
     except (ValueError, OSError) as e:
         raise UserError(f"{show(folder)}: {e}") from e
     return loaded.model, loaded.tokenizer
+
+
+@contextlib.contextmanager
+def _sampling(folder: Path) -> Iterator[None]:
+    """Sampling from the model in ``folder``: logits that are not finite (NaN weights) stop it
+    with one line naming the model."""
+    from jpeglm.sample import NonFiniteLogits
+
+    try:
+        yield
+    except NonFiniteLogits as e:
+        raise UserError(f"{show(folder)}: {e}") from e
 
 
 def _sample_stems(prefix: str, n: int) -> Iterator[str]:
@@ -233,8 +294,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if video_commands.is_video(info):
         stems = list(_sample_stems("sample_", n))
         folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems))
-        video_commands.sample(args, *_load_model(folder, tok_path, args), info, stems,
-                              _sampling_kwargs(args))  # fmt: skip
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.sample(args, *loaded, info, stems, _sampling_kwargs(args))
         return 0
     folder, tok_path = _plan_model_outputs(args, _is_sample_file("sample_", n, (".png", ".jpg")))
     model, tok = _load_model(folder, tok_path, args)
@@ -243,7 +305,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     def write(i: int, s) -> None:  # noqa: ANN001 - a Sample, written as its batch finishes
         _write_sample(out, f"sample_{i:03d}", s, args.quality)
 
-    generate(model, tok, n=args.n, **_sampling_kwargs(args), on_sample=write)
+    with _sampling(folder):
+        generate(model, tok, n=args.n, **_sampling_kwargs(args), on_sample=write)
     return 0
 
 
@@ -258,16 +321,19 @@ def cmd_complete(args: argparse.Namespace) -> int:
         clips = existing_files(args.images, "clip")
         stems = [n.removesuffix(".png") for n in distinct_names(clips, ".png")]
         folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems), clips)
-        video_commands.complete(args, *_load_model(folder, tok_path, args), info, clips, stems,
-                                _sampling_kwargs(args))  # fmt: skip
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.complete(args, *loaded, info, clips, stems, _sampling_kwargs(args))
         return 0
     images = image_paths(args.images)
     stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
     folder, tok_path = _plan_model_outputs(args, _files_of(stems), images)
     model, tok = _load_model(folder, tok_path, args)
     out = Path(args.out)
-    complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args),
-             on_sample=lambda i, s: _write_sample(out, stems[i], s, args.quality))  # fmt: skip
+    with _sampling(folder):
+        complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args),
+                 exif_transpose=args.exif_transpose,
+                 on_sample=lambda i, s: _write_sample(out, stems[i], s, args.quality))  # fmt: skip
     return 0
 
 
@@ -305,8 +371,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UserError("--fid-weights is for image models, not video models")
         clips = existing_files(args.images, "clip")
         folder, tok_path = _plan_model_outputs(args, ["results.json"], clips)
-        video_commands.evaluate(args, *_load_model(folder, tok_path, args), info, clips,
-                                _sampling_kwargs(args))  # fmt: skip
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.evaluate(args, *loaded, info, clips, _sampling_kwargs(args))
         return 0
     size = args.size if args.size is not None else info.get("image_size")  # before the defaults
     if args.judge and size != 32:
@@ -316,7 +383,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra = [Path(args.fid_weights)] if fid_net is not None else []
     folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], [*paths, *extra])
     try:
-        return _eval_images(args, folder, tok_path, paths, fid_net)
+        with _sampling(folder):
+            return _eval_images(args, folder, tok_path, paths, fid_net)
     finally:  # grid.png is written as soon as the completions are made
         record_outputs([Path(args.out) / "grid.png"])
 

@@ -27,6 +27,7 @@ from jpeglm.inference import kernel_threads, kernels_apply
 from jpeglm.sample_options import SamplingSettings, check_device, is_int, positive_int, show
 
 __all__ = [
+    "NonFiniteLogits",
     "Sample",
     "SamplingSettings",
     "check_device",
@@ -38,6 +39,11 @@ __all__ = [
     "prompt_stream",
     "sample_logits",
 ]
+
+
+class NonFiniteLogits(ValueError):
+    """The model produced NaN or infinite logits: sampling stops (nothing is written from that
+    batch), since no token drawn from them means anything."""
 
 
 @dataclass
@@ -235,6 +241,7 @@ def _run(
 
     def draw(logits: torch.Tensor, pos: int) -> torch.Tensor:
         logits = logits[:, :vocab]
+        broken = ~torch.isfinite(logits).all(dim=-1)  # NaN / inf: no host sync, see accept()
         if constraint is not None:
             mask = mask_t.to(device, non_blocking=True) if cuda else mask_t
             logits = logits.masked_fill(~mask, float("-inf"))
@@ -243,7 +250,7 @@ def _run(
             generator.manual_seed(_position_seed(seed, chunk, pos))
             noise = torch.empty((b, vocab), dtype=torch.float32, device=device)
             noise.exponential_(1, generator=generator)
-        return _sample(logits, noise, temperature, top_k, top_p)
+        return torch.where(broken, -1, _sample(logits, noise, temperature, top_k, top_p))
 
     out: list[list[int]] = [[] for _ in range(b)]
     finished = np.zeros(b, dtype=bool)
@@ -253,6 +260,12 @@ def _run(
 
     def accept(tokens: np.ndarray) -> None:
         """Advance the grammar and the per-row state by one token per row (host)."""
+        if (tokens[~finished] < 0).any():  # draw() marks rows whose logits were not finite
+            model.clear_caches()
+            raise NonFiniteLogits(
+                f"the model's logits are not finite (NaN or infinite) at position {pos}: its "
+                "weights are broken (NaN / inf) or overflow in this dtype; no sample written"
+            )
         tokens[finished] = fill
         if constraint is not None:
             active = ~finished
@@ -528,9 +541,10 @@ def complete(
     jump_forward: bool = True,
     stats: dict | None = None,
     on_sample: Callable[[int, Sample], None] | None = None,
+    exif_transpose: bool = False,
 ) -> list[Sample]:
     """Complete each image from its first ``rows`` rows of MCUs (options as :func:`generate`,
-    ``on_sample`` too)."""
+    ``on_sample`` too; ``exif_transpose`` as :func:`jpeglm.codec.prepare`'s)."""
     opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
                             compile, dtype, jump_forward)  # fmt: skip
     size, quality = codec.check_size(size), codec.check_quality(quality)
@@ -538,6 +552,7 @@ def complete(
         raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {show(rows)}")
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):
         raise ValueError("complete expects a sequence of images (a list of one for one image)")
-    streams = codec.encode_batch(list(images), quality=quality, size=size)
+    streams = codec.encode_batch(list(images), quality=quality, size=size,
+                                 exif_transpose=exif_transpose)  # fmt: skip
     prompts = [prompt_stream(s, rows, size) for s in streams]
     return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)

@@ -38,10 +38,9 @@ import math
 import struct
 import warnings
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from jpeglm._io import atomic_write_bytes
+from jpeglm._io import atomic_write_bytes, input_file
 from jpeglm.tokenizer import (
     MAX_FILE_BYTES,
     MAX_VOCAB_SIZE,
@@ -75,9 +74,7 @@ class _ParseError(Exception):
 
 def _read_limited(path: PathLike, what: str) -> bytes:
     """A file's bytes, refusing anything over MAX_FILE_BYTES."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such {what} file: {path}")
+    path = input_file(path, what)  # nothing, a folder, a link loop, a FIFO: one line
     with open(path, "rb") as f:
         data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
@@ -88,9 +85,7 @@ def _read_limited(path: PathLike, what: str) -> bytes:
 def load_file(path: PathLike, cls: type[Tokenizer] = Tokenizer) -> Tokenizer:
     """A tokenizer file of either format: the official sentencepiece ``.model`` (JPEG-LM's
     published tokenizer) or jpeglm's own (anything else). ``FileNotFoundError`` when missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such tokenizer file: {path}")
+    path = input_file(path, "tokenizer")
     if path.suffix == ".model":
         return load_sentencepiece(path, cls, stacklevel=3)
     return load_jpeglm(path, cls)

@@ -50,6 +50,7 @@ __all__ = [
     "complete",
     "decode",
     "encode",
+    "frame_count",
     "generate",
     "nal_units",
     "prepare",
@@ -518,6 +519,11 @@ def _decode_prefix(header: list[Nal], pictures: list[list[Nal]], data: bytes) ->
         except av.FFmpegError:
             hi = mid - 1
     return best
+
+
+def frame_count(data: bytes) -> int:
+    """The pictures in a canonical stream."""
+    return len(_frames(nal_units(data)))
 
 
 def prompt_stream(data: bytes, frames: int) -> bytes:

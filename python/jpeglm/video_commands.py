@@ -77,6 +77,24 @@ def _check_frames(args: argparse.Namespace, info: dict[str, Any]) -> int:
     return frames
 
 
+def _check_clip_lengths(args: argparse.Namespace, paths: Sequence[Path],
+                        streams: Sequence[bytes], frames: int) -> None:  # fmt: skip
+    """Every input clip has the ``frames`` prompt frames, or one line with a ``--frames``
+    that fits the shortest."""
+    from jpeglm.video import frame_count
+
+    counts = [frame_count(s) for s in streams]
+    short = [(p, n) for p, n in zip(paths, counts) if n < frames]
+    if short:
+        p, n = min(short, key=lambda x: x[1])
+        given = "--frames" if args.frames is not None else "the default --frames"
+        hint = f"pass --frames {n} (or fewer)" if n else "it has no frame to prompt with"
+        raise ValueError(
+            f"{show(p)} has {n} frame{'s' * (n != 1)}, fewer than the {frames} prompt frames of "
+            f"{given}: {hint}"
+        )
+
+
 def sample(args: argparse.Namespace, model, tok, info: dict[str, Any], stems: list[str],
            sampling: dict[str, Any]) -> None:  # fmt: skip
     """``args.n`` unconditional clips; ``sampling``: the sampling commands' options."""
@@ -92,6 +110,7 @@ def complete(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: 
 
     frames = _check_frames(args, info)
     streams = _streams(paths, info)
+    _check_clip_lengths(args, paths, streams, frames)
     out = video.complete(model, tok, streams, frames=frames, **_kwargs(sampling, info))
     _write(Path(args.out), stems, out)
 
@@ -106,6 +125,7 @@ def evaluate(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: 
 
     frames = _check_frames(args, info)
     streams = _streams(paths, info)
+    _check_clip_lengths(args, paths, streams, frames)
     kw = {k: sampling[k] for k in _VIDEO_OPTIONS}
     res = evaluate_clip_completion(model, tok, streams, frames=frames, total_frames=_clip(info)[0],
                                    **kw)  # fmt: skip

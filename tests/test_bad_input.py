@@ -180,6 +180,10 @@ def test_tokenizer_load_bad_files(tok, tmp_path):
         "corrupt": text.replace(b" token ", b" token zz", 1),
         "binary": b"\xff\xfe\x00\x01",
     }
+    special = [x for x in text.splitlines() if b" special " in x]
+    assert special  # a special token's name nested 100,000 lists deep (a RecursionError before)
+    cases["nested"] = text.replace(special[0], special[0].split(b" special ")[0]
+                                   + b" special " + b"[" * 100_000, 1)  # fmt: skip
     for name, data in cases.items():
         p = tmp_path / name
         p.write_bytes(data)

@@ -197,7 +197,7 @@ def _parse_jpeglm(text: str, cls: type[Tokenizer]) -> Tokenizer:
         elif parts[1] == "special":
             try:
                 name = json.loads(parts[2])
-            except ValueError:
+            except (ValueError, RecursionError):  # a nested list is no name either
                 name = None
             if not isinstance(name, str) or not name:
                 raise _ParseError(n, "a special token needs a name (a JSON string)")

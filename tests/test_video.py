@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,6 +229,10 @@ def test_moving_mnist_clips():
         samples.moving_mnist(1, size=20)
 
 
+def held_clips(clips_dir: Path) -> list[str]:
+    return [str(clips_dir / "001.npy"), str(clips_dir / "002.npy")]
+
+
 def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_path):
     """Moving-MNIST clips (32x32, 6 frames) -> BPE -> packed shards -> `jpeglm.train` ->
     prompted completion after 3 frames, decoded tolerantly: the image pipeline, unchanged."""
@@ -300,7 +305,32 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
         strip = np.asarray(Image.open(tmp_path / "s" / f"sample_{i:03d}.png"))
         assert strip.shape == (32, 32 * 6, 3)  # the clip's 6 frames side by side
         assert (tmp_path / "s" / f"sample_{i:03d}.h264").stat().st_size > 0
-    held = [str(clips_dir / "001.npy"), str(clips_dir / "002.npy")]
+    # clips are written as their batch finishes: Ctrl-C after the first keeps it (listed as
+    # jpeglm's), and -n 10**9 lists no names up front
+    from jpeglm import video_commands
+
+    real_write = video_commands._write
+
+    def write_then_stop(out_dir, stem, c) -> None:  # noqa: ANN001
+        real_write(out_dir, stem, c)
+        raise KeyboardInterrupt
+
+    video_commands._write = write_then_stop
+    try:
+        for n in ("3", "1000000000"):
+            cut = tmp_path / f"cut{len(n)}"
+            assert main(["sample", *model, "-o", str(cut), "-n", n, "--batch-size", "1"]) == 130
+            assert sorted(p.name for p in cut.iterdir() if not p.name.startswith(".")) == [
+                "sample_000.h264", "sample_000.png"]  # fmt: skip
+            listed = (cut / ".jpeglm-outputs").read_text().splitlines()
+            assert {"sample_000.h264", "sample_000.png"} <= set(listed)
+        assert main(["complete", *model, "--frames", "3", "-o", str(tmp_path / "cc"),
+                     "--batch-size", "1", *held_clips(clips_dir)]) == 130  # fmt: skip
+        assert sorted(p.name for p in (tmp_path / "cc").iterdir() if p.suffix == ".h264") == [
+            "001.h264"]  # fmt: skip
+    finally:
+        video_commands._write = real_write
+    held = held_clips(clips_dir)
     assert main(["complete", *model, "--frames", "3", "-o", str(tmp_path / "c"), *held]) == 0
     done = (tmp_path / "c" / "001.h264").read_bytes()
     assert done.startswith(video.prompt_stream(streams[1], 3))

@@ -235,14 +235,9 @@ def _sampling(folder: Path) -> Iterator[None]:
         raise UserError(f"{show(folder)}: {e}") from e
 
 
-def _sample_stems(prefix: str, n: int) -> Iterator[str]:
-    """``sample_000``, ``sample_001``, ...: made one at a time (``-n`` may be 10**9)."""
-    return (f"{prefix}{i:03d}" for i in range(n))
-
-
 def _is_sample_file(prefix: str, n: int, exts: Sequence[str]) -> Callable[[str], bool]:
-    """Whether a name is one of the files of :func:`_sample_stems` ``(prefix, n)`` (one of
-    ``exts`` each), without listing them."""
+    """Whether a name is one of the files ``PREFIX000``, ``PREFIX001``, ... (``n`` of them, one
+    of ``exts`` each), without listing them (``-n`` may be 10**9)."""
     pattern = re.compile(re.escape(prefix) + r"(\d{3,})(" + "|".join(map(re.escape, exts)) + ")")
 
     def test(name: str) -> bool:
@@ -292,11 +287,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     n = max(args.n, 0)
     info = _model_info(args)
     if video_commands.is_video(info):
-        stems = list(_sample_stems("sample_", n))
-        folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems))
+        names = _is_sample_file("sample_", n, (".png", ".h264"))
+        folder, tok_path = _plan_model_outputs(args, names)
         loaded = _load_model(folder, tok_path, args)
         with _sampling(folder):
-            video_commands.sample(args, *loaded, info, stems, _sampling_kwargs(args))
+            video_commands.sample(args, *loaded, info, _sampling_kwargs(args))
         return 0
     folder, tok_path = _plan_model_outputs(args, _is_sample_file("sample_", n, (".png", ".jpg")))
     model, tok = _load_model(folder, tok_path, args)

@@ -37,6 +37,7 @@ __all__ = [
     "generate_tokens",
     "prepare_for_sampling",
     "prompt_stream",
+    "repeat_prompt",
     "sample_logits",
 ]
 
@@ -464,16 +465,33 @@ def generate_tokens(
     batch_size: int | None = None,
     dtype: str = "fp32",
     stop_at_eoi: bool = False,
+    on_result: Callable[[int, list[int]], None] | None = None,
 ) -> list[list[int]]:
     """Unconstrained continuations of byte ``prompts`` (each after BOS): the new token ids of
     each, up to EOS, ``max_tokens`` or the context -- the sampler without any JPEG knowledge,
     for other byte formats (the H.264 clips of :mod:`jpeglm.video`). ``stop_at_eoi``: also
-    stop at a JPEG EOI (FFD9)."""
+    stop at a JPEG EOI (FFD9). ``on_result``: each prompt's index and new tokens handed to it as
+    its batch finishes, nothing kept, ``[]`` returned (``prompts`` may then be one prompt
+    repeated lazily, as :func:`generate` does for ``n`` samples)."""
     opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size,
                             constrained=False, dtype=dtype, jump_forward=False)  # fmt: skip
-    new = _run_batches(model, tokenizer, [bytes(p) for p in prompts], 256, opts, None,
-                       stop_at_eoi)  # fmt: skip
-    return [[t for t in toks if t != tokenizer.eos_id] for toks in new]
+    eos = tokenizer.eos_id
+    if not isinstance(prompts, _Repeat):
+        prompts = [bytes(p) for p in prompts]
+    if on_result is not None:
+
+        def done(i: int, toks: list[int]) -> None:
+            on_result(i, [t for t in toks if t != eos])
+
+        _run_batches(model, tokenizer, prompts, 256, opts, None, stop_at_eoi, on_result=done)
+        return []
+    new = _run_batches(model, tokenizer, prompts, 256, opts, None, stop_at_eoi)
+    return [[t for t in toks if t != eos] for toks in new]
+
+
+def repeat_prompt(prompt: bytes, n: int) -> Sequence[bytes]:
+    """``[prompt] * n`` made lazily (``n`` may be 10**9), for :func:`generate_tokens`."""
+    return _Repeat(bytes(prompt), n)
 
 
 def generate(

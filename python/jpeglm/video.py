@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -563,15 +564,17 @@ def complete(
     frames: int = 10,
     total_frames: int = FRAMES,
     size: tuple[int, int] = (HEIGHT, WIDTH),
+    on_sample: Callable[[int, ClipSample], None] | None = None,
     **sampling: Any,
 ) -> list[ClipSample]:
     """Continue each clip (a canonical stream, or frames to :func:`encode`) after its first
     ``frames`` frames, as the paper evaluates AVC-LM (10 frames of prompt, 5 generated):
     unconstrained sampling (H.264 has no scan grammar here), decoded tolerantly into
-    ``total_frames`` frames. ``sampling``: the keyword options of :func:`generate`."""
+    ``total_frames`` frames. ``sampling``: the keyword options of :func:`generate`;
+    ``on_sample`` as there."""
     streams = [c if isinstance(c, (bytes, bytearray)) else encode(np.asarray(c)) for c in clips]
     prompts = [prompt_stream(s, frames) for s in streams]
-    return _sample(model, tokenizer, prompts, total_frames, size, sampling)
+    return _sample(model, tokenizer, prompts, total_frames, size, sampling, on_sample)
 
 
 def generate(
@@ -588,23 +591,44 @@ def generate(
     seed: int = 0,
     batch_size: int | None = None,
     dtype: str = "fp32",
+    on_sample: Callable[[int, ClipSample], None] | None = None,
 ) -> list[ClipSample]:
-    """``n`` unconditional clips (the model writes the parameter sets too)."""
+    """``n`` unconditional clips (the model writes the parameter sets too). ``on_sample``: each
+    clip's index and clip handed to it as its batch finishes, none kept, ``[]`` returned (so a
+    caller writes clips as they are made; ``n`` may then be 10**9)."""
+    from jpeglm.sample import repeat_prompt
+
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens,
                     seed=seed, batch_size=batch_size, dtype=dtype)  # fmt: skip
-    return _sample(model, tokenizer, [b""] * n, total_frames, size, sampling)
+    return _sample(model, tokenizer, repeat_prompt(b"", n), total_frames, size, sampling,
+                   on_sample)  # fmt: skip
 
 
-def _sample(model, tokenizer, prompts: list[bytes], total_frames: int, size: tuple[int, int],
-            sampling: dict[str, Any]) -> list[ClipSample]:  # fmt: skip
+def _sample(
+    model,
+    tokenizer,
+    prompts: Sequence[bytes],
+    total_frames: int,
+    size: tuple[int, int],
+    sampling: dict[str, Any],
+    on_sample: Callable[[int, ClipSample], None] | None = None,
+) -> list[ClipSample]:
     from jpeglm.sample import generate_tokens
 
-    new = generate_tokens(model, tokenizer, prompts, **{"seed": 0, **sampling})
-    out = []
-    for prompt, toks in zip(prompts, new):
+    def finish(prompt: bytes, toks: list[int]) -> ClipSample:
         data = bytes(prompt) + tokenizer.decode(toks)
         r = decode(data, tolerant=True, frames=total_frames, size=size)
-        out.append(ClipSample(toks, data, r.frames, r.valid_frames, r.total_frames))
-    return out
+        return ClipSample(toks, data, r.frames, r.valid_frames, r.total_frames)
+
+    sampling = {"seed": 0, **sampling}
+    if on_sample is not None:
+
+        def done(i: int, toks: list[int]) -> None:
+            on_sample(i, finish(prompts[i], toks))
+
+        generate_tokens(model, tokenizer, prompts, **sampling, on_result=done)
+        return []
+    new = generate_tokens(model, tokenizer, prompts, **sampling)
+    return [finish(p, toks) for p, toks in zip(prompts, new)]

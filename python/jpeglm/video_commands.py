@@ -47,12 +47,13 @@ def _kwargs(sampling: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     return dict(total_frames=total, size=size, **{k: sampling[k] for k in _VIDEO_OPTIONS})
 
 
-def _write(out: Path, stems: Sequence[str], clips: Sequence[Any]) -> None:
-    for stem, c in zip(stems, clips):
-        write_png(out / f"{stem}.png", np.concatenate(list(c.frames), axis=1), record=True)
-        atomic_write_bytes(out / f"{stem}.h264", c.data, record=True)
-        print(f"{show(out / f'{stem}.h264')}: {len(c.data)} bytes, "
-              f"{c.valid_frames}/{c.total_frames} frames decoded")  # fmt: skip
+def _write(out: Path, stem: str, c: Any) -> None:
+    """One clip as ``STEM.png`` (its frames side by side) and ``STEM.h264``, each written and
+    listed as an output at once (called as each clip's batch finishes)."""
+    write_png(out / f"{stem}.png", np.concatenate(list(c.frames), axis=1), record=True)
+    atomic_write_bytes(out / f"{stem}.h264", c.data, record=True)
+    print(f"{show(out / f'{stem}.h264')}: {len(c.data)} bytes, "
+          f"{c.valid_frames}/{c.total_frames} frames decoded", flush=True)  # fmt: skip
 
 
 def _streams(paths: Sequence[Path], info: dict[str, Any]) -> list[bytes]:
@@ -95,12 +96,15 @@ def _check_clip_lengths(args: argparse.Namespace, paths: Sequence[Path],
         )
 
 
-def sample(args: argparse.Namespace, model, tok, info: dict[str, Any], stems: list[str],
+def sample(args: argparse.Namespace, model, tok, info: dict[str, Any],
            sampling: dict[str, Any]) -> None:  # fmt: skip
-    """``args.n`` unconditional clips; ``sampling``: the sampling commands' options."""
+    """``args.n`` unconditional clips ``sample_000.png`` + ``.h264``, ..., each written as its
+    batch finishes (names made as needed); ``sampling``: the sampling commands' options."""
     from jpeglm import video
 
-    _write(Path(args.out), stems, video.generate(model, tok, n=args.n, **_kwargs(sampling, info)))
+    out = Path(args.out)
+    video.generate(model, tok, n=args.n, **_kwargs(sampling, info),
+                   on_sample=lambda i, c: _write(out, f"sample_{i:03d}", c))  # fmt: skip
 
 
 def complete(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: list[Path],
@@ -111,8 +115,9 @@ def complete(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: 
     frames = _check_frames(args, info)
     streams = _streams(paths, info)
     _check_clip_lengths(args, paths, streams, frames)
-    out = video.complete(model, tok, streams, frames=frames, **_kwargs(sampling, info))
-    _write(Path(args.out), stems, out)
+    out = Path(args.out)
+    video.complete(model, tok, streams, frames=frames, **_kwargs(sampling, info),
+                   on_sample=lambda i, c: _write(out, stems[i], c))  # fmt: skip
 
 
 def evaluate(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: list[Path],

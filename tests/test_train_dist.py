@@ -206,6 +206,27 @@ def test_sigterm_checkpoints_then_exits_with_one_line(world, tmp_path):
     assert step == len(losses(out)) >= 3
 
 
+def test_a_full_disk_on_one_rank_stops_every_rank(world, tmp_path):
+    """ENOSPC on rank 1 only, in its part of step 8's checkpoint (issue 28): no rank waits at a
+    barrier for it; every rank stops (exit 2) with the one line, step 4 intact, no temp left;
+    then resume=true goes on from step 4."""
+    root, _ = world
+    out = tmp_path / "full"
+    args = cfg(root, out, fsdp=True, max_steps=12, eval_every=100, ckpt_every=4)
+    start = time.monotonic()
+    r = subprocess.run(command(args, 2), env={**env(), "JPEGLM_TEST_CHECKPOINT_HOOK": "enospc:8:1"},
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode != 0 and time.monotonic() - start < 240, r.stderr[-3000:]
+    assert f"no space left in {out} for the checkpoint step_00000008" in r.stderr, r.stderr[-3000:]
+    # no rank's traceback: the one there may be is torchrun's own report that workers failed
+    assert r.stderr.count("Traceback") <= r.stderr.count("ChildFailedError"), r.stderr[-3000:]
+    assert "CheckpointException" not in r.stderr and "enforce fail" not in r.stderr
+    assert not list(out.glob(".tmp_step_*"))
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step_00000004"]
+    _ok(run([*args, "resume=true"], nproc=2))
+    assert [p.name for p in checkpoint.list_checkpoints(out)][-1] == "step_00000012"
+
+
 def test_load_model_takes_any_folder_a_run_writes(world, fsdp_ref, tmp_path):
     root, _ = world
     run_dir = checkpoint.load_model(fsdp_ref)  # the run folder: its final/ export

@@ -178,18 +178,18 @@ def save_train_checkpoint(
     out = Path(out)
     final = out / f"step_{step:08d}"
     tmp = out / f".tmp_step_{step:08d}"
-    try:
+
+    def prepare() -> None:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # a torn write of ours from a killed run
             tmp.mkdir(parents=True)
-        _barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        with _quiet_single_process():
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+
+    def rank_files() -> None:
         with _io.atomic_open(tmp / f"rng_rank{rank}.pt", "wb") as f:
             torch.save(_rng_state(), f)
         _write_hook_call(tmp)
-        _barrier()
+
+    def finish() -> None:
         if rank == 0:
             if tokenizer is not None:
                 _io.atomic_write_bytes(tmp / TOKENIZER_FILE, Path(tokenizer).read_bytes())
@@ -198,6 +198,14 @@ def save_train_checkpoint(
             _io.atomic_write_text(tmp / CHECKPOINT_STATE, json.dumps(body, indent=1) + "\n")
             fsync_dir(tmp)
             swap_into_place(tmp, final)
+
+    try:
+        _on_every_rank(prepare)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        with _quiet_single_process():  # collective: DCP raises a rank's failure on every rank
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        _on_every_rank(rank_files)
+        _on_every_rank(finish)
     except BaseException as e:  # DCP wraps errors in CheckpointException, a BaseException
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # never a torn .tmp_step_N left behind
@@ -216,11 +224,40 @@ def save_train_checkpoint(
     return final
 
 
+class RankFailed(RuntimeError):
+    """Another rank's part of a collective write failed (its error, as text): every rank stops
+    with it instead of waiting at the next barrier for the rank that left."""
+
+
+def _on_every_rank(part: Callable[[], None]) -> None:
+    """Run this rank's ``part`` of a checkpoint write, then learn whether every rank's part
+    succeeded (a collective, which also serves as the barrier): a failure on any rank is raised
+    on all of them, so no rank waits forever for one that left (a full disk on one node)."""
+    error: Exception | None = None
+    try:
+        part()
+    except Exception as e:  # noqa: BLE001 - handed to the other ranks, then raised here
+        error = e
+    rank, world = _dist()
+    if world > 1:
+        import torch.distributed as dist
+
+        said: list[str | None] = [None] * world
+        dist.all_gather_object(said, None if error is None else f"{type(error).__name__}: {error}")
+        failed = [(r, x) for r, x in enumerate(said) if x is not None]
+        if error is None and failed:
+            r, text = failed[0]
+            error = RankFailed(f"rank {r} could not write its part of the checkpoint: {text}")
+    if error is not None:
+        raise error
+
+
 #: a test-only hook, called as ``write_hook(tmp)`` inside every checkpoint write (after the DCP
 #: shards and the RNG files, before ``train_state.json``): tests pause the write or make it
 #: fail there. In a subprocess, the environment variable ``JPEGLM_TEST_CHECKPOINT_HOOK`` does
 #: the same: ``pause:SECONDS:MARKER`` (create the file MARKER, then wait SECONDS) or
-#: ``enospc[:STEP]`` (raise ``OSError(ENOSPC)``, in the write of step STEP only if given).
+#: ``enospc[:STEP[:RANK]]`` (raise ``OSError(ENOSPC)``, in the write of step STEP only and on
+#: rank RANK only if given).
 write_hook: Callable[[Path], None] | None = None
 
 
@@ -239,7 +276,12 @@ def _write_hook_call(tmp: Path) -> None:
         deadline = time.monotonic() + float(seconds)
         while time.monotonic() < deadline:  # signals are handled between the sleeps
             time.sleep(0.02)
-    elif kind == "enospc" and (not arg or tmp.name == f".tmp_step_{int(arg):08d}"):
+    elif kind == "enospc":
+        step, _, rank = arg.partition(":")
+        if step and tmp.name != f".tmp_step_{int(step):08d}":
+            return
+        if rank and int(rank) != _dist()[0]:
+            return
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "__0_0.distcp"))
 
 

@@ -136,6 +136,43 @@ def test_a_full_disk_during_a_checkpoint(world, tmp_path):
     assert _steps(out) == list(range(1, 13))
 
 
+def test_a_full_disk_during_the_final_export(world, tmp_path, capsys):
+    """ENOSPC while the finished run writes final/: one line naming the complete checkpoint and
+    the `jpeglm export` command that makes final/ from it; no temporary folder left; that command
+    then works."""
+    from jpeglm.cli import main
+
+    root, _ = world
+    out = tmp_path / "run"
+    args = _cfg(root, out, max_steps=8, eval_every=100)
+    hook = {"JPEGLM_TEST_CHECKPOINT_HOOK": "enospc:final"}
+    r = subprocess.run(_command(args), env={**_env(), **hook}, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    _one_line(r.stderr, f"no space left in {out} for the final export final/",
+              "the run itself is complete in step_00000008",
+              f"jpeglm export {out / 'step_00000008'} {out / 'final'}")  # fmt: skip
+    assert not (out / "final").exists() and not list(out.glob(".tmp_final*"))
+    assert main(["export", str(out / "step_00000008"), str(out / "final")]) == 0
+    assert (out / "final" / "config.json").is_file()
+
+
+def test_a_full_disk_anywhere_else_is_one_line(monkeypatch, capsys):
+    """ENOSPC outside a checkpoint write (a metrics row, loss.png): one line naming the file."""
+    import errno
+
+    from jpeglm import train
+
+    def full(cfg):  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device", "OUT/metrics.jsonl")
+
+    monkeypatch.setattr(train.TrainConfig, "load", classmethod(lambda cls, path, overrides: None))
+    monkeypatch.setattr(train, "train", full)
+    assert train.main(["max_steps=1"]) == 2
+    _one_line(capsys.readouterr().err, "no space left on the device writing OUT/metrics.jsonl",
+              "resume=true")  # fmt: skip
+
+
 def test_disk_full_errors_are_recognised_in_dcp_wrappers(tmp_path):
     """torch's own writer says ``file write failed`` (a RuntimeError); DCP wraps each rank's
     error in a CheckpointException (a BaseException)."""

@@ -73,16 +73,21 @@ __all__ = [
     "CHECKPOINT_STATE",
     "HF_METADATA",
     "TOKENIZER_FILE",
+    "RankFailed",
     "checkpoint_bytes",
     "copy_state_into",
+    "disk_full",
     "export",
     "gather_full_state",
     "list_checkpoints",
     "load_train_checkpoint",
     "model_args_from_state",
+    "on_every_rank",
     "read_train_state",
     "save_train_checkpoint",
+    "weights_size",
     "write_hook",
+    "write_hook_call",
     # re-exported: HF folders (jpeglm.hf) and the shared JSON reader (jpeglm.checkpoint_files)
     "hf_model_args",
     "hf_names",
@@ -187,7 +192,7 @@ def save_train_checkpoint(
     def rank_files() -> None:
         with _io.atomic_open(tmp / f"rng_rank{rank}.pt", "wb") as f:
             torch.save(_rng_state(), f)
-        _write_hook_call(tmp)
+        write_hook_call(tmp)
 
     def finish() -> None:
         if rank == 0:
@@ -200,12 +205,12 @@ def save_train_checkpoint(
             swap_into_place(tmp, final)
 
     try:
-        _on_every_rank(prepare)
+        on_every_rank(prepare)
         model_sd, optim_sd = get_state_dict(model, optimizer)
         with _quiet_single_process():  # collective: DCP raises a rank's failure on every rank
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        _on_every_rank(rank_files)
-        _on_every_rank(finish)
+        on_every_rank(rank_files)
+        on_every_rank(finish)
     except BaseException as e:  # DCP wraps errors in CheckpointException, a BaseException
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # never a torn .tmp_step_N left behind
@@ -229,7 +234,7 @@ class RankFailed(RuntimeError):
     with it instead of waiting at the next barrier for the rank that left."""
 
 
-def _on_every_rank(part: Callable[[], None]) -> None:
+def on_every_rank(part: Callable[[], None]) -> None:
     """Run this rank's ``part`` of a checkpoint write, then learn whether every rank's part
     succeeded (a collective, which also serves as the barrier): a failure on any rank is raised
     on all of them, so no rank waits forever for one that left (a full disk on one node)."""
@@ -257,11 +262,11 @@ def _on_every_rank(part: Callable[[], None]) -> None:
 #: fail there. In a subprocess, the environment variable ``JPEGLM_TEST_CHECKPOINT_HOOK`` does
 #: the same: ``pause:SECONDS:MARKER`` (create the file MARKER, then wait SECONDS) or
 #: ``enospc[:STEP[:RANK]]`` (raise ``OSError(ENOSPC)``, in the write of step STEP only and on
-#: rank RANK only if given).
+#: rank RANK only if given; STEP ``final``: in the trainer's final export instead).
 write_hook: Callable[[Path], None] | None = None
 
 
-def _write_hook_call(tmp: Path) -> None:
+def write_hook_call(tmp: Path) -> None:
     if write_hook is not None:
         write_hook(tmp)
         return
@@ -278,7 +283,10 @@ def _write_hook_call(tmp: Path) -> None:
             time.sleep(0.02)
     elif kind == "enospc":
         step, _, rank = arg.partition(":")
-        if step and tmp.name != f".tmp_step_{int(step):08d}":
+        if step == "final":  # the trainer's final export
+            if tmp.name != ".tmp_final":
+                return
+        elif step and tmp.name != f".tmp_step_{int(step):08d}" or tmp.name == ".tmp_final":
             return
         if rank and int(rank) != _dist()[0]:
             return
@@ -302,10 +310,15 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-def _disk_full(e: BaseException, out: Path, model: torch.nn.Module) -> bool:
-    """Whether the write failed for want of space: ``ENOSPC`` / ``EDQUOT`` anywhere in the
-    error's chain (DCP's ``CheckpointException`` holds each rank's error; torch's own writer
-    says ``file write failed``), or less space free than the checkpoint needs."""
+def weights_size(model: torch.nn.Module) -> str:
+    """The model's weights in MiB / GiB, for messages."""
+    return _mb(sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says a write failed for want of space: ``ENOSPC`` / ``EDQUOT`` anywhere in
+    its chain (DCP's ``CheckpointException`` holds each rank's error, :class:`RankFailed`
+    another rank's as text; torch's own writer says ``file write failed``)."""
     if isinstance(e, (KeyboardInterrupt, SystemExit)):
         return False
     seen: set[int] = set()
@@ -323,6 +336,16 @@ def _disk_full(e: BaseException, out: Path, model: torch.nn.Module) -> bool:
         failures = getattr(x, "failures", None)  # DCP: rank -> (exception, traceback)
         if isinstance(failures, dict):
             stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+    return False
+
+
+def _disk_full(e: BaseException, out: Path, model: torch.nn.Module) -> bool:
+    """Whether a checkpoint write failed for want of space: :func:`disk_full`, or less space
+    free than the checkpoint needs."""
+    if isinstance(e, (KeyboardInterrupt, SystemExit)):
+        return False
+    if disk_full(e):
+        return True
     return isinstance(e, (OSError, RuntimeError)) and _free(out) < checkpoint_bytes(model)
 
 

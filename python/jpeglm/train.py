@@ -597,13 +597,26 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
     if step == cfg.max_steps and not stop.signal:
         # the run's result as an HF folder: what transformers and `jpeglm sample` load
         full = ckpt.gather_full_state(model)
-        if rank == 0:  # replaces only an HF folder of jpeglm's files (final/ was claimed)
-            ckpt.save_hf(out / "final", args, full, dtype=_dtype(cfg.export_dtype),
-                         max_shard_size=cfg.export_shard_size, tokenizer=cfg.tokenizer,
-                         metadata=meta, replace=True)  # fmt: skip
-            record_outputs([out / "final"])
-        if world > 1:
-            dist.barrier()
+
+        def export() -> None:
+            if rank == 0:  # replaces only an HF folder of jpeglm's files (final/ was claimed)
+                ckpt.write_hook_call(out / ".tmp_final")
+                ckpt.save_hf(out / "final", args, full, dtype=_dtype(cfg.export_dtype),
+                             max_shard_size=cfg.export_shard_size, tokenizer=cfg.tokenizer,
+                             metadata=meta, replace=True)  # fmt: skip
+                record_outputs([out / "final"])
+
+        try:  # every rank learns of rank 0's failure (no rank left at a barrier)
+            ckpt.on_every_rank(export)
+        except Exception as e:
+            if not ckpt.disk_full(e):
+                raise
+            last = ckpt.list_checkpoints(out)[-1]
+            raise ValueError(
+                f"no space left in {show(out)} for the final export final/ (the weights: about "
+                f"{ckpt.weights_size(model)}): the run itself is complete in {last.name}; free "
+                f"some space, then: jpeglm export {show(last)} {show(out / 'final')}"
+            ) from None
     if rank == 0:
         log.close()
         if writer is not None:
@@ -702,6 +715,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"jpeglm train: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from jpeglm.checkpoint import disk_full
+
+        if not disk_full(e):
+            raise
+        where = f" writing {show(e.filename)}" if e.filename else ""
+        print(f"jpeglm train: error: no space left on the device{where}: free some space, then "
+              "resume=true (from the newest checkpoint)", file=sys.stderr)  # fmt: skip
         return 2
     print(json.dumps(m))
     return 0

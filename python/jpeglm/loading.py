@@ -6,7 +6,6 @@ settings), and whether an image size fits its context.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from jpeglm.checkpoint import (
 )
 from jpeglm.checkpoint_files import CHECKPOINT_STATE, HF_METADATA, TOKENIZER_FILE, read_json
 from jpeglm.model import Transformer
+from jpeglm.sample_options import SamplingSettings
+from jpeglm.sample_options import show as shown
 
 if TYPE_CHECKING:
     from jpeglm.tokenizer import Tokenizer
@@ -105,11 +106,11 @@ def read_info(folder: Path, state: dict | None = None) -> dict[str, Any]:
     elif (folder / HF_METADATA).is_file():
         found = read_json(folder / HF_METADATA, limit=1 << 20)
     if found is not None and not isinstance(found, dict):
-        raise ValueError(f"{where}: metadata must be a JSON object, got {_shown(found)}")
+        raise ValueError(f"{where}: metadata must be a JSON object, got {shown(found)}")
     if isinstance(found, dict):
         sampling = found.get("sampling", {})
         if not isinstance(sampling, dict):
-            raise ValueError(f"{where}: sampling must be an object, got {_shown(sampling)}")
+            raise ValueError(f"{where}: sampling must be an object, got {shown(sampling)}")
         for k, v in found.items():
             if k == "sampling":
                 info["sampling"].update(v)
@@ -122,47 +123,38 @@ def read_info(folder: Path, state: dict | None = None) -> dict[str, Any]:
     return info
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def check_info(info: dict[str, Any], where: str | os.PathLike) -> None:
     """ValueError naming the file ``where`` and the key when a model record's value cannot be
-    used: ``kind`` image / video; for images ``image_size`` a canonical size (a multiple of 16
-    up to 65488) and ``quality`` 1..100; ``sampling`` ``temperature`` a finite number >= 0,
-    ``top_k`` an integer >= 0 and ``top_p`` a number in (0, 1]."""
+    used: ``kind`` image / video; for images ``image_size`` and ``quality`` as the codec takes
+    them (:func:`jpeglm.codec.check_size` / :func:`~jpeglm.codec.check_quality`); ``sampling``'s
+    ``temperature`` / ``top_k`` / ``top_p`` as :class:`SamplingSettings` takes them (its own
+    checks, the same ones the command line's options meet)."""
     from jpeglm import codec
 
+    advice = "(a bad value in the model's record: fix the file, or remove the key for the default)"
+
     def bad(key: str, must: str, value: Any) -> ValueError:
-        return ValueError(
-            f"{where}: {key} must be {must}, got {_shown(value)} (a bad value in the model's "
-            "record: fix the file, or remove the key for the default)"
-        )
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return ValueError(f"{where}: {key} must be {must}, got {shown(value)} {advice}")
 
     kind = info.get("kind", "image")
     if kind not in ("image", "video"):
         raise bad("kind", '"image" or "video"', kind)
     if kind == "image":
         size, quality = info.get("image_size"), info.get("quality")
-        if not is_int(size) or not 16 <= size <= codec.MAX_SIZE or size % 16:
-            raise bad("image_size", f"a multiple of 16 in 16..{codec.MAX_SIZE}", size)
-        if not is_int(quality) or not 1 <= quality <= 100:
-            raise bad("quality", "an integer in 1..100", quality)
+        try:
+            codec.check_size(size)
+        except (TypeError, ValueError):
+            raise bad("image_size", f"a multiple of 16 in 16..{codec.MAX_SIZE}", size) from None
+        try:
+            codec.check_quality(quality)
+        except (TypeError, ValueError):
+            raise bad("quality", "an integer in 1..100", quality) from None
     rec = info["sampling"]
-    t, k, p = rec.get("temperature"), rec.get("top_k"), rec.get("top_p")
-    if not is_number(t) or t < 0:
-        raise bad("sampling.temperature", "a finite number >= 0", t)
-    if not (k is None or (is_int(k) and k >= 0)):
-        raise bad("sampling.top_k", "an integer >= 0 (0: off)", k)
-    if not (p is None or (is_number(p) and 0 < p <= 1)):
-        raise bad("sampling.top_p", "a number in (0, 1]", p)
+    try:
+        SamplingSettings(temperature=rec.get("temperature"), top_k=rec.get("top_k"),
+                         top_p=rec.get("top_p"))  # fmt: skip
+    except ValueError as e:  # "top_p must be in (0, 1], got 5": named as the record's key
+        raise ValueError(f"{where}: sampling.{e} {advice}") from None
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:

@@ -293,10 +293,14 @@ def write_hook_call(tmp: Path) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "__0_0.distcp"))
 
 
+def _weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def checkpoint_bytes(model: torch.nn.Module) -> int:
     """About how many bytes a trainer checkpoint of ``model`` takes: the weights and AdamW's
     two moments (each of the weights' size; every rank's shard together)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters()) * 3
+    return _weight_bytes(model) * 3
 
 
 def _free(folder: Path) -> int:
@@ -312,7 +316,7 @@ def _mb(n: int) -> str:
 
 def weights_size(model: torch.nn.Module) -> str:
     """The model's weights in MiB / GiB, for messages."""
-    return _mb(sum(p.numel() * p.element_size() for p in model.parameters()))
+    return _mb(_weight_bytes(model))
 
 
 def disk_full(e: BaseException) -> bool:
@@ -341,9 +345,7 @@ def disk_full(e: BaseException) -> bool:
 
 def _disk_full(e: BaseException, out: Path, model: torch.nn.Module) -> bool:
     """Whether a checkpoint write failed for want of space: :func:`disk_full`, or less space
-    free than the checkpoint needs."""
-    if isinstance(e, (KeyboardInterrupt, SystemExit)):
-        return False
+    free than the checkpoint needs (a Ctrl-C never counts: it is neither)."""
     if disk_full(e):
         return True
     return isinstance(e, (OSError, RuntimeError)) and _free(out) < checkpoint_bytes(model)

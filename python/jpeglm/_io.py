@@ -431,6 +431,11 @@ def claim_outputs(
 MAX_NESTING = 64
 
 
+def too_deep(what: str, limit: int = MAX_NESTING) -> ValueError:
+    """The one-line error for ``what`` nested deeper than ``limit`` levels."""
+    return ValueError(f"{what} is nested deeper than {limit} levels: not a jpeglm file")
+
+
 def check_nesting(obj: object, what: str, limit: int = MAX_NESTING) -> None:
     """ValueError naming ``what`` when the lists / dicts in ``obj`` nest deeper than ``limit``
     (checked without recursion)."""
@@ -444,7 +449,7 @@ def check_nesting(obj: object, what: str, limit: int = MAX_NESTING) -> None:
         else:
             continue
         if depth > limit:
-            raise ValueError(f"{what} is nested deeper than {limit} levels: not a jpeglm file")
+            raise too_deep(what, limit)
         stack.extend((c, depth + 1) for c in children)
 
 
@@ -456,9 +461,7 @@ def parse_json(text: str | bytes, what: str, limit: int = MAX_NESTING) -> object
     try:
         obj = json.loads(text)
     except RecursionError:
-        raise ValueError(
-            f"{what} is nested deeper than {limit} levels: not a jpeglm file"
-        ) from None
+        raise too_deep(what, limit) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{what} is not valid JSON: {e}") from e
     check_nesting(obj, what, limit)
@@ -476,9 +479,7 @@ def parse_toml(text: str, what: str, limit: int = MAX_NESTING) -> dict:
     try:
         obj = tomllib.loads(text)
     except RecursionError:
-        raise ValueError(
-            f"{what} is nested deeper than {limit} levels: not a jpeglm file"
-        ) from None
+        raise too_deep(what, limit) from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{what} is not valid TOML: {e}") from e
     check_nesting(obj, what, limit)

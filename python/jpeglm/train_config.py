@@ -17,7 +17,7 @@ from typing import Any
 
 import tomllib
 
-from jpeglm._io import MAX_NESTING, check_nesting, parse_toml
+from jpeglm._io import check_nesting, parse_toml, too_deep
 
 __all__ = ["TrainConfig", "lr_at"]
 
@@ -90,7 +90,7 @@ class TrainConfig:
             except tomllib.TOMLDecodeError:
                 raw[k.strip()] = v  # a bare string
             except RecursionError:
-                raise ValueError(f"{what} is nested deeper than {MAX_NESTING} levels") from None
+                raise too_deep(what) from None
             check_nesting(raw[k.strip()], what)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)

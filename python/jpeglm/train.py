@@ -330,7 +330,24 @@ def train(cfg: TrainConfig) -> dict:
     """Run training; returns the final metrics (rank 0). One trainer per run folder: rank 0
     holds ``OUT/.jpeglm-lock`` for the whole run (:func:`jpeglm._io.folder_lock`)."""
     with contextlib.ExitStack() as held:
-        return _train(cfg, held)
+        metrics, stopped = _train(cfg, held)
+    _leave_process_group()
+    if stopped is not None:
+        raise stopped
+    return metrics
+
+
+def _leave_process_group() -> None:
+    """End a torchrun run on every rank together: a barrier (rank 0 has written the plot),
+    then the group is destroyed. The barrier is also the last collective before the
+    interpreter exits, on purpose: gloo's worker threads release a finished collective's
+    tensors a moment after it completes, and releasing Python-owned tensors (those of
+    ``all_gather_object``, the final export's collective) needs the GIL -- during interpreter
+    finalisation that aborts the process ("terminate called without an active exception").
+    A barrier holds no Python tensors, and its wait releases the GIL for that release."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _on_rank0(fn) -> None:  # noqa: ANN001
@@ -398,7 +415,7 @@ def _claim_run_files(out: Path, legacy: bool) -> None:
     claim_outputs(out, RUN_FILES)
 
 
-def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
+def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrupted | None]:
     from tqdm.auto import tqdm
 
     from jpeglm import checkpoint as ckpt
@@ -622,16 +639,14 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> dict:
         if writer is not None:
             writer.close()
         _plot(out)
-    if world > 1:
-        dist.destroy_process_group()
     if stop.signal is not None:
         import signal
 
         name = signal.Signals(stop.signal).name
-        raise Interrupted(
+        return metrics, Interrupted(
             stop.signal, f"{name}: stopped at step {step}, checkpoint written; resume=true goes on"
         )
-    return metrics
+    return metrics, None
 
 
 class Interrupted(Exception):

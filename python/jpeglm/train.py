@@ -350,6 +350,23 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _leave_after_error() -> None:
+    """The same after a one-line error: the errors ``main`` reports are raised on every rank
+    together (the checks run on all ranks, rank 0's through ``_on_rank0``, checkpoint writes
+    through ``on_every_rank``), so the ranks meet -- but a bounded meeting (gloo's monitored
+    barrier, 10 s), never a hang where one rank failed alone."""
+    if not dist.is_initialized():
+        return
+    from datetime import timedelta
+
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=10))
+    except RuntimeError:  # a rank that failed alone has left: nothing to wait for
+        pass
+    dist.destroy_process_group()
+
+
 def _on_rank0(fn) -> None:  # noqa: ANN001
     """``fn()`` on rank 0 (a check of the run folder, which only rank 0 writes); its ValueError
     is raised on every rank, so that all stop together."""
@@ -730,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"jpeglm train: error: {e}", file=sys.stderr)
+        _leave_after_error()
         return 2
     except OSError as e:
         from jpeglm.checkpoint import disk_full

@@ -31,7 +31,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from jpeglm import codec, samples
+from jpeglm import codec
+from jpeglm.data import bundled as samples
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, round_robin, today, write_section  # noqa: E402

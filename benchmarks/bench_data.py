@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jpeglm import codec, data, samples
-from jpeglm.eval import psnr
+from jpeglm import codec
+from jpeglm.data import bundled as samples
+from jpeglm.data import prepare as data
+from jpeglm.eval.metrics import psnr
 from jpeglm.tokenizer import Tokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -29,9 +29,11 @@ import time
 
 import torch
 
-from jpeglm import codec, samples
-from jpeglm.model import InferenceLinear, ModelArgs, Transformer, inference_act_dtype
-from jpeglm.sample import generate
+from jpeglm import codec
+from jpeglm.data import bundled as samples
+from jpeglm.inference.sample import generate
+from jpeglm.model import ModelArgs, Transformer
+from jpeglm.model.model import InferenceLinear, inference_act_dtype
 from jpeglm.tokenizer import Tokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -86,9 +88,9 @@ def step_limit(model: Transformer, fmt: str, batch: int, kv_slots: int, copies: 
 
 
 def bits_per_byte_table() -> list[str]:
-    from jpeglm.cli import DEMO_CHECKPOINT
-    from jpeglm.eval import bits_per_byte
-    from jpeglm.sample import prepare_for_sampling
+    from jpeglm.data.bundled import DEMO_CHECKPOINT
+    from jpeglm.eval.metrics import bits_per_byte
+    from jpeglm.inference.sample import prepare_for_sampling
 
     model = Transformer.from_pretrained(DEMO_CHECKPOINT, dtype=torch.float32).eval()
     tok = Tokenizer.load(DEMO_CHECKPOINT / "tokenizer.jpeglm")
@@ -201,12 +203,12 @@ def main() -> None:
         "with all threads) and its products with the weights hot in cache (the faster of torch "
         "and jpeglm's packed kernel). `forced`: tokens appended by jump-forward, not counted in "
         "the rate. fp32 on CPU runs `_core`'s decode kernels (packed linear, cache attention; "
-        "see `jpeglm.inference`)."
+        "see `jpeglm.inference.decode_kernels`)."
     )
     if not args.no_bpb:
         body += (
             "\n\nQuality of the weight formats: bits/byte of the last 500 bundled MNIST digits "
-            "(32x32, held out) under the demo checkpoint (`python/jpeglm/data/checkpoints/"
+            "(32x32, held out) under the demo checkpoint (`python/jpeglm/data/assets/checkpoints/"
             "mnist32`):\n\n" + "\n".join(bits_per_byte_table())
         )
     print(body)

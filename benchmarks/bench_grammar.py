@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from jpeglm import codec, samples
+from jpeglm import codec
+from jpeglm.data import bundled as samples
 from jpeglm.grammar import TokenConstraint
 from jpeglm.tokenizer import Tokenizer
 
@@ -33,9 +34,9 @@ def decodability_and_bits(tok: Tokenizer, crops: list) -> list[str]:
     the plain and the constrained (renormalised over allowed tokens) distributions."""
     import torch
 
-    from jpeglm.eval import bits_per_byte
+    from jpeglm.eval.metrics import bits_per_byte
+    from jpeglm.inference.sample import generate
     from jpeglm.model import ModelArgs, Transformer
-    from jpeglm.sample import generate
 
     size = 32
     small = codec.encode_batch(crops, size=size)

@@ -6,7 +6,7 @@ On CUDA, at Llama-7B sizes (hidden 4096, MLP 11008, 32 heads of 128, bf16, 8192 
 op's forward + backward is timed with ``triton.testing.do_bench`` (median) and its peak memory
 above the inputs is measured, for:
 
-* eager: the plain PyTorch reference (``jpeglm.kernels.reference``), what the model runs
+* eager: the plain PyTorch reference (``jpeglm.reference.kernels``), what the model runs
   without kernels;
 * torch.compile: the same reference compiled by Inductor;
 * Liger-Kernel (``pip install liger-kernel``), when importable: LigerRMSNorm (llama casting),
@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, parse_device_args, round_robin, today, write_section  # noqa: E402
 
-from jpeglm.kernels import reference  # noqa: E402
+from jpeglm.reference import kernels as reference  # noqa: E402
 
 Run = Callable[[], None]  # one forward + backward
 
@@ -291,7 +291,7 @@ def run_cpu(repeats: int) -> str:
         f"{os.getloadavg()[0]:.1f}: a shared, busy machine).\n"
         "**CPU run: reference path only.** Triton kernels run on CPU only in Triton's "
         "interpreter, whose timings mean nothing, and Liger-Kernel needs CUDA; so this table "
-        "times the eager PyTorch reference ops (`jpeglm.kernels.reference`, what the model runs "
+        "times the eager PyTorch reference ops (`jpeglm.reference.kernels`, what the model runs "
         f"on CPU) at small shapes, best of {repeats} round-robin repeats. The GPU comparison "
         "(eager / torch.compile / Liger / jpeglm at Llama-7B sizes) is still open: run "
         "`python benchmarks/bench_kernels.py` on a CUDA machine."

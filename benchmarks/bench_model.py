@@ -3,7 +3,7 @@
     python benchmarks/bench_model.py [--device auto|cuda|cpu] [--sizes base 1B] [--steps 10]
                                [--precision autocast bf16] [--no-write]
 
-A training step is what ``jpeglm.train`` runs: forward (loss through the linear +
+A training step is what ``jpeglm.train.loop`` runs: forward (loss through the linear +
 cross-entropy op), backward, gradient clipping and a fused AdamW update, on packed sequences of
 12,288 tokens (the paper's context), in one of two precisions:
 
@@ -23,7 +23,7 @@ Three ways to run the same ``Transformer``:
 Reported: tokens/s (median step time after warm-up), MFU = training FLOPs/token x tokens/s /
 the card's dense bf16 peak, with the trainer's count of FLOPs/token (``6 N + 6 L d T``: causal
 attention computes half the score matrix; ``Transformer.flops_per_token``; the peaks are
-``jpeglm.train.PEAK_BF16_FLOPS``), and peak memory. On CPU only the reference path of small
+``jpeglm.train.loop.PEAK_BF16_FLOPS``), and peak memory. On CPU only the reference path of small
 models runs (fp32, no autocast, as the trainer on CPU), and says so. Results go to the "Model"
 section of benchmarks/RESULTS.md.
 """
@@ -49,11 +49,11 @@ PRECISIONS = ("autocast", "bf16")
 
 
 def _trainer_peaks() -> dict[str, float]:
-    """``jpeglm.train.PEAK_BF16_FLOPS``, the trainer's table of dense bf16 peaks. Importing
-    jpeglm.train needs jpeglm._core (through jpeglm.data); without it (a GPU machine with no
+    """``jpeglm.train.loop.PEAK_BF16_FLOPS``, the trainer's table of dense bf16 peaks. Importing
+    jpeglm.train.loop needs jpeglm._core (through jpeglm.data.prepare); without it (a GPU machine with no
     libjpeg to build it) the literal is read from the module's source instead."""
     try:
-        from jpeglm.train import PEAK_BF16_FLOPS
+        from jpeglm.train.loop import PEAK_BF16_FLOPS
 
         return PEAK_BF16_FLOPS
     except ImportError:
@@ -235,7 +235,7 @@ def main() -> None:
         header = (
             f"Machine: {torch.cuda.get_device_name()}; host {machine()}. Date: {today()}. "
             f"torch {torch.__version__}.\n"
-            "Training step as `jpeglm.train` runs it (forward + backward + clipping + fused "
+            "Training step as `jpeglm.train.loop` runs it (forward + backward + clipping + fused "
             "AdamW): `autocast` = fp32 master weights under bf16 autocast (the trainer on one "
             "GPU / DDP), `bf16` = bf16 parameters (FSDP2's compute dtype). Median of "
             f"{steps} steps after 3 warm-up steps. MFU against the card's dense bf16 peak with "

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jpeglm import codec, samples
+from jpeglm import codec
+from jpeglm.data import bundled as samples
 from jpeglm.tokenizer import Tokenizer, bytes_to_braille
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -78,7 +79,7 @@ def cpu_model() -> str:
 
 
 def train_sentencepiece(texts: list[str], vocab_size: int, threads: int) -> bytes:
-    from jpeglm.tokenizer_formats import train_sentencepiece as train
+    from jpeglm.tokenizer.files import train_sentencepiece as train
 
     return train(texts, vocab_size, threads)
 

@@ -1,10 +1,10 @@
-"""AVC-LM clips: encode / decode speed of jpeglm.video (PyAV, in process) against Debian's
+"""AVC-LM clips: encode / decode speed of jpeglm.video.codec (PyAV, in process) against Debian's
 ffmpeg command line on the same frames, and bytes / tokens per canonical clip.
 
     python benchmarks/bench_video.py [--clips 8] [--repeats 3] [--no-write]
 
 Clips: Moving-MNIST (two bundled digits bouncing) scaled into the paper's 256x144 frame, 15
-frames at 3 fps (jpeglm.video.prepare). The command line runs the paper's libx264 options on
+frames at 3 fps (jpeglm.video.codec.prepare). The command line runs the paper's libx264 options on
 the same yuv420p frames (rawvideo on stdin, Annex-B on stdout), one process per clip, as a
 data-preparation script calling ffmpeg does; decode: our tolerant-capable decoder vs
 `ffmpeg -f h264 -i - -f rawvideo`. Round robin, best of --repeats. Tokens: a byte-level BPE of
@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, round_robin, today, write_section  # noqa: E402
 
-from jpeglm import samples, video  # noqa: E402
+from jpeglm.data import bundled as samples  # noqa: E402
+from jpeglm.video import codec as video
 
 CLI = ["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", "256x144",
        "-r", "3", "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-profile:v", "baseline",
@@ -72,8 +73,8 @@ def main() -> None:
             video.decode(s)
         return len(streams)
 
-    fns = {"jpeglm.video.encode (PyAV, in process)": ours_encode,
-           "jpeglm.video.decode (strict)": ours_decode}  # fmt: skip
+    fns = {"jpeglm.video.codec.encode (PyAV, in process)": ours_encode,
+           "jpeglm.video.codec.decode (strict)": ours_decode}  # fmt: skip
     have_cli = shutil.which("ffmpeg") is not None
     if have_cli:
 

@@ -4,7 +4,7 @@
 
 On the stratified held-out digits of ``samples.mnist_split`` (the last 50 of each digit):
 bits/byte of the canonical streams; ``--samples`` constrained samples at the checkpoint's
-recorded sampling settings (jpeglm.json), judged by ``jpeglm.judge`` (share recognised with
+recorded sampling settings (jpeglm.json), judged by ``jpeglm.eval.judge`` (share recognised with
 >= 90% confidence, distinct digits); completions of the held-out digits from their top MCU row
 (16 px) scored against the repeat-last-row baseline (PSNR, SSIM of the lower half).
 """
@@ -22,10 +22,12 @@ import numpy as np
 def measure(ckpt: Path, n_samples: int = 64, n_completions: int = 100, seed: int = 0) -> tuple:
     import torch
 
-    from jpeglm import codec, judge, samples
-    from jpeglm.eval import bits_per_byte, completion_scores
+    from jpeglm import codec
+    from jpeglm.data import bundled as samples
+    from jpeglm.eval import judge
+    from jpeglm.eval.metrics import bits_per_byte, completion_scores
+    from jpeglm.inference.sample import complete, generate
     from jpeglm.model import Transformer
-    from jpeglm.sample import complete, generate
     from jpeglm.tokenizer import Tokenizer
 
     meta = json.loads((ckpt / "jpeglm.json").read_text())
@@ -77,10 +79,12 @@ def sweep(ckpt: Path, grid: list[dict], seeds: list[int], n_samples: int = 64,
     held-out digits (first seed) against the repeat-last-row baseline."""
     import torch
 
-    from jpeglm import codec, judge, samples
-    from jpeglm.eval import completion_scores
+    from jpeglm import codec
+    from jpeglm.data import bundled as samples
+    from jpeglm.eval import judge
+    from jpeglm.eval.metrics import completion_scores
+    from jpeglm.inference.sample import complete, generate
     from jpeglm.model import Transformer
-    from jpeglm.sample import complete, generate
     from jpeglm.tokenizer import Tokenizer
 
     model = Transformer.from_pretrained(ckpt, dtype=torch.float32).eval()
@@ -146,7 +150,7 @@ def main() -> None:
     if a.grid:
         from PIL import Image
 
-        from jpeglm.eval import image_grid
+        from jpeglm.eval.metrics import image_grid
 
         ims = [s.image for s in gen]
         rows = [ims[i : i + 8] for i in range(0, len(ims) - len(ims) % 8, 8)]

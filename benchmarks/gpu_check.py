@@ -22,7 +22,7 @@ a real run.
 MFU (stage ``train``) uses the trainer's count: training FLOPs per token ``6 N + 6 L d T``
 (``Transformer.flops_per_token``: N the matmul parameters, L layers, d width, T the sequence;
 causal attention computes half of the ``12 L d T`` score/value products), times tokens/s,
-over the card's dense bf16 peak (``jpeglm.train.PEAK_BF16_FLOPS``).
+over the card's dense bf16 peak (``jpeglm.train.loop.PEAK_BF16_FLOPS``).
 
 This module imports torch only inside the stages: ``summary`` runs without it.
 """
@@ -271,7 +271,7 @@ def stage_env(r: Report) -> None:
         "Python headers (to build _core)": _python_headers(),
         "flash-attn": _version("flash-attn"),
         "jpeglm._core": _importable("jpeglm._core"),
-        "jpeglm.kernels": _importable("jpeglm.kernels.reference"),
+        "jpeglm.kernels": _importable("jpeglm.reference.kernels"),
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", ""),
         "mode": "dry (CPU, tiny shapes)" if r.dry else "GPU",
     }
@@ -357,11 +357,11 @@ def _accuracy_rows(dtype_name: str, shapes: dict, device) -> list[dict]:
     same inputs: relative errors of the output and each gradient, peak memory on CUDA."""
     import torch
 
-    from jpeglm.kernels import reference
     from jpeglm.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
     from jpeglm.kernels.rms_norm import rms_norm
     from jpeglm.kernels.rope import rope
     from jpeglm.kernels.swiglu import swiglu
+    from jpeglm.reference import kernels as reference
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -1115,7 +1115,7 @@ def stage_train(r: Report) -> None:
         f"{'fp32 master weights under bf16 autocast, fused AdamW' if cuda else 'fp32, AdamW'}, "
         f"gradient clipping; median of {steps} steps after {warmup} warm-up. MFU = "
         f"{fpt:.4g} FLOP/token (6N + 6LdT, causal attention as half) x tokens/s / the "
-        "card's dense bf16 peak (`jpeglm.train.PEAK_BF16_FLOPS`).\n\n"
+        "card's dense bf16 peak (`jpeglm.train.loop.PEAK_BF16_FLOPS`).\n\n"
         + md_table(["implementation", "attention", "step ms", "tokens/s", "vs eager", "MFU",
                     "peak GiB"], rows, "llrrrrr")
     )  # fmt: skip
@@ -1137,8 +1137,8 @@ def stage_memory(r: Report) -> None:
     ``jpeglm plan``'s prediction."""
     import torch
 
-    from jpeglm import plan as planmod
     from jpeglm.model import ModelArgs
+    from jpeglm.train import memory as planmod
 
     bench = _load_bench("bench_model")
     cuda = torch.cuda.is_available()

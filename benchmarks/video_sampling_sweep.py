@@ -13,12 +13,13 @@ import json
 import numpy as np
 import torch
 
-from jpeglm import samples, video
-from jpeglm.loading import load_model
-from jpeglm.video_eval import clip_scores
+from jpeglm.checkpoint.load import load_model
+from jpeglm.data import bundled as samples
+from jpeglm.eval.video import clip_scores
+from jpeglm.video import codec as video
 
 torch.set_num_threads(1)
-lm = load_model("python/jpeglm/data/checkpoints/moving_mnist64", dtype=torch.float32)
+lm = load_model("python/jpeglm/data/assets/checkpoints/moving_mnist64", dtype=torch.float32)
 held = samples.mnist_split()[1]
 clips = samples.moving_mnist(12, frames=15, size=64, seed=7, indices=held)
 streams = [video.encode(video.prepare(list(c), width=64, height=64)) for c in clips]

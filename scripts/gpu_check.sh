@@ -115,7 +115,7 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # -- the package: installed (wheel / editable), else this source checkout (PYTHONPATH=python;
 # jpeglm.kernels then resolves to the top-level kernels/ folder)
-if ! "$PY" -c "import jpeglm.model" 2>/dev/null; then
+if ! "$PY" -c "import jpeglm.model.model" 2>/dev/null; then
   export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 fi
 

@@ -3,7 +3,7 @@
     python scripts/ship_checkpoint.py RUN/final DEST TEMPERATURE TOP_K TOP_P
 
 The weights in bf16, the run's tokenizer and its jpeglm.json with the sampling settings chosen
-on held-out data recorded in it; DEST (a folder under python/jpeglm/data/checkpoints) replaced.
+on held-out data recorded in it; DEST (a folder under python/jpeglm/data/assets/checkpoints) replaced.
 """
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from jpeglm import checkpoint
+from jpeglm.checkpoint import dcp as checkpoint
 
 if len(sys.argv) != 6 or not (Path(sys.argv[1]) / "jpeglm.json").is_file():
     sys.exit("usage: " + __doc__.strip().splitlines()[2].strip() + " (RUN/final has jpeglm.json)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-create the demo checkpoint shipped in python/jpeglm/data/checkpoints/mnist32 with jpeglm's
+# Re-create the demo checkpoint shipped in python/jpeglm/data/assets/checkpoints/mnist32 with jpeglm's
 # own tools: MNIST digits -> tokenizer -> packed shards -> trainer -> bf16 HF checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +33,5 @@ jpeglm prepare $W/img_held $W/held --tokenizer $W/tokenizer.jpeglm --size 32 --s
 jpeglm train configs/mnist_demo.toml "$@"
 # the run's HF export, stored in bf16 with the sampling settings chosen on held-out data by
 # `python benchmarks/demo_quality.py CKPT --sweep` (benchmarks/RESULTS.md, "Demo model")
-python scripts/ship_checkpoint.py demo_work/run/final python/jpeglm/data/checkpoints/mnist32 \
+python scripts/ship_checkpoint.py demo_work/run/final python/jpeglm/data/assets/checkpoints/mnist32 \
   0.4 4 0.9

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The AVC-LM demo (issue 20): Moving-MNIST clips made here from the bundled digits -> canonical
 # H.264 streams (the paper's codec settings, 64x64 frames instead of 256x144) -> BPE -> packed
-# shards -> trainer -> the bf16 HF checkpoint shipped in python/jpeglm/data/checkpoints/.
+# shards -> trainer -> the bf16 HF checkpoint shipped in python/jpeglm/data/assets/checkpoints/.
 # Run from a fresh video_work/ (no command here writes over an earlier run's files).
 # Stages: `data` (clips, tokenizer, shards), `train`, `export`; default all three.
 set -euo pipefail
@@ -34,5 +34,5 @@ if [[ " $STAGES " == *" export "* ]]; then
   # the run's HF export (jpeglm.json with kind "video"), stored in bf16 with the sampling
   # settings chosen on 12 held-out clips x 2 seeds (benchmarks/video_sampling_sweep.py)
   python scripts/ship_checkpoint.py video_work/run/final \
-    python/jpeglm/data/checkpoints/moving_mnist64 0.3 16 0.95
+    python/jpeglm/data/assets/checkpoints/moving_mnist64 0.3 16 0.95
 fi

@@ -40,7 +40,8 @@ def world(tmp_path_factory):
 def photo_streams() -> tuple[bytes, ...]:
     """The canonical JPEG streams of the bundled photos (``codec.encode`` defaults: 256x256,
     quality 25), in ``samples.PHOTOS`` order. A tuple: shared, so not to be changed."""
-    from jpeglm import codec, samples
+    from jpeglm import codec
+    from jpeglm.data import bundled as samples
 
     return tuple(codec.encode(p) for p in samples.photo_paths())
 

@@ -3,7 +3,7 @@ in Triton's interpreter. Rank 0 writes one JSON file (the path is the only argum
 
 * ``tables``: the dtypes the model's one block hands its attention (the activations and the
   RoPE tables), sharded per block then root as the trainer does with bf16 parameters, under
-  :func:`jpeglm.parallel.mixed_precision` and under FSDP2's default policy (which casts every
+  :func:`jpeglm.train.parallel.mixed_precision` and under FSDP2's default policy (which casts every
   floating-point forward input to the parameter dtype);
 * ``grads``: for activation checkpointing none / selective / full, the relative error
   ||g - g_ref|| / ||g_ref|| of every parameter's gradient, the model sharded and on the Triton
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
-from jpeglm.parallel import shard  # noqa: E402
+from jpeglm.train.parallel import shard  # noqa: E402
 
 MODES = ("none", "selective", "full")
 ROWS, SEQ = 2, 12  # per rank

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jpeglm import codec, samples
+from jpeglm import codec
+from jpeglm.data import bundled as samples
 from jpeglm.grammar import ScanAutomaton, TokenConstraint
 from jpeglm.tokenizer import MAX_FILE_BYTES, Tokenizer
 
@@ -330,7 +331,7 @@ def photos(tmp_path):
     """A folder with a PNG photo, a JPEG photo and a stripped stream of the PNG."""
     import shutil
 
-    from jpeglm import samples
+    from jpeglm.data import bundled as samples
 
     d = tmp_path / "photos"
     d.mkdir()
@@ -533,7 +534,7 @@ def test_cli_interrupt_is_one_line(monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def prep(tmp_path_factory):
     """A tokenizer and a folder of small images, for prepare."""
-    from jpeglm import samples
+    from jpeglm.data import bundled as samples
 
     root = tmp_path_factory.mktemp("prep")
     (root / "imgs").mkdir()
@@ -606,7 +607,7 @@ def test_cli_prepare_non_utf8_file_name(prep, tmp_path, capsys):
     index = json.loads((out / "index.json").read_text())
     assert index["complete"] and index["images"] == 10
     assert index["skipped"] == [{"source": "caf\\xe9.png", "error": "file name is not valid UTF-8"}]
-    from jpeglm.data import read_sources
+    from jpeglm.data.prepare import read_sources
 
     assert len(read_sources(out)) == 10
     assert _snapshot(src) == before

@@ -21,9 +21,10 @@ pytest.importorskip("safetensors")
 
 from safetensors.torch import load_file, save, save_file  # noqa: E402
 
-from jpeglm import codec, samples  # noqa: E402
+from jpeglm import codec  # noqa: E402
 from jpeglm.cli import main  # noqa: E402
-from jpeglm.demo import DEMO_CHECKPOINT  # noqa: E402
+from jpeglm.data import bundled as samples  # noqa: E402
+from jpeglm.data.bundled import DEMO_CHECKPOINT  # noqa: E402
 
 VIDEO_CHECKPOINT = DEMO_CHECKPOINT.parent / "moving_mnist64"
 
@@ -110,11 +111,11 @@ def test_unaligned_safetensors_data_is_sampled(model, tmp_path, capsys):
 
 
 def test_pack_weight_accepts_unaligned_memory():
-    from jpeglm.inference import fast_kernel, pack_weight
+    from jpeglm.inference.decode_kernels import fast_kernel, pack_weight
 
     if fast_kernel() is None:
         pytest.skip("no packed kernel on this CPU")
-    from jpeglm.inference import packed_linear
+    from jpeglm.inference.decode_kernels import packed_linear
 
     buf = bytearray(1) + torch.randn(64, 32).numpy().tobytes()
     w = torch.frombuffer(buf, dtype=torch.float32, offset=1).view(64, 32)
@@ -139,7 +140,7 @@ def test_nan_weights_stop_sampling_with_one_line(model, tmp_path, capsys, extra)
 
 
 def test_nan_logits_raise_in_the_library(make_tiny_model, small_tokenizer):
-    from jpeglm.sample import NonFiniteLogits, generate
+    from jpeglm.inference.sample import NonFiniteLogits, generate
 
     m = make_tiny_model(small_tokenizer.vocab_size, max_seq_len=256)
     with torch.no_grad():
@@ -248,7 +249,7 @@ def test_exif_orientation_ignored_by_default_applied_on_request(tmp_path, capsys
 
 
 def test_prepare_exif_transpose(tmp_path, capsys):
-    from jpeglm import data
+    from jpeglm.data import prepare as data
 
     src = tmp_path / "src"
     src.mkdir()
@@ -277,7 +278,7 @@ def test_complete_exif_transpose_and_default_rows(model, tmp_path, capsys):
 
 @pytest.mark.parametrize("size,rows", [(16, 0), (32, 1), (48, 1), (64, 2), (256, 8)])
 def test_default_rows(size, rows):
-    from jpeglm.model_commands import default_rows
+    from jpeglm.cli.model import default_rows
 
     assert default_rows(size) == rows
 

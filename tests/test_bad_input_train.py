@@ -24,7 +24,7 @@ from trainutil import command as _command  # noqa: E402
 from trainutil import env as _env  # noqa: E402
 from trainutil import run as _run  # noqa: E402
 
-from jpeglm import data  # noqa: E402
+from jpeglm.data import prepare as data  # noqa: E402
 
 DEEP = 100_000  #: far past any parser's recursion limit
 
@@ -109,7 +109,7 @@ def test_a_second_signal_during_a_checkpoint_write_is_deferred(world, tmp_path, 
         f"jpeglm train: {name}: stopped at step {step}, checkpoint written; resume=true goes on",
     ], err
     assert not list(out.glob(".tmp_step_*"))
-    from jpeglm.checkpoint import read_train_state
+    from jpeglm.checkpoint.dcp import read_train_state
 
     assert read_train_state(out / f"step_{step:08d}")["step"] == step  # whole
 
@@ -161,7 +161,7 @@ def test_a_full_disk_anywhere_else_is_one_line(monkeypatch, capsys):
     """ENOSPC outside a checkpoint write (a metrics row, loss.png): one line naming the file."""
     import errno
 
-    from jpeglm import train
+    from jpeglm.train import loop as train
 
     def full(cfg):  # noqa: ANN001
         raise OSError(errno.ENOSPC, "No space left on device", "OUT/metrics.jsonl")
@@ -180,7 +180,7 @@ def test_disk_full_errors_are_recognised_in_dcp_wrappers(tmp_path):
 
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from jpeglm.checkpoint import _disk_full
+    from jpeglm.checkpoint.dcp import _disk_full
 
     model = torch.nn.Linear(2, 2)
     enospc = OSError(errno.ENOSPC, "No space left on device")
@@ -308,7 +308,7 @@ def test_shards_are_checked_before_the_run_folder(world, tmp_path, capsys, spoil
     shards = _bad_shards(root, tmp_path, spoil)
     out = tmp_path / "run"
     if expected is None:
-        from jpeglm.train_data import check_shards
+        from jpeglm.train.batches import check_shards
 
         index = data.read_index(shards)
         assert check_shards([str(shards)], index["config"]["tokenizer"], "tok", "x", 300) == 128
@@ -401,8 +401,8 @@ def test_a_model_shape_mismatch_gives_both_shapes(run4, world, tmp_path):
 
 
 def test_a_resume_hint_never_repeats_the_current_setting():
-    from jpeglm.train_config import TrainConfig
-    from jpeglm.train_data import data_position
+    from jpeglm.train.batches import data_position
+    from jpeglm.train.config import TrainConfig
 
     cfg = TrainConfig(train_data=["x"], tokenizer="t", batch_size=4, warmup_steps=0)
     state = {"step": 3, "batch_size": 4, "world": 1, "micro_batch_size": 4,

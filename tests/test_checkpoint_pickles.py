@@ -17,8 +17,8 @@ torch = pytest.importorskip("torch")
 from trainutil import cfg as _cfg  # noqa: E402
 
 from jpeglm import cli  # noqa: E402
-from jpeglm.checkpoint import list_checkpoints  # noqa: E402
-from jpeglm.dcp_reader import MetadataUnpickler, read_metadata  # noqa: E402
+from jpeglm.checkpoint.dcp import list_checkpoints  # noqa: E402
+from jpeglm.checkpoint.dcp_reader import MetadataUnpickler, read_metadata  # noqa: E402
 
 
 class Payload:

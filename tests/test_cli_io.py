@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jpeglm import _io, codec, samples
+from jpeglm import _io, codec
 from jpeglm.cli import main
+from jpeglm.data import bundled as samples
 
 
 def test_encode_decode_roundtrip(tmp_path, capsys):
@@ -52,14 +53,14 @@ def test_demo(tmp_path, capsys):
     # the model parts: the checkpoints' recorded sampling settings, the video completions
     import json
 
-    from jpeglm import demo
-    from jpeglm.loading import read_info
+    from jpeglm.checkpoint.load import read_info
+    from jpeglm.data import bundled
 
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["sampling"] == read_info(demo.DEMO_CHECKPOINT)["sampling"]
+    assert report["sampling"] == read_info(bundled.DEMO_CHECKPOINT)["sampling"]
     assert report["samples"] == 4 and 0 <= report["judge"]["samples"]["share"] <= 1
     v = report["video"]
-    assert v["sampling"] == read_info(demo.VIDEO_CHECKPOINT)["sampling"]
+    assert v["sampling"] == read_info(bundled.VIDEO_CHECKPOINT)["sampling"]
     assert v["clips"] == 4 and v["prompt_frames"] == 10 and v["total_frames"] == 15
     assert 0 < v["baseline_psnr"] < 100 and -1 <= v["ssim"] <= 1
     with Image.open(tmp_path / "video_grid.png") as im:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jpeglm import codec, samples
+from jpeglm import codec
 from jpeglm.cli import main
-from jpeglm.tokenizer_formats import train_sentencepiece
+from jpeglm.data import bundled as samples
+from jpeglm.tokenizer.files import train_sentencepiece
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

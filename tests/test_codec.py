@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jpeglm import _core, codec, samples
+from jpeglm import _core, codec
+from jpeglm.data import bundled as samples
 
 COLOR_PHOTOS = [n for n in samples.PHOTOS if n not in ("camera", "coins")]
 
@@ -429,7 +430,7 @@ def test_bad_decode_inputs(prepared):
 
 
 def test_codec_does_not_import_torch():
-    code = "import sys, jpeglm.codec, jpeglm.samples; sys.exit('torch' in sys.modules)"
+    code = "import sys, jpeglm.codec, jpeglm.data.bundled; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

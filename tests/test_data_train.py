@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from jpeglm import codec, data, samples
+from jpeglm import codec
+from jpeglm.data import bundled as samples
+from jpeglm.data import prepare as data
 from jpeglm.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
@@ -24,8 +26,8 @@ from trainutil import kill_repeatedly  # noqa: E402
 from trainutil import losses as _losses  # noqa: E402
 from trainutil import run as _run  # noqa: E402
 
-from jpeglm.checkpoint import list_checkpoints as _checkpoints  # noqa: E402
-from jpeglm.train import TrainConfig  # noqa: E402
+from jpeglm.checkpoint.dcp import list_checkpoints as _checkpoints  # noqa: E402
+from jpeglm.train.loop import TrainConfig  # noqa: E402
 
 
 def test_prepare_packs_streams(world):
@@ -88,7 +90,7 @@ def test_fast_mode_is_close():
     big = samples.photo_path("hubble_deep_field").read_bytes()
     exact = data.load_image(big, 64)
     fast = data.load_image(big, 64, fast=True)
-    from jpeglm.eval import psnr
+    from jpeglm.eval.metrics import psnr
 
     assert exact.shape == fast.shape == (64, 64, 3)
     assert psnr(exact, fast) > 25
@@ -297,7 +299,7 @@ def test_resume_falls_back_when_the_newest_checkpoint_is_unreadable(world, tmp_p
 
 
 def test_keep_counts_only_this_runs_checkpoints(world, tmp_path):
-    from jpeglm import checkpoint
+    from jpeglm.checkpoint import dcp as checkpoint
 
     root, _ = world
     out = tmp_path / "k"
@@ -335,7 +337,7 @@ def test_a_model_that_cannot_fit_is_refused_up_front(world, tmp_path):
 
 
 def test_a_diverging_run_stops_without_a_nan_checkpoint(world, tmp_path):
-    from jpeglm import checkpoint
+    from jpeglm.checkpoint import dcp as checkpoint
 
     root, _ = world
     out = tmp_path / "nan"
@@ -351,7 +353,7 @@ def test_a_diverging_run_stops_without_a_nan_checkpoint(world, tmp_path):
 
 def test_padding_is_ignored_by_the_loss():
     from jpeglm.model import ModelArgs, Transformer
-    from jpeglm.train import targets_of
+    from jpeglm.train.loop import targets_of
 
     torch.manual_seed(0)
     model = Transformer(ModelArgs.from_name("tiny", vocab_size=300, max_seq_len=64))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jpeglm import codec, samples
+from jpeglm import codec
+from jpeglm.data import bundled as samples
 
 
 def test_mnist_split_is_stratified_and_disjoint():
@@ -36,13 +37,13 @@ def test_demo_script_uses_the_stratified_split():
 def judge():
     torch = pytest.importorskip("torch")
     del torch
-    from jpeglm import judge as judge_mod
+    from jpeglm.eval import judge as judge_mod
 
     return judge_mod.default_judge()
 
 
 def test_judge_passes_real_held_out_digits(judge):
-    from jpeglm import judge as judge_mod
+    from jpeglm.eval import judge as judge_mod
 
     _, labels = samples.mnist()
     _, held = samples.mnist_split()
@@ -71,9 +72,9 @@ def test_judge_rejects_an_untrained_jpeglm(judge):
     """Grammar-valid JPEGs from a randomly initialised model: decodable garbage."""
     import torch
 
-    from jpeglm.cli import DEMO_CHECKPOINT
+    from jpeglm.data.bundled import DEMO_CHECKPOINT
+    from jpeglm.inference.sample import generate
     from jpeglm.model import ModelArgs, Transformer
-    from jpeglm.sample import generate
     from jpeglm.tokenizer import Tokenizer
 
     tok = Tokenizer.load(DEMO_CHECKPOINT / "tokenizer.jpeglm")

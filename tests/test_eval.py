@@ -8,14 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from jpeglm import codec, samples
-from jpeglm.eval import (
-    completion_scores,
-    image_grid,
-    psnr,
-    repeat_last_row_baseline,
-    ssim,
-)
+from jpeglm import codec
+from jpeglm.data import bundled as samples
+from jpeglm.eval.metrics import completion_scores, image_grid, psnr, repeat_last_row_baseline, ssim
 
 
 def test_psnr_ssim_basics():
@@ -54,7 +49,7 @@ def test_grid_shape():
 
 def test_bits_per_byte_and_report(tmp_path):
     torch = pytest.importorskip("torch")
-    from jpeglm.eval import bits_per_byte, evaluate_completion
+    from jpeglm.eval.metrics import bits_per_byte, evaluate_completion
     from jpeglm.model import ModelArgs, Transformer
     from jpeglm.tokenizer import Tokenizer
 

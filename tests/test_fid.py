@@ -1,7 +1,7 @@
-"""jpeglm.fid: the FID Inception port (pytorch-fid's state-dict names and shapes, its parameter
+"""jpeglm.eval.fid: the FID Inception port (pytorch-fid's state-dict names and shapes, its parameter
 count, loading its weight file and refusing bad ones), torchmetrics' FID arithmetic against a
 numpy / scipy reference (pytorch-fid's ``calculate_frechet_distance`` formula) on synthetic
-features, :func:`jpeglm.fid.fid` end to end, and ``jpeglm eval --fid-weights``.
+features, :func:`jpeglm.eval.fid.fid` end to end, and ``jpeglm eval --fid-weights``.
 
 The real weights (pt_inception-2015-12-05-6726825d.pth) are not here: the networks below carry
 random weights, so their FIDs check plumbing, not values. The Inception forward resizes every
@@ -21,7 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from jpeglm.fid import FIDInception, fid  # noqa: E402
+from jpeglm.eval.fid import FIDInception, fid  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 # The architecture: pytorch-fid's fid_inception_v3() is torchvision's Inception3(num_classes=1008,
@@ -218,7 +218,7 @@ class _FeatureTable(torch.nn.Module):
 
 def torchmetrics_fid(x: np.ndarray, y: np.ndarray, batch: int = 7) -> float:
     """torchmetrics' FrechetInceptionDistance fed the rows of ``x`` (real) and ``y`` (fake)
-    in batches, as :func:`jpeglm.fid.fid` feeds images."""
+    in batches, as :func:`jpeglm.eval.fid.fid` feeds images."""
     tm = pytest.importorskip("torchmetrics.image.fid")
     metric = tm.FrechetInceptionDistance(feature=_FeatureTable(np.concatenate([x, y])))
     for start, n, real in ((0, len(x), True), (len(x), len(y), False)):
@@ -271,7 +271,7 @@ def test_fid_end_to_end_identical_sets(net):
 def test_fid_inputs(net, monkeypatch):
     """Grey images become three equal channels; fewer than 2 images, other dtypes and shapes
     are refused before any feature is computed; without torchmetrics, the pip command."""
-    from jpeglm.fid import _as_nchw
+    from jpeglm.eval.fid import _as_nchw
 
     grey = _images(3)[..., 0]
     t = _as_nchw(grey, "real")
@@ -293,7 +293,7 @@ def test_fid_inputs(net, monkeypatch):
 
 
 def test_import_needs_no_torchmetrics():
-    code = ("import sys; sys.modules['torchmetrics'] = None; import jpeglm.fid; "
+    code = ("import sys; sys.modules['torchmetrics'] = None; import jpeglm.eval.fid; "
             "assert 'torchmetrics.image.fid' not in sys.modules")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -305,7 +305,7 @@ def test_import_needs_no_torchmetrics():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, make_tiny_model, small_tokenizer):
     """A tiny random 32x32 image model as an HF folder with its tokenizer and record."""
-    from jpeglm import hf
+    from jpeglm.checkpoint import hf
 
     d = tmp_path_factory.mktemp("fid_model")
     tok_file = d / "tok.jpeglm"
@@ -319,7 +319,7 @@ def model_dir(tmp_path_factory, make_tiny_model, small_tokenizer):
 
 
 def _eval_args(model_dir, out, *more) -> list[str]:
-    from jpeglm import samples
+    from jpeglm.data import bundled as samples
 
     imgs = [str(p) for p in samples.photo_paths()[:2]]
     return ["eval", "--model", str(model_dir), "--size", "32", "--rows", "1", "--max-tokens",
@@ -329,8 +329,9 @@ def _eval_args(model_dir, out, *more) -> list[str]:
 def test_eval_fid_refused_before_sampling(model_dir, weights, tmp_path, capsys, monkeypatch):
     """A missing or bad weights file, too few samples or images, --fid-samples alone: one
     line, exit 2, before the model is loaded (nothing sampled, no output folder)."""
-    from jpeglm import model_commands, samples
     from jpeglm.cli import main
+    from jpeglm.cli import model as model_commands
+    from jpeglm.data import bundled as samples
 
     def no(*a, **k):
         raise AssertionError("the model was loaded")

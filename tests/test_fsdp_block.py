@@ -37,7 +37,7 @@ def fsdp_block(tmp_path_factory) -> dict:
 
 
 def test_rope_tables_reach_the_block_in_fp32_under_the_fsdp_policy(fsdp_block):
-    """jpeglm.parallel.mixed_precision (bf16 parameters, cast_forward_inputs=False): the
+    """jpeglm.train.parallel.mixed_precision (bf16 parameters, cast_forward_inputs=False): the
     activations arrive in bf16, the tables in fp32. FSDP2's default policy would cast the
     tables to bf16 too -- the case this guards against, checked here so the probe is known to
     see it."""
@@ -61,12 +61,12 @@ def test_fsdp_block_gradients_per_parameter(fsdp_block, ac, compiled):
 
 
 def test_trainer_shards_with_the_policy(monkeypatch):
-    """build_model shards through jpeglm.parallel.shard -- bf16 parameters on CUDA, as stored
+    """build_model shards through jpeglm.train.parallel.shard -- bf16 parameters on CUDA, as stored
     on CPU -- whose policy never casts forward inputs."""
     import torch
 
-    from jpeglm import parallel
     from jpeglm.model import ModelArgs
+    from jpeglm.train import parallel
 
     for dtype in (torch.bfloat16, None):
         mp = parallel.mixed_precision(dtype)

@@ -9,9 +9,10 @@ import copy
 import numpy as np
 import pytest
 
-from jpeglm import _core, codec, samples
+from jpeglm import _core, codec
+from jpeglm.data import bundled as samples
 from jpeglm.grammar import ScanAutomaton, TokenConstraint
-from jpeglm.reference.scan import ScanAutomatonReference
+from jpeglm.reference.grammar import ScanAutomatonReference
 
 QUALITIES = (1, 5, 25, 50, 75, 95, 100)
 

@@ -28,11 +28,43 @@ PATH_FOLDERS = ["", "benchmarks", "tests", "scripts"]
 # Import names that must never be ours, installed here or not: the dependencies and peers users
 # run beside jpeglm (the installed distributions are checked in addition).
 KNOWN_FOREIGN = {
-    "kernels", "transformers", "tokenizers", "tiktoken", "sentencepiece", "safetensors",
-    "triton", "torch", "torchvision", "torchmetrics", "liger_kernel", "flash_attn", "datasets",
-    "huggingface_hub", "accelerate", "numpy", "PIL", "av", "cv2", "turbojpeg", "skimage",
-    "tensorboard", "matplotlib", "pyarrow", "webdataset", "vllm", "model", "data", "codec",
-    "tokenizer", "benchmarks", "tests", "scripts", "video", "grammar", "generate", "sample",
+    "kernels",
+    "transformers",
+    "tokenizers",
+    "tiktoken",
+    "sentencepiece",
+    "safetensors",
+    "triton",
+    "torch",
+    "torchvision",
+    "torchmetrics",
+    "liger_kernel",
+    "flash_attn",
+    "datasets",
+    "huggingface_hub",
+    "accelerate",
+    "numpy",
+    "PIL",
+    "av",
+    "cv2",
+    "turbojpeg",
+    "skimage",
+    "tensorboard",
+    "matplotlib",
+    "pyarrow",
+    "webdataset",
+    "vllm",
+    "model",
+    "data",
+    "codec",
+    "tokenizer",
+    "benchmarks",
+    "tests",
+    "scripts",
+    "video",
+    "grammar",
+    "generate",
+    "sample",
 }
 
 
@@ -42,8 +74,9 @@ def _hf_kernels_installed() -> str:
     try:
         return importlib.metadata.version("kernels")
     except importlib.metadata.PackageNotFoundError:
-        pytest.fail("Hugging Face's `kernels` is not installed: "
-                    "pip install -r requirements-dev.txt")
+        pytest.fail(
+            "Hugging Face's `kernels` is not installed: pip install -r requirements-dev.txt"
+        )
 
 
 def _run_in_root(code: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -21,8 +21,12 @@ import copy  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from jpeglm import backends  # noqa: E402
-from jpeglm.model import CONFIGS, ModelArgs, Transformer  # noqa: E402
+from jpeglm.model import (  # noqa: E402
+    CONFIGS,
+    ModelArgs,
+    Transformer,
+    backends,  # noqa: E402
+)
 
 
 def tiny(**overrides) -> ModelArgs:
@@ -102,8 +106,8 @@ def test_backend_selection(monkeypatch):
 def test_imports_stay_light():
     """The model needs neither the native core nor Triton on CPU; the codec never needs torch."""
     code = (
-        "import sys, jpeglm.model, jpeglm.backends;"
-        "jpeglm.model.Transformer(jpeglm.model.ModelArgs.from_name('tiny'));"
+        "import sys, jpeglm.model.model, jpeglm.model.backends;"
+        "jpeglm.model.model.Transformer(jpeglm.model.model.ModelArgs.from_name('tiny'));"
         "gpu = __import__('torch').cuda.is_available();"
         "bad = {'jpeglm._core'} | (set() if gpu else {'triton', 'flash_attn'});"
         "assert not bad & set(sys.modules), bad & set(sys.modules)"
@@ -264,7 +268,7 @@ def test_cpu_decode_kernels_match_the_torch_path(kv_heads):
     """fp32 on CPU: the packed linear and the cache-attention kernel (exact steps) give the
     logits of torch's linear + masked SDPA, for a prefill, a multi-token run and single steps
     (grouped-query heads too); JPEGLM_PACKED_LINEAR=0 is the torch path."""
-    from jpeglm.inference import fast_kernel
+    from jpeglm.inference.decode_kernels import fast_kernel
 
     if fast_kernel() is None:
         pytest.skip("jpeglm._core has no CPU decode kernel here")
@@ -287,7 +291,7 @@ def test_cpu_decode_kernels_match_the_torch_path(kv_heads):
 
 
 def test_int8_quantization_is_per_channel():
-    from jpeglm.model import InferenceLinear
+    from jpeglm.model.model import InferenceLinear
 
     w = torch.randn(6, 32) * torch.tensor([1e-3, 1.0, 10.0, 0.1, 5.0, 2.0])[:, None]
     lin = InferenceLinear(w, "int8", torch.float32)

@@ -10,7 +10,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from jpeglm import _io, cli, codec, samples
+from jpeglm import _io, cli, codec
+from jpeglm.data import bundled as samples
 
 torch = pytest.importorskip("torch")
 
@@ -108,7 +109,7 @@ def test_a_run_lists_what_it_wrote(run):
 
 
 def test_save_hf_never_removes_a_users_file(tmp_path):
-    from jpeglm.hf import save_hf
+    from jpeglm.checkpoint.hf import save_hf
     from jpeglm.model import ModelArgs, Transformer
 
     args = ModelArgs.from_name("tiny", max_seq_len=64)
@@ -178,7 +179,7 @@ def test_a_manifest_line_cut_off_counts_for_nothing(tmp_path):
 
 
 def test_sample_writes_each_sample_as_it_is_made(run, tmp_path, capsys, monkeypatch):
-    from jpeglm import model_commands
+    from jpeglm.cli import model as model_commands
 
     _, folder = run
     written = []
@@ -207,7 +208,7 @@ def test_sample_names_are_made_lazily(run, tmp_path, capsys, monkeypatch):
     written, then Ctrl-C."""
     import tracemalloc
 
-    from jpeglm import model_commands
+    from jpeglm.cli import model as model_commands
 
     _, folder = run
     real = model_commands._write_sample
@@ -238,7 +239,7 @@ def test_sample_names_are_made_lazily(run, tmp_path, capsys, monkeypatch):
 
 
 def test_complete_writes_each_completion_as_it_is_made(run, tmp_path, capsys, monkeypatch):
-    from jpeglm import model_commands
+    from jpeglm.cli import model as model_commands
 
     _, folder = run
     real = model_commands._write_sample

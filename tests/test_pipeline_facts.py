@@ -17,8 +17,9 @@ torch = pytest.importorskip("torch")
 
 from trainutil import cfg, run  # noqa: E402
 
-from jpeglm import codec, samples  # noqa: E402
+from jpeglm import codec  # noqa: E402
 from jpeglm.cli import main  # noqa: E402
+from jpeglm.data import bundled as samples  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,8 @@ def test_a_size_that_cannot_fit_the_context_is_refused(run_dir, tmp_path, capsys
 
 
 def test_the_shipped_demo_checkpoint_describes_itself():
-    from jpeglm import checkpoint
-    from jpeglm.cli import DEMO_CHECKPOINT
+    from jpeglm.checkpoint import dcp as checkpoint
+    from jpeglm.data.bundled import DEMO_CHECKPOINT
 
     loaded = checkpoint.load_model(DEMO_CHECKPOINT)
     assert loaded.image_size == 32 and loaded.info["source"] == "jpeglm.json"
@@ -80,7 +81,7 @@ def test_stream_files_say_their_quality(tmp_path, capsys):
 
 
 def test_train_documents_itself(tmp_path, capsys):
-    from jpeglm.train import TrainConfig
+    from jpeglm.train.loop import TrainConfig
 
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from jpeglm import plan  # noqa: E402
 from jpeglm.model import ModelArgs  # noqa: E402
+from jpeglm.train import memory as plan  # noqa: E402
 
 GiB = 2**30
 

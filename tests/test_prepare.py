@@ -1,4 +1,4 @@
-"""`jpeglm.data.prepare` keeps every token (a chunk's tail is carried into the next shard; only
+"""`jpeglm.data.prepare.prepare` keeps every token (a chunk's tail is carried into the next shard; only
 the last sequence is padded), resumes to the same bytes after a kill, and the shared image
 listing / loading of the commands that take image files and folders."""
 
@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from trainutil import kill_repeatedly
 
-from jpeglm import codec, data, samples
+from jpeglm import codec
+from jpeglm.data import bundled as samples
+from jpeglm.data import prepare as data
 from jpeglm.tokenizer import Tokenizer
 
 SIZE = 32
@@ -224,7 +226,7 @@ def test_sigkill_prepare_and_resume_is_byte_identical(tok, tmp_path):
     data.prepare(src, tmp_path / "ref", tok, **kw)
     out = tmp_path / "out"
     script = (
-        "import sys; from jpeglm import data; from jpeglm.tokenizer import Tokenizer; "
+        "import sys; from jpeglm.data import prepare as data; from jpeglm.tokenizer import Tokenizer; "
         f"data.prepare(sys.argv[1], sys.argv[2], Tokenizer.load(sys.argv[3]), **{kw!r})"
     )
     cmd = [sys.executable, "-c", script, str(src), str(out), str(tmp_path / "tok.jpeglm")]
@@ -305,17 +307,17 @@ def test_load_images_skips_a_broken_image_as_prepare_does(tok, tmp_path):
 
 
 def test_data_needs_torch_only_for_the_dataset():
-    """Preparing data never imports torch: ``data.ShardDataset`` (defined in jpeglm.dataset)
-    is imported on first use; the source listing moved to jpeglm.sources is re-exported."""
-    from jpeglm import sources
+    """Preparing data never imports torch: ``data.ShardDataset`` (defined in jpeglm.data.dataset)
+    is imported on first use; the source listing moved to jpeglm.data.sources is re-exported."""
+    from jpeglm.data import sources
 
-    code = "import sys, jpeglm.data; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, jpeglm.data.prepare; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
     for name in ("Source", "list_sources", "scan_sources", "list_images", "IMAGE_SUFFIXES"):
         assert getattr(data, name) is getattr(sources, name), name
     with pytest.raises(AttributeError):
         data.no_such_name  # noqa: B018
     pytest.importorskip("torch")
-    from jpeglm.dataset import ShardDataset
+    from jpeglm.data.dataset import ShardDataset
 
     assert data.ShardDataset is ShardDataset

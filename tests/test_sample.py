@@ -8,15 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from jpeglm import codec, samples  # noqa: E402
+from jpeglm import codec  # noqa: E402
+from jpeglm.data import bundled as samples  # noqa: E402
+from jpeglm.inference.sample import clean_stream, complete, generate, prompt_stream, sample_logits  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
-from jpeglm.sample import (  # noqa: E402
-    clean_stream,
-    complete,
-    generate,
-    prompt_stream,
-    sample_logits,
-)
 from jpeglm.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -54,7 +49,7 @@ def test_constrained_samples_all_decode(model, tok):
 
 
 def test_a_shared_prompt_is_prefilled_once_with_the_same_samples(model, tok, monkeypatch):
-    from jpeglm import sample
+    from jpeglm.inference import sample
 
     shared = generate(model, tok, n=4, size=16, max_tokens=120, seed=3)
     monkeypatch.setattr(sample, "SHARE_PROMPT", False)

@@ -1,4 +1,4 @@
-"""Tests of jpeglm.tokenizer and jpeglm.tokenizer_formats: the native BPE against the
+"""Tests of jpeglm.tokenizer.bpe and jpeglm.tokenizer.files: the native BPE against the
 plain-Python reference, tiktoken, HF tokenizers and sentencepiece; files; bad input; fuzzing."""
 
 from __future__ import annotations
@@ -15,16 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jpeglm import _bpe_reference as ref
-from jpeglm import _core, codec, samples, tokenizer
-from jpeglm import tokenizer_formats as formats
-from jpeglm.tokenizer import (
-    MAX_FILE_BYTES,
-    BPEError,
-    Tokenizer,
-    braille_to_bytes,
-    bytes_to_braille,
-)
+from jpeglm import _core, codec
+from jpeglm.data import bundled as samples
+from jpeglm.reference import bpe as ref
+from jpeglm.tokenizer import MAX_FILE_BYTES, BPEError, Tokenizer, braille_to_bytes, bytes_to_braille
+from jpeglm.tokenizer import bpe as tokenizer
+from jpeglm.tokenizer import files as formats
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -243,7 +239,7 @@ def test_hf_parity_random(hf_pair, data, deep):
 @pytest.fixture(scope="module")
 def sp_pair(train_docs, tmp_path_factory):
     spm = pytest.importorskip("sentencepiece")
-    from jpeglm.tokenizer_formats import train_sentencepiece
+    from jpeglm.tokenizer.files import train_sentencepiece
 
     model = train_sentencepiece(train_docs, 320, max_sentence_length=1 << 16)
     path = tmp_path_factory.mktemp("sp") / "jpeg.model"

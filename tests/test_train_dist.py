@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 from trainutil import cfg, command, env, free_port, losses, run  # noqa: E402
 
-from jpeglm import checkpoint  # noqa: E402
+from jpeglm.checkpoint import dcp as checkpoint  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 
 # 40 steps, accumulation of 2 micro-batches per rank on 2 ranks (4 on one process)

@@ -17,9 +17,11 @@ pytest.importorskip("safetensors")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from jpeglm import checkpoint, codec  # noqa: E402
-from jpeglm.model import HF_CONFIG_LIMITS, HF_MAX_PARAMETERS, ModelArgs, Transformer  # noqa: E402
-from jpeglm.sample import check_device, complete, generate  # noqa: E402
+from jpeglm import codec  # noqa: E402
+from jpeglm.checkpoint import dcp as checkpoint  # noqa: E402
+from jpeglm.inference.sample import check_device, complete, generate  # noqa: E402
+from jpeglm.model import ModelArgs, Transformer  # noqa: E402
+from jpeglm.model.model import HF_CONFIG_LIMITS, HF_MAX_PARAMETERS  # noqa: E402
 from jpeglm.tokenizer import Tokenizer  # noqa: E402
 
 

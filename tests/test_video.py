@@ -13,7 +13,8 @@ from PIL import Image
 
 av = pytest.importorskip("av")
 
-from jpeglm import samples, video  # noqa: E402
+from jpeglm.data import bundled as samples  # noqa: E402
+from jpeglm.video import codec as video  # noqa: E402
 
 
 def _moving_digits(frames: int = 15, h: int = 144, w: int = 256) -> np.ndarray:
@@ -197,7 +198,7 @@ def test_ffmpeg_command_line_agrees(clip, stream):
 
 
 def test_clip_scores_against_the_repeat_last_frame_baseline(clip):
-    from jpeglm.video_eval import clip_scores, repeat_last_frame_baseline
+    from jpeglm.eval.video import clip_scores, repeat_last_frame_baseline
 
     frames = video.decode(video.encode(clip))
     base = repeat_last_frame_baseline(frames, 10)
@@ -234,13 +235,14 @@ def held_clips(clips_dir: Path) -> list[str]:
 
 
 def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_path):
-    """Moving-MNIST clips (32x32, 6 frames) -> BPE -> packed shards -> `jpeglm.train` ->
+    """Moving-MNIST clips (32x32, 6 frames) -> BPE -> packed shards -> `jpeglm.train.loop` ->
     prompted completion after 3 frames, decoded tolerantly: the image pipeline, unchanged."""
     pytest.importorskip("torch")
     import json
     import sys
 
-    from jpeglm import checkpoint, data
+    from jpeglm.checkpoint import dcp as checkpoint
+    from jpeglm.data import prepare as data
     from jpeglm.tokenizer import Tokenizer
 
     clips_dir = tmp_path / "clips"
@@ -291,7 +293,7 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     np.testing.assert_array_equal(got[0].frames[:3], video.decode(streams[1])[:3])
     assert got[0].data.startswith(video.prompt_stream(streams[1], 3))
     # eval: generated frames against the held-out ones, beside repeat-the-last-frame
-    from jpeglm.video_eval import evaluate_clip_completion
+    from jpeglm.eval.video import evaluate_clip_completion
 
     res = evaluate_clip_completion(loaded.model, loaded.tokenizer, [streams[1], streams[2]],
                                    frames=3, total_frames=6, max_tokens=200, seed=0)  # fmt: skip
@@ -307,7 +309,7 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
         assert (tmp_path / "s" / f"sample_{i:03d}.h264").stat().st_size > 0
     # clips are written as their batch finishes: Ctrl-C after the first keeps it (listed as
     # jpeglm's), and -n 10**9 lists no names up front
-    from jpeglm import video_commands
+    from jpeglm.cli import video as video_commands
 
     real_write = video_commands._write
 

@@ -1,4 +1,4 @@
-"""Shared by the trainer tests: a small prepared dataset and ways to run `jpeglm.train` in
+"""Shared by the trainer tests: a small prepared dataset and ways to run `jpeglm.train.loop` in
 subprocesses (one process, torchrun on one "node", or several "nodes" on 127.0.0.1). Every run
 is pinned to the CPU (CUDA_VISIBLE_DEVICES="") so losses compare exactly on a GPU machine too."""
 
@@ -16,7 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from jpeglm import codec, data, samples
+from jpeglm import codec
+from jpeglm.data import bundled as samples
+from jpeglm.data import prepare as data
 from jpeglm.tokenizer import Tokenizer
 
 

@@ -47,9 +47,16 @@ def _source_checkout_kernels() -> None:
 _source_checkout_kernels()
 
 
+#: loaded on first attribute access (``jpeglm.codec`` without importing torch)
+_SUBPACKAGES = frozenset({
+    "codec", "tokenizer", "grammar", "reference", "data", "model", "checkpoint", "inference",
+    "train", "eval", "video", "cli",
+})  # fmt: skip
+
+
 def __getattr__(name: str):  # lazy submodules: `jpeglm.codec` without importing torch
     import importlib
 
-    if name in {"codec", "tokenizer", "data", "model", "sample", "train", "eval"}:
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"jpeglm.{name}")
     raise AttributeError(f"module 'jpeglm' has no attribute {name!r}")

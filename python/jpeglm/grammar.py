@@ -5,7 +5,7 @@ scan of a canonical JPEG-LM stream is a regular language. :class:`ScanAutomaton`
 stream byte by byte and says which next bytes keep it decodable; :class:`TokenConstraint`
 lifts that to a BPE vocabulary — a (batch, vocab) mask of allowed next tokens, computed
 natively — so a sampler can make undecodable output impossible. The slow, readable twin is
-:mod:`jpeglm.reference.scan`.
+:mod:`jpeglm.reference.grammar`.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class TokenConstraint:
 
     @classmethod
     def from_tokenizer(cls, tokenizer, size: int = 256) -> TokenConstraint:
-        """Build from a :class:`jpeglm.tokenizer.Tokenizer` (its byte strings and EOS id)."""
+        """Build from a :class:`jpeglm.tokenizer.bpe.Tokenizer` (its byte strings and EOS id)."""
         by_id = tokenizer.token_byte_values()
         tokens = [by_id.get(i, b"") for i in range(tokenizer.vocab_size)]
         if tokenizer.eos_id is None:

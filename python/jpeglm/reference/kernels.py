@@ -4,7 +4,7 @@ Every function here is what the matching Triton op of :mod:`jpeglm.kernels` (the
 ``kernels/`` folder) computes, written as directly as possible. Tensors follow the model's
 layouts: activations ``(..., dim)``, q/k ``(batch, seq, heads, head_dim)``, rotary tables
 ``(seq, head_dim // 2)`` in float32. Imports torch only (never Triton or ``jpeglm._core``);
-``jpeglm.kernels.reference`` re-exports it.
+``jpeglm.reference.kernels`` re-exports it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Checkpoints: training checkpoints (DCP), HF folders, loading a model for sampling."""

@@ -1,0 +1,570 @@
+"""The Hugging Face folder format: what ``transformers.LlamaForCausalLM.from_pretrained``,
+:meth:`Transformer.from_pretrained <jpeglm.model.model.Transformer.from_pretrained>` and
+``jpeglm sample`` load.
+
+An HF folder is ``config.json`` + ``model.safetensors`` (or shards of at most
+``max_shard_size`` bytes listed in ``model.safetensors.index.json``), and, when written by
+jpeglm, the tokenizer (``tokenizer.jpeglm``) and ``jpeglm.json`` (image size, quality,
+sequence length, BOS/EOS ids, tokenizer fingerprint, recommended sampling settings). Every
+layout is read, sharded ones included; pickle files never are. The official JPEG-LM
+checkpoint is such a folder (a plain ``LlamaForCausalLM``). The rotary layout is HF's
+``rotate_half`` one, so weights move across without any permutation.
+
+Here: ``config.json`` <-> :class:`~jpeglm.model.model.ModelArgs` (the file is untrusted and bounded
+by :data:`HF_CONFIG_LIMITS`), our parameter names <-> HF's, reading (checked before any tensor
+is read) and writing the safetensors weights, and a whole folder written atomically
+(:func:`save_hf`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jpeglm import _io
+from jpeglm.checkpoint.files import (
+    CHECKPOINT_STATE,
+    DEFAULT_SHARD_SIZE,
+    HF_METADATA,
+    TOKENIZER_FILE,
+    first_names,
+    fsync_dir,
+    read_json,
+    swap_into_place,
+)
+from jpeglm.model import ModelArgs, Transformer
+from jpeglm.model.dtensor import copy_full_
+
+__all__ = [
+    "HF_CONFIG_LIMITS",
+    "HF_MAX_PARAMETERS",
+    "args_from_config",
+    "config_from_args",
+    "hf_model_args",
+    "hf_names",
+    "load_hf_into",
+    "load_hf_state",
+    "safetensors_files",
+    "save_hf",
+    "save_hf_files",
+]
+
+# ------------------------------------------------------------------- config.json <-> ModelArgs
+
+#: Upper bounds on the sizes an untrusted HF ``config.json`` may ask for (each also >= 1):
+#: generous for any Llama (Llama 3.1 405B: 126 layers, hidden 16384, intermediate 53248,
+#: 128 heads, vocab 128256, 131072 positions), small enough that a hostile file cannot make
+#: the loader allocate without end. ``max_position_embeddings x head_dim`` bounds the rotary
+#: tables (float32 cos + sin: 4 bytes each, 1 GiB at the limit).
+HF_CONFIG_LIMITS: dict[str, int] = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 2**17,
+    "intermediate_size": 2**17,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 2**17,
+    "vocab_size": 2**20,
+    "max_position_embeddings": 2**20,
+    "max_position_embeddings x head_dim": 2**28,
+}
+#: Upper bound on the parameter count of a model loaded from a HF ``config.json`` (2e11: 30x
+#: the 7B JPEG-LM), computed from the config before anything is allocated.
+HF_MAX_PARAMETERS = 200_000_000_000
+
+
+def config_from_args(args: ModelArgs, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """A ``config.json`` dict for ``transformers.LlamaConfig``."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": args.vocab_size,
+        "hidden_size": args.dim,
+        "intermediate_size": args.hidden_dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads,
+        "head_dim": args.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": args.max_seq_len,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,  # transformers < 5
+        "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": args.tie_embeddings,
+        "dtype": dtype_name,
+        "torch_dtype": dtype_name,  # transformers < 5
+    }
+
+
+def args_from_config(config: dict[str, Any]) -> ModelArgs:
+    """Map a HF Llama ``config.json`` dict; refuse features this model does not have.
+
+    The file is untrusted, so nothing is sized from it unchecked: every field read must have
+    its JSON type (integers are JSON integers -- not floats such as ``1e12`` or ``64.0``,
+    strings or booleans; ``rms_norm_eps`` / ``rope_theta`` finite positive numbers;
+    ``tie_word_embeddings`` and the bias flags booleans) and lie within
+    :data:`HF_CONFIG_LIMITS`, and the whole model within :data:`HF_MAX_PARAMETERS`
+    parameters. Each problem is one ``ValueError`` line naming the field.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"config.json must hold a JSON object, got {type(config).__name__}")
+
+    def show(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    def integer(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"config.json: {key} must be an integer, got {show(value)} ({type(value).__name__})"
+            )
+        if not 1 <= value <= HF_CONFIG_LIMITS[key]:
+            raise ValueError(
+                f"config.json: {key} = {show(value)} is outside 1..{HF_CONFIG_LIMITS[key]}"
+            )
+        return value
+
+    def number(key: str, value: Any) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ValueError(
+                f"config.json: {key} must be a finite positive number, got {show(value)}"
+            )
+        return float(value)
+
+    def flag(key: str) -> bool:
+        value = config.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"config.json: {key} must be true or false, got {show(value)}")
+        return bool(value)
+
+    def text(key: str, default: str) -> str:
+        value = config.get(key, default)
+        if not isinstance(value, str):
+            raise ValueError(f"config.json: {key} must be a string, got {show(value)}")
+        return value
+
+    if text("model_type", "llama") != "llama":
+        raise ValueError(f"config.json: model_type {show(config['model_type'])} is not 'llama'")
+    required = ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "vocab_size")  # fmt: skip
+    missing = [k for k in required if config.get(k) is None]
+    if missing:
+        raise ValueError(f"config.json is missing {', '.join(missing)}")
+    if text("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json: hidden_act {show(config['hidden_act'])} is not 'silu'")
+    if flag("attention_bias") or flag("mlp_bias"):
+        raise ValueError("config.json: attention/MLP biases are not supported")
+    sections = {}
+    for key in ("rope_parameters", "rope_scaling"):  # transformers >= 5 / < 5
+        section = config.get(key)
+        if section is not None and not isinstance(section, dict):
+            raise ValueError(f"config.json: {key} must be an object or null, got {show(section)}")
+        sections[key] = section or {}
+        rope_type = sections[key].get("rope_type", sections[key].get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"config.json: rope type {show(rope_type)} is not supported")
+    rope = sections["rope_parameters"]
+    theta = config.get("rope_theta")
+    key = "rope_theta"
+    if theta is None:
+        theta, key = rope.get("rope_theta", 10000.0), "rope_parameters.rope_theta"
+    theta = number(key, theta)
+    eps = config.get("rms_norm_eps")
+    eps = 1e-6 if eps is None else number("rms_norm_eps", eps)
+
+    dim = integer("hidden_size", config["hidden_size"])
+    n_layers = integer("num_hidden_layers", config["num_hidden_layers"])
+    n_heads = integer("num_attention_heads", config["num_attention_heads"])
+    hidden_dim = integer("intermediate_size", config["intermediate_size"])
+    vocab_size = integer("vocab_size", config["vocab_size"])
+    n_kv_heads = config.get("num_key_value_heads")
+    n_kv_heads = n_heads if n_kv_heads is None else integer("num_key_value_heads", n_kv_heads)
+    max_seq_len = config.get("max_position_embeddings")
+    max_seq_len = 12288 if max_seq_len is None else integer("max_position_embeddings", max_seq_len)
+    head_dim = config.get("head_dim")
+    if head_dim is not None and integer("head_dim", head_dim) * n_heads != dim:
+        raise ValueError(
+            f"config.json: head_dim {head_dim} x num_attention_heads {n_heads} != "
+            f"hidden_size {dim} (decoupled head sizes are not supported)"
+        )
+    args = ModelArgs(
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        hidden_dim=hidden_dim,
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len,
+        norm_eps=eps,
+        rope_theta=theta,
+        tie_embeddings=flag("tie_word_embeddings"),
+    )
+    rope_table = max_seq_len * args.head_dim  # float32 cos + sin tables, built on load
+    if rope_table > HF_CONFIG_LIMITS["max_position_embeddings x head_dim"]:
+        raise ValueError(
+            f"config.json: max_position_embeddings {max_seq_len} x head_dim {args.head_dim} "
+            f"is over {HF_CONFIG_LIMITS['max_position_embeddings x head_dim']} (rotary tables)"
+        )
+    kv = n_kv_heads * args.head_dim
+    per_layer = 2 * dim * dim + 2 * dim * kv + 3 * dim * hidden_dim + 2 * dim
+    total = n_layers * per_layer + vocab_size * dim * (1 if args.tie_embeddings else 2) + dim
+    if total > HF_MAX_PARAMETERS:
+        raise ValueError(
+            f"config.json: num_hidden_layers {n_layers}, hidden_size {dim}, intermediate_size "
+            f"{hidden_dim} and vocab_size {vocab_size} make {total:.3g} parameters, more than "
+            f"the {HF_MAX_PARAMETERS:.0e} accepted"
+        )
+    return args
+
+
+# ---------------------------------------------------------------------- names and tensors
+
+
+def hf_names(args: ModelArgs) -> dict[str, str]:
+    """Our parameter name -> HF ``LlamaForCausalLM`` name (tied output left out)."""
+    names = {
+        "tok_embeddings.weight": "model.embed_tokens.weight",
+        "norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight",
+    }
+    per_layer = {
+        "attention_norm.weight": "input_layernorm.weight",
+        "attention.wq.weight": "self_attn.q_proj.weight",
+        "attention.wk.weight": "self_attn.k_proj.weight",
+        "attention.wv.weight": "self_attn.v_proj.weight",
+        "attention.wo.weight": "self_attn.o_proj.weight",
+        "ffn_norm.weight": "post_attention_layernorm.weight",
+        "feed_forward.w1.weight": "mlp.gate_proj.weight",
+        "feed_forward.w3.weight": "mlp.up_proj.weight",
+        "feed_forward.w2.weight": "mlp.down_proj.weight",
+    }
+    for i in range(args.n_layers):
+        for ours, theirs in per_layer.items():
+            names[f"layers.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
+    if args.tie_embeddings:
+        del names["output.weight"]
+    return names
+
+
+def _param_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = Transformer(args, backend="torch")
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of an HF folder: the single file, or the shards its index lists.
+
+    The index is untrusted: its ``weight_map`` must be a non-empty object of tensor name ->
+    file name strings, and every file name a plain ``*.safetensors`` name inside the folder (no
+    directories, ``..`` or absolute paths); anything else is refused before any file is
+    opened."""
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index} has no weight_map (an object of tensor name -> file name)")
+        odd = [repr(k) for k, v in weight_map.items() if not isinstance(v, str)]
+        if odd:
+            raise ValueError(
+                f"{index}: weight_map file names must be strings (see {first_names(odd)})"
+            )
+        names = sorted(set(weight_map.values()))
+        bad = [
+            repr(n)[:80]
+            for n in names
+            if Path(n).name != n or n.startswith(".") or not n.endswith(".safetensors")
+        ]
+        if bad:
+            raise ValueError(
+                f"{index} lists shard files that are not plain *.safetensors names in the "
+                f"folder: {first_names(bad)}"
+            )
+        files = [folder / n for n in names]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(
+                f"{index} lists shards that do not exist: {first_names(absent)}"
+            )
+        return files
+    pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+    if pickles:
+        raise ValueError(
+            f"{folder} has only pickle weights ({first_names(pickles)}); they are not loaded (a "
+            "pickle can run code). Convert the checkpoint to safetensors first."
+        )
+    if (folder / ".metadata").is_file():
+        raise ValueError(
+            f"{folder} is a trainer checkpoint, not an HF folder: make one with "
+            f"`jpeglm export {folder} DEST` (each run also writes one into its final/ folder)"
+        )
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
+
+
+_WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")  #: safetensors dtypes accepted for weights
+
+
+def _hf_index(
+    folder: Path, vocab_size: int | None
+) -> tuple[ModelArgs, dict[str, tuple[Path, str]]]:
+    """Check an HF folder without reading its weights: its :class:`ModelArgs`, and for each of
+    our parameter names the (file, key) that holds it, with names, shapes and dtypes validated.
+
+    Everything in the folder is untrusted: ``config.json`` is bounded by
+    :func:`args_from_config` before any shape is built from it, the index by
+    :func:`safetensors_files`, and a truncated, garbage or inconsistent safetensors file (or
+    one whose header claims more data than the file holds) is one ``ValueError`` naming it."""
+    from safetensors import safe_open
+
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        if (folder / CHECKPOINT_STATE).is_file():
+            safetensors_files(folder)  # raises the "trainer checkpoint: export it" message
+        raise FileNotFoundError(f"no config.json in {folder}")
+    args = args_from_config(read_json(config_path))
+    if vocab_size is not None and vocab_size != args.vocab_size:
+        raise ValueError(
+            f"vocab mismatch: the tokenizer has {vocab_size} tokens but the checkpoint in "
+            f"{folder} has vocab_size {args.vocab_size}"
+        )
+    expected = {theirs: ours for ours, theirs in hf_names(args).items()}
+    shapes = _param_shapes(args)
+    where: dict[str, tuple[Path, str]] = {}
+    unexpected: list[str] = []
+    head: tuple[Path, str] | None = None  # lm_head.weight of a config that ties it
+    for file in safetensors_files(folder):
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    tied_head = key == "lm_head.weight" and args.tie_embeddings
+                    if key not in expected and not tied_head:
+                        if key.endswith("rotary_emb.inv_freq"):
+                            continue  # recomputed: HF ignores it too
+                        unexpected.append(key)
+                        continue
+                    ours = "output.weight" if tied_head else expected[key]
+                    tensor = f.get_slice(key)
+                    if tensor.get_dtype() not in _WEIGHT_DTYPES:
+                        raise ValueError(
+                            f"{file.name}: tensor {key} has dtype {tensor.get_dtype()}; weights "
+                            f"must be floating point ({', '.join(_WEIGHT_DTYPES)})"
+                        )
+                    shape = tuple(tensor.get_shape())
+                    want = shapes["tok_embeddings.weight" if tied_head else ours]
+                    if shape != want:
+                        hint = ""
+                        if key in ("model.embed_tokens.weight", "lm_head.weight"):
+                            hint = f" (vocab mismatch: config.json vocab_size={args.vocab_size})"
+                        raise ValueError(
+                            f"{file.name}: tensor {key} has shape {shape}, expected "
+                            f"{want} from config.json{hint}"
+                        )
+                    if tied_head:
+                        head = (file, key)
+                    else:
+                        where[ours] = (file, key)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors' own errors: one clear message
+            raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
+    if unexpected:
+        raise ValueError(
+            f"checkpoint {folder} has tensors this Llama does not: {first_names(unexpected)}"
+        )
+    missing = [theirs for theirs, ours in expected.items() if ours not in where]
+    if missing:
+        raise ValueError(f"checkpoint {folder} is missing tensors: {first_names(missing)}")
+    if head is not None:
+        # tie_word_embeddings with a stored lm_head.weight: transformers keeps the stored head
+        # (it ties only a head that is absent or equal to the embedding), so the head is loaded
+        # as a separate output and the logits equal LlamaForCausalLM.from_pretrained's
+        args = dataclasses.replace(args, tie_embeddings=False)
+        where["output.weight"] = head
+    return args, where
+
+
+def _read_tensors(
+    where: dict[str, tuple[Path, str]], device: str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (our name, tensor) one at a time, each file opened once."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for ours, (file, key) in where.items():
+        by_file.setdefault(file, []).append((ours, key))
+    for file, items in by_file.items():
+        try:
+            with safe_open(str(file), framework="pt", device=device) as f:
+                for ours, key in items:
+                    yield ours, _aligned(f.get_tensor(key))
+        except Exception as e:  # noqa: BLE001 - a torn or hostile file: one clear message
+            raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, copied to fresh (aligned) memory when its data is not aligned to its element
+    size. A valid safetensors file whose header length is not a multiple of 8 puts every tensor
+    at an odd offset of the mapped file; torch reads such tensors, but numpy's view of them
+    (what the native kernels take) is an unaligned buffer they refuse."""
+    if tensor.device.type == "cpu" and tensor.data_ptr() % tensor.element_size():
+        return tensor.clone(memory_format=torch.contiguous_format)
+    return tensor
+
+
+def load_hf_state(
+    path: str | os.PathLike, *, device: torch.device | str = "cpu", vocab_size: int | None = None
+) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    """Read an HF Llama folder: its :class:`ModelArgs` and every tensor under our names, in the
+    stored dtype. Missing, unexpected or wrongly shaped tensors raise ``ValueError`` naming
+    them; ``vocab_size`` (the tokenizer's), when given, must equal the checkpoint's."""
+    args, where = _hf_index(Path(path), vocab_size)
+    return args, dict(_read_tensors(where, str(device)))
+
+
+def hf_model_args(path: str | os.PathLike, vocab_size: int | None = None) -> ModelArgs:
+    """The :class:`ModelArgs` of an HF folder, every tensor's name and shape checked."""
+    return _hf_index(Path(path), vocab_size)[0]
+
+
+def load_hf_into(path: str | os.PathLike, model: Transformer) -> None:
+    """Copy an HF folder's weights into ``model`` (sharded or not), one tensor at a time: each
+    rank holds at most one full tensor besides its shards. The architectures must agree."""
+    args, where = _hf_index(Path(path), model.args.vocab_size)
+    params = dict(model.named_parameters())
+    for ours, tensor in _read_tensors(where):
+        if ours in params:  # a tied output weight is the embedding
+            copy_full_(params[ours], tensor)
+
+
+def save_hf_files(
+    folder: str | os.PathLike,
+    args: ModelArgs,
+    state: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int = DEFAULT_SHARD_SIZE,
+    extra_config: dict[str, Any] | None = None,
+) -> None:
+    """Write ``config.json`` and the safetensors weights of ``state`` (our names, full tensors)
+    into ``folder``, each file atomically; shards of an earlier save with another layout are
+    removed afterwards. See :func:`save_hf` for a whole folder written atomically."""
+    from safetensors.torch import save as safetensors_save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if max_shard_size <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {max_shard_size}")
+    dtype = dtype or state["tok_embeddings.weight"].dtype
+    tensors = [(theirs, state[ours]) for ours, theirs in hf_names(args).items()]
+    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
+    size = 0
+    for name, p in tensors:
+        nbytes = p.numel() * dtype.itemsize
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, p))
+        size += nbytes
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        n = len(shards)
+        names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+    weight_map: dict[str, str] = {}
+    total = 0
+    for file_name, shard in zip(names, shards):
+        data = {n: p.detach().to(device="cpu", dtype=dtype).contiguous() for n, p in shard}
+        total += sum(t.numel() * t.element_size() for t in data.values())
+        _io.atomic_write_bytes(folder / file_name, safetensors_save(data, {"format": "pt"}))
+        weight_map.update(dict.fromkeys(data, file_name))
+        del data
+    index = folder / "model.safetensors.index.json"
+    if len(shards) > 1:
+        weight_map = dict(sorted(weight_map.items()))
+        body = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _io.atomic_write_text(index, json.dumps(body, indent=2) + "\n")
+    config = {**config_from_args(args, dtype), **(extra_config or {})}
+    _io.atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+
+    keep = set(names)  # stale files of an earlier save would confuse loaders
+    for stale in [*folder.glob("model-*-of-*.safetensors"), folder / "model.safetensors"]:
+        if stale.name not in keep and stale.is_file():
+            stale.unlink()
+    if len(shards) == 1 and index.exists():
+        index.unlink()
+
+
+def _hf_file(name: str) -> bool:
+    """Whether ``name`` is a file :func:`save_hf` writes (or the output manifest)."""
+    return name in ("config.json", "model.safetensors", "model.safetensors.index.json",
+                    TOKENIZER_FILE, HF_METADATA, _io.OUTPUTS_MANIFEST) or bool(
+        re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name))  # fmt: skip
+
+
+def save_hf(
+    folder: str | os.PathLike,
+    args: ModelArgs,
+    state: dict[str, torch.Tensor],
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    metadata: dict[str, Any] | None = None,
+    replace: bool = False,
+    **files: Any,
+) -> Path:
+    """Write a whole HF folder atomically: built as a hidden sibling, then renamed into place.
+
+    ``tokenizer`` (a tokenizer file) is copied in as ``tokenizer.jpeglm``; ``metadata`` is
+    written as ``jpeglm.json`` and its ``bos_id`` / ``eos_id`` go into ``config.json``. An
+    existing ``folder`` is refused unless ``replace`` (then it must be an HF folder holding only
+    the files this function writes: a user's file in it is never removed).
+    ``files``: :func:`save_hf_files`' options (``dtype``, ``max_shard_size``).
+    """
+    folder = Path(folder)
+    if folder.exists():
+        if not replace:
+            raise FileExistsError(f"{folder} exists; choose a new folder")
+        if not (folder / "config.json").is_file():
+            raise FileExistsError(f"{folder} exists and is not an HF folder; not replacing it")
+        foreign = sorted(p.name for p in folder.iterdir() if not _hf_file(p.name))
+        if foreign:  # a replace removes the old folder: only what save_hf writes may be in it
+            raise FileExistsError(
+                f"{folder} holds files jpeglm did not write ({first_names(foreign)}); not "
+                "replacing it: move them away"
+            )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp_{folder.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        extra = {}
+        if metadata:
+            extra = {k: metadata[k] for k in ("bos_token_id", "eos_token_id") if k in metadata}
+        save_hf_files(tmp, args, state, extra_config=extra, **files)
+        if tokenizer is not None:
+            _io.atomic_write_bytes(tmp / TOKENIZER_FILE, Path(tokenizer).read_bytes())
+        if metadata is not None:
+            _io.atomic_write_text(tmp / HF_METADATA, json.dumps(metadata, indent=1) + "\n")
+        fsync_dir(tmp)
+        swap_into_place(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -1,0 +1,419 @@
+"""The model subcommands of ``jpeglm``: ``sample``, ``complete`` and ``eval``.
+
+They share their options (``--model``, ``--tokenizer``, ``--device``, the sampling settings),
+which are all checked before any model is read; options not given come from the model's own
+record (jpeglm.json). The model's folder, its tokenizer and the outputs are worked out and
+checked (:func:`jpeglm.cli.common.plan_outputs`) before the model is loaded, and the model is
+refused before sampling when its context cannot hold a stream of the image size asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from jpeglm._io import atomic_write_bytes, record_outputs, show, write_png
+from jpeglm.cli import video as video_commands
+from jpeglm.cli.common import (
+    UserError,
+    check_temperature,
+    distinct_names,
+    existing_files,
+    image_paths,
+    plan_outputs,
+)
+
+
+def _check_device(name: str) -> str:
+    """``--device`` names a device this machine has (checked before loading any model): the
+    library's check, :func:`jpeglm.inference.sample.check_device`, in the command line's words.
+    Returns the device's canonical name (``" cpu"`` -> ``"cpu"``)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise UserError("sampling needs torch: pip install 'jpeglm[train]'") from e
+    from jpeglm.inference.sample import check_device
+
+    try:
+        return str(check_device(name))
+    except ValueError as e:
+        raise UserError(_device_problem(name, str(e))) from e
+
+
+def _device_problem(name: str, reason: str) -> str:
+    """What is wrong with ``--device NAME``, which :func:`jpeglm.inference.sample.check_device` refused
+    for ``reason``."""
+    import torch
+
+    try:
+        dev = torch.device(name.strip())
+    except (RuntimeError, ValueError, TypeError):
+        return f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)"
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        have = f"{n} CUDA device(s): cuda:0..cuda:{n - 1}" if n else "no CUDA device"
+        return f"--device {name}: no such GPU (this machine has {have})"
+    if dev.type == "mps":
+        return f"--device {name}: MPS is not available on this machine"
+    if dev.type == "cpu":
+        return f"--device {name}: {reason}"
+    return f"--device {name}: unsupported device type (cpu, cuda, cuda:N, mps)"
+
+
+def _check_sampling(args: argparse.Namespace) -> None:
+    """The sampling options given, all checked before any model is read (options left to the
+    model's defaults are checked again once those are filled in)."""
+    from jpeglm import codec
+
+    try:
+        if args.size is not None:
+            codec.check_size(args.size)
+        if getattr(args, "quality", None) is not None:
+            codec.check_quality(args.quality)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if args.temperature is not None:
+        check_temperature(args.temperature)
+    if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0: no top-k), got {args.top_k}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if getattr(args, "n", 1) < 1:
+        raise UserError(f"-n must be >= 1, got {args.n}")
+    rows = getattr(args, "rows", None)
+    if rows is not None and args.size is not None and not 0 <= rows < args.size // 16:
+        raise UserError(f"--rows must be in 0..{args.size // 16 - 1} for --size {args.size}")
+    if rows is None and args.size is not None and hasattr(args, "rows"):
+        args.rows = default_rows(args.size)
+    args.device = _check_device(args.device)
+
+
+def default_rows(size: int) -> int:
+    """``--rows`` when not given: half the image's rows of MCUs, at least 1 (0 for a one-row
+    16 px image: a prompt of the header alone)."""
+    mcu_rows = size // 16
+    return min(max(1, mcu_rows // 2), mcu_rows - 1)
+
+
+def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
+    """The model folder ``--model`` names (an HF folder, a trainer checkpoint step_N, or a run
+    folder: its final/ export, else its newest checkpoint), its tokenizer file (``--tokenizer``,
+    else tokenizer.jpeglm or the official sentencepiece tokenizer.model inside) and what it
+    says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one).
+
+    A checkpoint's train_state.json and the record are checked here; the rest of the model's
+    files by :func:`_check_model_files`."""
+    from jpeglm.checkpoint import dcp as checkpoint
+
+    try:
+        kind, folder = checkpoint.resolve_model(args.model)
+        state = checkpoint.read_train_state(folder) if kind == "dcp" else None
+        info = checkpoint.read_info(folder, state)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
+    if args.tokenizer:
+        return folder, Path(args.tokenizer), info
+    tok = checkpoint.find_tokenizer(folder)
+    if tok is None:
+        raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
+    return folder, tok, info
+
+
+def _check_model_files(folder: Path, tok_path: Path, info: dict, given: bool) -> None:
+    """Before any weight is read: an HF folder's config.json, index and safetensors headers
+    (:func:`jpeglm.checkpoint.hf.hf_model_args`), and a ``--tokenizer`` (``given``): a readable file, the
+    one the model's record names."""
+    from jpeglm._io import input_file
+    from jpeglm.checkpoint import dcp as checkpoint
+    from jpeglm.checkpoint import load as loading
+
+    try:
+        if (folder / "config.json").is_file():
+            checkpoint.hf_model_args(folder)  # no weight read
+        if given:
+            input_file(tok_path, "tokenizer")
+            loading.check_tokenizer(info, loading.load_tokenizer(tok_path), tok_path, folder)
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from e
+
+
+def _new_folders(out: Path) -> list[Path]:
+    """The folders that making ``out`` will create, deepest first."""
+    made = []
+    p = out.absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        made.append(p)
+        p = p.parent
+    return made
+
+
+def _model_info(args: argparse.Namespace) -> dict:
+    """The model's record (jpeglm.json), the options checked first: what kind of model it is
+    decides the outputs' names."""
+    _check_sampling(args)
+    return _model_files(args)[2]
+
+
+def _apply_model_defaults(args: argparse.Namespace, info: dict) -> None:
+    """Options not given on the command line come from the model's own record."""
+    if info.get("kind") == "video":  # clips: their settings are the record's "video"
+        if args.size is not None:
+            raise UserError("--size is for image models; a video model's clip size is fixed")
+    else:
+        if args.size is None:
+            args.size = int(info["image_size"])
+        if args.quality is None:
+            args.quality = int(info["quality"])
+    rec = info.get("sampling") or {}
+    for opt, key, fallback in (("temperature", "temperature", 1.0), ("top_k", "top_k", 50),
+                               ("top_p", "top_p", 0.9)):  # fmt: skip
+        if getattr(args, opt) is None:
+            setattr(args, opt, rec.get(key, fallback))
+
+
+def _plan_model_outputs(
+    args: argparse.Namespace,
+    names: Iterable[str] | Callable[[str], bool],
+    images: Sequence[Path] = (),
+) -> tuple[Path, Path]:
+    """Model files, options (defaults from the model), and outputs checked (in that order)
+    before the model is loaded. ``names``: a list, or a test of a name (``sample``)."""
+    _check_sampling(args)
+    folder, tok_path, info = _model_files(args)
+    _apply_model_defaults(args, info)
+    _check_sampling(args)
+    inputs = [tok_path, *images, *(p for p in folder.iterdir() if p.is_file())]
+    made = _new_folders(Path(args.out))
+    plan_outputs(args.out, names, inputs)  # an output refused: said before the model's faults
+    try:
+        _check_model_files(folder, tok_path, info, bool(args.tokenizer))
+    except BaseException:
+        for d in made:  # a bad model leaves no output folder behind (only empty ones made here)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    return folder, tok_path
+
+
+#: rows per sampling batch when ``--batch-size`` is not given: outputs are written batch by
+#: batch, so an interrupted command keeps every finished batch's files
+DEFAULT_BATCH = 16
+
+
+def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
+    """The model and tokenizer; an image size whose streams cannot fit its context is
+    refused before any sampling."""
+    from jpeglm.checkpoint import dcp as checkpoint
+
+    try:
+        loaded = checkpoint.load_model(folder, device=args.device, tokenizer=tok_path)
+        if loaded.info.get("kind") != "video":
+            checkpoint.check_context(loaded, args.size, args.quality)
+    except (ValueError, OSError) as e:
+        raise UserError(f"{show(folder)}: {e}") from e
+    return loaded.model, loaded.tokenizer
+
+
+@contextlib.contextmanager
+def _sampling(folder: Path) -> Iterator[None]:
+    """Sampling from the model in ``folder``: logits that are not finite (NaN weights) stop it
+    with one line naming the model."""
+    from jpeglm.inference.sample import NonFiniteLogits
+
+    try:
+        yield
+    except NonFiniteLogits as e:
+        raise UserError(f"{show(folder)}: {e}") from e
+
+
+def _is_sample_file(prefix: str, n: int, exts: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a name is one of the files ``PREFIX000``, ``PREFIX001``, ... (``n`` of them, one
+    of ``exts`` each), without listing them (``-n`` may be 10**9)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d{3,})(" + "|".join(map(re.escape, exts)) + ")")
+
+    def test(name: str) -> bool:
+        m = pattern.fullmatch(name)
+        return bool(m) and int(m.group(1)) < n and f"{int(m.group(1)):03d}" == m.group(1)
+
+    return test
+
+
+def _files_of(stems: Sequence[str]) -> list[str]:
+    return [stem + ext for stem in stems for ext in (".png", ".jpg")]
+
+
+def _write_sample(out: Path, stem: str, s, quality: int) -> None:  # noqa: ANN001
+    """``STEM.png`` (the tolerant decode) and ``STEM.jpg`` (the stream with tables), each
+    written and listed as an output at once."""
+    from jpeglm import codec
+
+    write_png(out / f"{stem}.png", s.image, record=True)
+    if s.data:
+        atomic_write_bytes(out / f"{stem}.jpg", codec.with_tables(s.data, quality), record=True)
+    state = "clean" if s.clean else f"{s.valid_mcus}/{s.total_mcus} MCUs valid"
+    print(f"{show(out / f'{stem}.png')}: {len(s.data)} bytes, {state}", flush=True)
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        size=args.size,
+        quality=args.quality,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size or DEFAULT_BATCH,
+        constrained=not args.unconstrained,
+        compile=args.compile,
+        dtype=args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"),
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``sample_000.png`` + ``.jpg``, ... each written as its batch finishes; the names are
+    made as they are needed (``-n 10**9`` lists none)."""
+    from jpeglm.inference.sample import generate
+
+    n = max(args.n, 0)
+    info = _model_info(args)
+    if video_commands.is_video(info):
+        names = _is_sample_file("sample_", n, (".png", ".h264"))
+        folder, tok_path = _plan_model_outputs(args, names)
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.sample(args, *loaded, info, _sampling_kwargs(args))
+        return 0
+    folder, tok_path = _plan_model_outputs(args, _is_sample_file("sample_", n, (".png", ".jpg")))
+    model, tok = _load_model(folder, tok_path, args)
+    out = Path(args.out)
+
+    def write(i: int, s) -> None:  # noqa: ANN001 - a Sample, written as its batch finishes
+        _write_sample(out, f"sample_{i:03d}", s, args.quality)
+
+    with _sampling(folder):
+        generate(model, tok, n=args.n, **_sampling_kwargs(args), on_sample=write)
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    """Completions named after their inputs: ``photo.jpg`` -> ``photo.png`` + ``photo.jpg``
+    (equal names numbered as everywhere: ``photo-1.png``), each written as its batch
+    finishes."""
+    from jpeglm.inference.sample import complete
+
+    info = _model_info(args)
+    if video_commands.is_video(info):  # clips: video files or .npy frames
+        clips = existing_files(args.images, "clip")
+        stems = [n.removesuffix(".png") for n in distinct_names(clips, ".png")]
+        folder, tok_path = _plan_model_outputs(args, video_commands.clip_files(stems), clips)
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.complete(args, *loaded, info, clips, stems, _sampling_kwargs(args))
+        return 0
+    images = image_paths(args.images)
+    stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
+    folder, tok_path = _plan_model_outputs(args, _files_of(stems), images)
+    model, tok = _load_model(folder, tok_path, args)
+    out = Path(args.out)
+    with _sampling(folder):
+        complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args),
+                 exif_transpose=args.exif_transpose,
+                 on_sample=lambda i, s: _write_sample(out, stems[i], s, args.quality))  # fmt: skip
+    return 0
+
+
+#: unconditional samples for ``eval --fid-weights`` unless ``--fid-samples`` says otherwise
+FID_SAMPLES = 64
+
+
+def _fid_network(args: argparse.Namespace, n_images: int):
+    """``eval --fid-weights``: its options, torchmetrics and the weights file, all checked
+    (the network loaded) before the model is read or anything sampled; None without it."""
+    if args.fid_weights is None:
+        if args.fid_samples is not None:
+            raise UserError("--fid-samples needs --fid-weights")
+        return None
+    if args.fid_samples is None:
+        args.fid_samples = FID_SAMPLES
+    if args.fid_samples < 2:
+        raise UserError(f"--fid-samples must be >= 2 (FID compares covariances), got "
+                        f"{args.fid_samples}")  # fmt: skip
+    if n_images < 2:
+        raise UserError(f"FID needs at least 2 held-out images, got {n_images}")
+    try:
+        import torchmetrics.image.fid  # noqa: F401
+    except ImportError as e:
+        raise UserError("--fid-weights needs torchmetrics: pip install 'jpeglm[fid]'") from e
+    from jpeglm.eval.fid import FIDInception
+
+    return FIDInception.from_file(args.fid_weights)  # ValueError naming the file: exit 2
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    info = _model_info(args)
+    if video_commands.is_video(info):
+        if args.fid_weights is not None or args.fid_samples is not None:
+            raise UserError("--fid-weights is for image models, not video models")
+        clips = existing_files(args.images, "clip")
+        folder, tok_path = _plan_model_outputs(args, ["results.json"], clips)
+        loaded = _load_model(folder, tok_path, args)
+        with _sampling(folder):
+            video_commands.evaluate(args, *loaded, info, clips, _sampling_kwargs(args))
+        return 0
+    size = args.size if args.size is not None else info.get("image_size")  # before the defaults
+    if args.judge and size != 32:
+        raise UserError(f"--judge needs a 32x32 digit model (--size 32), not {size}")
+    paths = image_paths(args.images)
+    fid_net = _fid_network(args, len(paths))
+    extra = [Path(args.fid_weights)] if fid_net is not None else []
+    folder, tok_path = _plan_model_outputs(args, ["results.json", "grid.png"], [*paths, *extra])
+    try:
+        with _sampling(folder):
+            return _eval_images(args, folder, tok_path, paths, fid_net)
+    finally:  # grid.png is written as soon as the completions are made
+        record_outputs([Path(args.out) / "grid.png"])
+
+
+def _eval_images(args: argparse.Namespace, folder: Path, tok_path: Path, paths: list[Path],
+                 fid_net) -> int:  # noqa: ANN001  # fmt: skip
+    from jpeglm import codec
+    from jpeglm.eval.metrics import bits_per_byte, evaluate_completion
+
+    model, tok = _load_model(folder, tok_path, args)
+    kw = _sampling_kwargs(args)
+    streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
+    res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
+                              write_results=False, **kw)  # fmt: skip
+    res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
+    n_fid = args.fid_samples if fid_net is not None else 0
+    if args.judge or n_fid:  # one set of unconditional samples for both
+        from jpeglm.inference.sample import generate
+
+        gen = [s.image for s in generate(model, tok, n=max(args.judge, n_fid), **kw)]
+        if args.judge:  # judged by the digit classifier
+            from jpeglm.eval.metrics import judge_digits
+
+            res["judge"] = judge_digits(gen[: args.judge])
+        if n_fid:  # against the held-out images as the model sees them (the round trip)
+            from jpeglm.eval.fid import fid
+
+            held_out = [codec.decode(s, quality=args.quality) for s in streams]
+            dev = "cpu" if args.device.startswith("mps") else args.device  # float64 states
+            value = fid(held_out, gen[:n_fid], fid_net, device=dev)
+            res["fid"] = {"value": value, "samples": n_fid, "reference_images": len(held_out),
+                          "weights": Path(args.fid_weights).name}  # fmt: skip
+    text = json.dumps(res, indent=2) + "\n"
+    atomic_write_bytes(Path(args.out) / "results.json", text.encode(), record=True)
+    print(json.dumps(res, indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""Data: image and clip sources, preparation into token shards, the shard dataset, the bundled assets."""

@@ -1,0 +1,99 @@
+"""``ShardDataset``: a torch ``IterableDataset`` over the shards :func:`jpeglm.data.prepare.prepare`
+writes -- memory-mapped, sequences shuffled deterministically per epoch from a seed, split
+across distributed ranks and data-loader workers without overlap.
+
+Needs torch; :mod:`jpeglm.data.prepare` (which works without torch) re-exports :class:`ShardDataset`,
+importing this module on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from jpeglm.data.prepare import read_index
+
+__all__ = ["ShardDataset"]
+
+
+def _sequence_table(folders: Sequence[str | os.PathLike]) -> tuple[list[np.ndarray], np.ndarray]:
+    arrays, table = [], []
+    for folder in folders:
+        index = read_index(folder)
+        for s in index["shards"]:
+            if s["sequences"] == 0:
+                continue
+            path = Path(folder) / s["file"]
+            try:  # the trainer checked every shard first (jpeglm.data.prepare.check_shard_files)
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as e:  # numpy's words would suggest allow_pickle
+                raise ValueError(
+                    f"{path} is not a readable .npy shard ({type(e).__name__}): prepare the "
+                    "folder again"
+                ) from e
+            if arr.dtype != np.uint16 or arr.ndim != 2:
+                raise ValueError(f"{folder}/{s['file']}: not a uint16 (sequences, seq_len) shard")
+            table += [(len(arrays), r) for r in range(arr.shape[0])]
+            arrays.append(arr)
+    return arrays, np.asarray(table, dtype=np.int64).reshape(-1, 2)
+
+
+class ShardDataset(IterableDataset):
+    """Sequences of the shards in ``folders`` as int64 tensors of ``seq_len`` tokens.
+
+    Deterministic given ``seed`` and the epoch (:meth:`set_epoch`); rank ``r`` of ``world``
+    gets every ``world``-th sequence of the shuffled order (the order is truncated to a
+    multiple of ``world`` so ranks see equal counts), and data-loader workers split a
+    rank's share the same way. ``start`` skips that many of the rank's sequences (resume).
+    """
+
+    def __init__(
+        self,
+        folders: str | os.PathLike | Sequence[str | os.PathLike],
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if isinstance(folders, (str, os.PathLike)):
+            folders = [folders]
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world size {world}")
+        self.folders = list(folders)
+        self.arrays, self.table = _sequence_table(self.folders)
+        self.config = read_index(self.folders[0])["config"]
+        for f in self.folders[1:]:
+            if read_index(f)["config"]["tokenizer"] != self.config["tokenizer"]:
+                raise ValueError(f"{f} was prepared with another tokenizer")
+        self.seq_len = int(self.arrays[0].shape[1])
+        self.seed, self.shuffle, self.rank, self.world = seed, shuffle, rank, world
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        """This rank's sequence indices for the current epoch."""
+        n = len(self.table) - len(self.table) % self.world
+        idx = np.arange(len(self.table))
+        if self.shuffle:
+            idx = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.table))
+        return idx[:n][self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return len(self.table) // self.world
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        mine = self.order()[self.start :]
+        info = get_worker_info()
+        if info is not None:
+            mine = mine[info.id :: info.num_workers]
+        for i in mine:
+            a, r = self.table[i]
+            yield torch.from_numpy(self.arrays[a][r].astype(np.int64))

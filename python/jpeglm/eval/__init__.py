@@ -1,0 +1,1 @@
+"""Evaluation: metrics, judges, FID, video."""

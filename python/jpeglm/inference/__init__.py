@@ -1,0 +1,1 @@
+"""Inference: sampling settings, the sampling loop, decode-time weights and kernels."""

@@ -1,0 +1,585 @@
+"""The JPEG-LM model: a plain Llama-2 decoder over JPEG tokens, in the manner of gpt-fast.
+
+No convolutions, no 2-D positions: token embeddings, ``n_layers`` pre-norm blocks of
+(RMSNorm -> causal self-attention with rotary embeddings) and (RMSNorm -> SwiGLU MLP), a final
+RMSNorm and the output projection. No biases anywhere. Written after gpt-fast: the model
+is a plain ``nn.Module``; generation uses a static KV cache (:meth:`Transformer.setup_caches`,
+then ``forward(idx, input_pos)`` for the prefill and for each one-token decode step).
+
+The ops that have fast kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy, attention) are
+called through a :class:`jpeglm.model.backends.Backend`, picked once by capability (Triton kernels
+and flash-attn on CUDA, the PyTorch reference elsewhere; ``JPEGLM_BACKEND`` overrides).
+
+Checkpoints are Hugging Face Llama folders, the official JPEG-LM checkpoint included:
+:meth:`Transformer.from_pretrained` reads them and :meth:`Transformer.save_pretrained` writes
+them (the format is :mod:`jpeglm.checkpoint.hf`). Beside the model: :mod:`jpeglm.model.kv_cache`,
+:mod:`jpeglm.inference.weights` (sampling) and :mod:`jpeglm.model.activation_checkpoint` (training).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from jpeglm.inference import weights as inference_weights
+from jpeglm.inference.decode_kernels import INFERENCE_DTYPES, InferenceLinear, inference_act_dtype
+from jpeglm.model.activation_checkpoint import ACTIVATION_CHECKPOINT_MODES, check_mode, context_fn
+from jpeglm.model.backends import Backend, resolve_backend
+from jpeglm.model.dtensor import copy_full_
+from jpeglm.model.kv_cache import KVCache
+
+__all__ = [
+    "ACTIVATION_CHECKPOINT_MODES",
+    "CONFIGS",
+    "INFERENCE_DTYPES",
+    "InferenceLinear",
+    "KVCache",
+    "ModelArgs",
+    "Transformer",
+    "copy_full_",
+    "inference_act_dtype",  # re-exported from jpeglm.inference.decode_kernels (benchmarks/bench_generate.py)
+]
+
+
+def _find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class ModelArgs:
+    """Hyper-parameters of the decoder. ``None`` fields are derived in ``__post_init__``."""
+
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None  # grouped-query attention; None = n_heads (plain MHA)
+    hidden_dim: int | None = None  # SwiGLU width; None = Llama's 8/3 * dim rounded up
+    multiple_of: int = 256
+    vocab_size: int = 323  # 320 BPE tokens + specials; take it from the tokenizer
+    max_seq_len: int = 12288
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.hidden_dim is None and isinstance(self.dim, int) and self.dim > 0:
+            self.hidden_dim = _find_multiple(int(8 * self.dim / 3), self.multiple_of)
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size",
+                     "max_seq_len", "multiple_of"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelArgs.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(
+                f"ModelArgs: dim ({self.dim}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelArgs: n_heads ({self.n_heads}) must be divisible by n_kv_heads "
+                f"({self.n_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"ModelArgs: head_dim = dim / n_heads = {self.head_dim} must be even for "
+                "rotary embeddings"
+            )
+        if not self.norm_eps > 0 or not self.rope_theta > 0:
+            raise ValueError(
+                f"ModelArgs: norm_eps ({self.norm_eps}) and rope_theta ({self.rope_theta}) "
+                "must be positive"
+            )
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelArgs:
+        """A named size (see :data:`CONFIGS`), with any field overridden by keyword."""
+        if name not in CONFIGS:
+            raise ValueError(f"unknown model size {name!r}; known: {', '.join(CONFIGS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown ModelArgs field(s): {', '.join(sorted(unknown))}")
+        return cls(**{**CONFIGS[name], **overrides})
+
+    # -- Hugging Face LlamaConfig <-> ModelArgs (the mapping lives in jpeglm.checkpoint.hf)
+
+    def to_hf_config(self, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        """A ``config.json`` dict for ``transformers.LlamaConfig``."""
+        from jpeglm.checkpoint.hf import config_from_args
+
+        return config_from_args(self, dtype)
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> ModelArgs:
+        """Map a HF Llama ``config.json`` dict, refusing features this model does not have and
+        sizes over :data:`jpeglm.checkpoint.hf.HF_CONFIG_LIMITS` (see :func:`jpeglm.checkpoint.hf.args_from_config`)."""
+        from jpeglm.checkpoint.hf import args_from_config
+
+        return args_from_config(config)
+
+
+# Named sizes. Parameter counts are for the default vocabulary (323).
+CONFIGS: dict[str, dict[str, Any]] = {
+    # 0.13M: CPU tests. GQA (4 query heads share 2 key/value heads) so that path is exercised.
+    "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=176),
+    # 28M: CPU demos.
+    "small": dict(dim=512, n_layers=8, n_heads=8),
+    # 114M: GPT-2-small-sized experiments.
+    "base": dict(dim=768, n_layers=16, n_heads=12),
+    # 1.03B.
+    "1B": dict(dim=2048, n_layers=20, n_heads=16, hidden_dim=5632),
+    # 6.5B: Llama-2 7B (its 32,000-token vocabulary replaced by the JPEG one), as in the paper.
+    "7B": dict(dim=4096, n_layers=32, n_heads=32, hidden_dim=11008),
+}
+
+
+# ------------------------------------------------------------------------------------ layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, ops: Backend) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.ops = ops
+        self.fused: torch.Tensor | None = None  # the weight in the inference dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None and not torch.is_grad_enabled():
+            return self.ops.rms_norm(x, self.fused, self.eps)
+        return self.ops.rms_norm(x, self.weight, self.eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos / sin tables, ``(max_seq_len, head_dim // 2)``, computed as HF Llama does.
+
+    The tables stay float32 whatever dtype the model is cast to (angles at position 12k need
+    it), and are recomputed after every move (``.to``, ``.to_empty``, loading onto meta).
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        cos, sin = self._tables(None)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float()
+        inv_freq = 1.0 / (self.theta ** (exponent / self.head_dim))
+        positions = torch.arange(self.max_seq_len, dtype=torch.int64, device=device).float()
+        angles = torch.outer(positions, inv_freq)
+        return angles.cos(), angles.sin()
+
+    def reset(self, device: torch.device | str | None = None) -> None:
+        """Recompute the tables (float32) on ``device``."""
+        self.cos, self.sin = self._tables(torch.device(device) if device is not None else None)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self.reset(self.cos.device)
+        return self
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, ops: Backend) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+        self.ops = ops
+        # inference-only weights (Transformer.prepare_inference): not parameters, not saved
+        self.fused: tuple[InferenceLinear, InferenceLinear] | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        kv_len: int | None = None,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        if self.fused is not None and not torch.is_grad_enabled():  # one GEMM for q, k, v
+            wqkv, wo = self.fused
+            q, k, v = wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        else:
+            wo = self.wo
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(batch, seq, self.n_heads, self.head_dim)
+        k = k.view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = v.view(batch, seq, self.n_kv_heads, self.head_dim)
+        q = self.ops.rope(q, cos, sin)
+        k = self.ops.rope(k, cos, sin)
+        if input_pos is None:  # training / scoring: causal over the whole chunk
+            y = self.ops.attention(q, k, v)
+        else:  # generation: attend to the filled part of the cache, up to each query's position
+            assert self.kv_cache is not None, "setup_caches() first"
+            flash = self.ops.attention_impl == "flash_attn"
+            y = self.kv_cache.attend(q, k, v, input_pos, mask, kv_len, flash)
+        return wo(y.reshape(batch, seq, q_size))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)`` (HF: gate_proj = w1, up_proj = w3, down = w2)."""
+
+    def __init__(self, args: ModelArgs, ops: Backend) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.ops = ops
+        self.fused: tuple[InferenceLinear, InferenceLinear] | None = None  # (w13, w2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None and not torch.is_grad_enabled():
+            w13, w2 = self.fused
+            gate, up = w13(x).chunk(2, dim=-1)
+            return w2(self.ops.swiglu(gate, up))
+        return self.w2(self.ops.swiglu(self.w1(x), self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, ops: Backend) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps, ops)
+        self.attention = Attention(args, ops)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps, ops)
+        self.feed_forward = FeedForward(args, ops)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *cache: Any) -> Any:
+        """``cache``: :meth:`Attention.forward`'s generation arguments (input_pos, mask,
+        kv_len), passed through."""
+        h = x + self.attention(self.attention_norm(x), cos, sin, *cache)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+class Transformer(nn.Module):
+    """The Llama decoder. ``backend``: a name (``"auto"``, ``"triton"``, ``"torch"``), a
+    :class:`~jpeglm.model.backends.Backend`, or ``None`` for the process default."""
+
+    def __init__(self, args: ModelArgs, backend: str | Backend | None = None) -> None:
+        super().__init__()
+        args.validate()
+        self.args = args
+        self.ops = resolve_backend(backend)
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, self.ops) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps, self.ops)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.rope = RotaryEmbedding(args.head_dim, args.max_seq_len, args.rope_theta)
+        self.activation_checkpoint = "none"
+        self.inference: dict | None = None  # prepare_inference()
+        if self.output.weight.device.type != "meta":  # on meta: init after sharding / to_empty
+            self.reset_parameters()
+
+    @property
+    def backend(self) -> Backend:
+        return self.ops
+
+    def set_backend(self, backend: str | Backend | None) -> None:
+        """Switch every layer to another backend (weights untouched)."""
+        ops = resolve_backend(backend)
+        for module in self.modules():
+            if hasattr(module, "ops"):
+                module.ops = ops
+
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """Recompute activations in the backward pass instead of keeping them (training only):
+        ``"none"``, ``"full"`` or ``"selective"`` (see :mod:`jpeglm.model.activation_checkpoint`)."""
+        check_mode(mode)
+        self.activation_checkpoint = mode
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Llama / GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers),
+        norm weights 1.
+
+        Each full parameter is drawn in turn from the default CPU generator, in
+        ``named_parameters`` order, and copied in -- for a sharded (DTensor) parameter only its
+        local slice. So a model on any device, sharded over any number of ranks, starts from
+        the same weights for the same ``torch.manual_seed``.
+        """
+        std = 0.02
+        for name, p in self.named_parameters():
+            full = torch.empty(p.shape, dtype=torch.float32)
+            if p.ndim == 1:
+                full.fill_(1.0)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                full.normal_(0.0, std / math.sqrt(2 * self.args.n_layers))
+            else:
+                full.normal_(0.0, std)
+            copy_full_(p, full)
+
+    # -- generation
+
+    def setup_caches(
+        self,
+        max_batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Allocate static KV caches; afterwards call ``forward(idx, input_pos)``."""
+        if not 0 < max_seq_len <= self.args.max_seq_len:
+            raise ValueError(
+                f"max_seq_len {max_seq_len} must be in 1..{self.args.max_seq_len} (the model's)"
+            )
+        if max_batch_size <= 0:
+            raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
+        weight = self.output.weight
+        dtype = dtype or weight.dtype
+        device = device or weight.device
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(
+                max_batch_size, max_seq_len, self.args.n_kv_heads, self.args.head_dim, dtype, device
+            )
+
+    def clear_caches(self) -> None:
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+
+    def copy_cache_row(self, rows: int, length: int) -> None:
+        """Copy row 0's first ``length`` cache slots into rows ``1 .. rows-1`` of every
+        layer's cache: a prompt the whole batch shares is prefilled once."""
+        for layer in self.layers:
+            cache = layer.attention.kv_cache
+            cache.k_cache[1:rows, :, :length] = cache.k_cache[:1, :, :length]
+            cache.v_cache[1:rows, :, :length] = cache.v_cache[:1, :, :length]
+
+    # -- inference weights (built in jpeglm.inference.weights)
+
+    def prepare_inference(self, dtype: str = "fp32") -> None:
+        """Build the sampling weights (see :mod:`jpeglm.inference.weights`): fused projections
+        and every linear weight in format ``dtype`` (``"fp32"``, ``"bf16"``, ``"fp16"``,
+        ``"int8"``: see :class:`InferenceLinear`). Every forward without gradients (sampling,
+        scoring under ``torch.no_grad``) uses them, rebuilt when the parameters have changed
+        (an optimizer step, ``load_state_dict``, ``.to``); training uses the parameters.
+        Parameters, their names and checkpoints are untouched."""
+        inference_weights.prepare(self, dtype)
+
+    def clear_inference(self) -> None:
+        """Drop the weights of :meth:`prepare_inference`."""
+        inference_weights.clear(self)
+
+    def inference_bytes(self) -> int:
+        """Bytes of the linear-layer weights a decode step reads (prepared or not)."""
+        return inference_weights.linear_bytes(self)
+
+    def param_key(self) -> tuple:
+        """Changes whenever a parameter is replaced, modified in place or cast."""
+        return inference_weights.param_key(self)
+
+    # -- forward
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_len: int | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(batch, seq, vocab)`` for token ids ``idx`` ``(batch, seq)``.
+
+        * ``input_pos=None``: causal over the whole sequence, positions ``0..seq-1``.
+        * ``input_pos`` (``(seq,)`` long, after :meth:`setup_caches`): the positions of ``idx``
+          -- ``arange(n)`` for a prefill, ``tensor([t])`` for a decode step; keys and values
+          go into the cache and each query attends to every cached position up to its own.
+          ``kv_len`` (a Python int > every position, default the cache size) cuts the
+          attention to the first ``kv_len`` cache slots.
+        * ``targets`` (``(batch, seq)``, ``-100`` = ignore): returns the mean cross-entropy
+          instead of logits, through the fused linear + cross-entropy op, so the full logits
+          are never materialised on the Triton backend.
+        """
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (batch, seq), got shape {tuple(idx.shape)}")
+        seq = idx.shape[1]
+        if seq > self.args.max_seq_len:
+            raise ValueError(f"{seq} tokens exceed max_seq_len {self.args.max_seq_len}")
+        if input_pos is not None:
+            cache = self.layers[0].attention.kv_cache
+            if cache is None:
+                raise RuntimeError("forward with input_pos needs setup_caches() first")
+            if input_pos.shape != (seq,):
+                raise ValueError(f"input_pos must be ({seq},), got {tuple(input_pos.shape)}")
+            if kv_len is not None and not 0 < kv_len <= cache.k_cache.shape[2]:
+                raise ValueError(f"kv_len {kv_len} outside 1..{cache.k_cache.shape[2]}")
+        inf = inference_weights.fresh(self)
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(
+                    f"targets {tuple(targets.shape)} must match idx {tuple(idx.shape)}"
+                )
+            x = self._trunk(idx, input_pos, kv_len, inf).reshape(-1, self.args.dim)
+            if inf is not None:  # scoring the prepared weights (no gradients: plain logits)
+                logits = inf["output"](x).float()
+                return F.cross_entropy(logits, targets.reshape(-1), ignore_index=-100)
+            return self.ops.linear_cross_entropy(x, self.output.weight, targets.reshape(-1))
+        return self._logits(self._trunk(idx, input_pos, kv_len, inf), inf)
+
+    def decode(
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor,
+        kv_len: int | None = None,
+        exact: bool = False,
+    ) -> torch.Tensor:
+        """The sampler's step: logits ``(batch, vocab)`` at the last of ``idx``'s positions.
+
+        ``exact``: the caller promises consecutive positions with nothing cached past the last
+        (and ``kv_len == input_pos[-1] + 1`` unless the cache kernel runs): attention reads only
+        the filled slots -- ``_core``'s cache kernel for fp32 on CPU (the cut taken from
+        ``input_pos``, so a compiled step stays one graph), else SDPA (unmasked for one token).
+        No argument checks and no staleness check of the inference weights
+        (the sampler prepares them): the body ``torch.compile(fullgraph=True)`` traces.
+        """
+        inf = self.inference if not torch.is_grad_enabled() else None
+        return self._logits(self._trunk(idx, input_pos, kv_len, inf, exact)[:, -1], inf)
+
+    def _logits(self, x: torch.Tensor, inf: dict | None) -> torch.Tensor:
+        return self.output(x) if inf is None else inf["output"](x)
+
+    def _trunk(
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor | None,
+        kv_len: int | None,
+        inf: dict | None,
+        exact: bool = False,
+    ) -> torch.Tensor:
+        seq = idx.shape[1]
+        mask = None
+        if input_pos is None:
+            cos, sin = self.rope.cos[:seq], self.rope.sin[:seq]
+        else:
+            cos, sin = self.rope.cos[input_pos], self.rope.sin[input_pos]
+            if kv_len is None:
+                kv_len = self.layers[0].attention.kv_cache.k_cache.shape[2]
+            if not exact:  # built once per step, shared by every layer: query i sees slots
+                slots = torch.arange(kv_len, device=idx.device)  # 0 .. input_pos[i]
+                mask = slots[None, :] <= input_pos[:, None]
+        x = self.tok_embeddings(idx) if inf is None else F.embedding(idx, inf["embedding"])
+        recompute = (
+            self.activation_checkpoint != "none" and input_pos is None and torch.is_grad_enabled()
+        )
+        for layer in self.layers:
+            if recompute:
+                recompute_fn = context_fn(self.activation_checkpoint)
+                x = torch.utils.checkpoint.checkpoint(
+                    layer, x, cos, sin, use_reentrant=False, context_fn=recompute_fn
+                )
+            else:
+                x = layer(x, cos, sin, input_pos, mask, kv_len)
+        return self.norm(x)
+
+    # -- accounting
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights once); ``non_embedding`` drops the input table."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and not self.args.tie_embeddings:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
+        """Training FLOPs per token (forward + backward): ``6 N + 12 L d T`` (PaLM appendix B)
+        with N the parameters used in matmuls, the attention term halved for ``causal``
+        attention (only the lower triangle of the score matrix is computed by flash kernels:
+        ``6 N + 6 L d T``); ``causal=False`` gives the full-matrix convention of PaLM / nanoGPT
+        MFU figures."""
+        a = self.args
+        attn = 12 * a.n_layers * a.dim * seq_len
+        return 6 * self.num_params(non_embedding=True) + (attn / 2 if causal else attn)
+
+    # -- Hugging Face checkpoints (the I/O lives in jpeglm.checkpoint.hf)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        backend: str | Backend | None = None,
+        vocab_size: int | None = None,
+    ) -> Transformer:
+        """Load a HF Llama checkpoint folder (``config.json`` + ``model.safetensors``, or
+        shards listed in ``model.safetensors.index.json``).
+
+        ``dtype`` defaults to the stored dtype. ``vocab_size``, when given (the tokenizer's),
+        must equal the checkpoint's. Every tensor is checked: missing, unexpected or wrongly
+        shaped ones raise ``ValueError`` naming them.
+        """
+        from jpeglm.checkpoint.hf import load_hf_state
+
+        args, state = load_hf_state(path, device=device, vocab_size=vocab_size)
+        with torch.device("meta"):
+            model = cls(args, backend=backend)
+        dtype = dtype or state["tok_embeddings.weight"].dtype
+        state = {k: v.to(dtype) for k, v in state.items()}
+        if args.tie_embeddings:
+            state["output.weight"] = state["tok_embeddings.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        if args.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        model.rope.reset(device)  # the tables were built on meta
+        return model
+
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        max_shard_size: int = 5 * 2**30,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        """Write a HF Llama folder: ``config.json`` and ``model.safetensors`` (or shards of at
+        most ``max_shard_size`` bytes plus ``model.safetensors.index.json``), each atomically.
+
+        ``extra_config`` adds keys to ``config.json`` (e.g. ``bos_token_id``). Shards of an
+        earlier save with a different layout are removed afterwards.
+        """
+        from jpeglm.checkpoint.hf import save_hf_files
+
+        state = dict(self.named_parameters(remove_duplicate=False))
+        save_hf_files(path, self.args, state, dtype=dtype or self.output.weight.dtype,
+                      max_shard_size=max_shard_size, extra_config=extra_config)  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """``HF_CONFIG_LIMITS`` and ``HF_MAX_PARAMETERS``, which live in :mod:`jpeglm.checkpoint.hf` (it
+    imports this module, so it is imported on first use here, not at the top)."""
+    if name in ("HF_CONFIG_LIMITS", "HF_MAX_PARAMETERS"):
+        from jpeglm.checkpoint import hf
+
+        return getattr(hf, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

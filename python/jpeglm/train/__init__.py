@@ -1,0 +1,1 @@
+"""Training: the loop, its config, batches, parallelism, memory planning."""

@@ -1,0 +1,762 @@
+"""The JPEG-LM trainer: read it top to bottom.
+
+    jpeglm train CONFIG.toml [key=value ...]            # one process (CPU or one GPU)
+    torchrun --nproc_per_node N -m jpeglm.train CONFIG.toml [key=value ...]   # DDP / FSDP
+
+The config (TOML; see :class:`TrainConfig` for every key) names the model, the prepared
+shards (``jpeglm prepare``), the tokenizer, and the optimisation: AdamW (fused on CUDA),
+linear warm-up then cosine decay, gradient accumulation and clipping, bf16 autocast on GPU
+and fp32 on CPU. Every ``eval_every`` steps the held-out shards give a loss and bits per byte;
+every ``ckpt_every`` steps a checkpoint ``OUT/step_N`` is written atomically (a
+torch.distributed.checkpoint folder: every rank writes its shard of model + optimizer, plus
+step / data position / RNG; see :mod:`jpeglm.checkpoint.dcp`) and only the last ``keep`` are
+kept; ``resume=true`` continues from the newest one exactly as if never stopped, on the same
+or (where the data position maps exactly) another number of ranks. At the end the weights
+are gathered into an HF folder ``OUT/final`` (with the tokenizer) that transformers and
+``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit (a second
+signal during that checkpoint's write is deferred until it is whole). One trainer
+per run folder: rank 0 holds ``OUT/.jpeglm-lock`` (``flock``; the kernel releases it if the
+process dies) for the whole run, and a second trainer is refused naming the holder's pid.
+
+Scale: ``fsdp=true`` shards with FSDP2 (per block, then the root; bf16 compute and fp32
+gradient reduction on CUDA; the model is built on the meta device and each rank materialises
+only its shard), ``activation_checkpoint="full"|"selective"`` trades compute for activation
+memory, ``compile=true`` compiles each block. ``jpeglm plan`` tells what fits. Rank 0 logs
+(tqdm, ``metrics.jsonl``, TensorBoard in ``OUT/tb`` when installed, ``loss.png``): loss,
+tokens/s, model FLOP/s and MFU (FLOPs per token 6N + 6 L d T: causal attention counted as
+half).
+
+Multi-node: the same command under torchrun on every node, e.g.
+``torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500
+-m jpeglm.train CONFIG fsdp=true`` (all nodes see one shared file system for OUT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from jpeglm._io import (
+    OUTPUTS_MANIFEST,
+    atomic_open,
+    claim_outputs,
+    folder_lock,
+    record_outputs,
+    show,
+    writable_folder,
+)
+from jpeglm.data.prepare import ShardDataset, read_index
+from jpeglm.model import ModelArgs
+from jpeglm.train.batches import (
+    check_shards,
+    data_position,
+    epoch_sequences,
+    micro_batches,
+    targets_of,
+)
+from jpeglm.train.config import TrainConfig, lr_at
+from jpeglm.train.parallel import (
+    build_model,
+    build_optimizer,
+    check_memory,
+    clip_grad_norm_,
+    setup_distributed,
+)
+
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "Interrupted",
+    "evaluate",
+    "main",
+    "peak_flops",
+    "read_metrics",
+    "resume",
+    "train",
+    # re-exported: the trainer's parts, importable from here as before
+    "TrainConfig",
+    "build_model",
+    "build_optimizer",
+    "check_memory",
+    "clip_grad_norm_",
+    "data_position",
+    "epoch_sequences",
+    "lr_at",
+    "targets_of",
+]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, ds: ShardDataset, micro: int, n_batches: int,
+             device: torch.device, bytes_per_token: float, autocast: torch.autocast,
+             pad_id: int | None = None) -> dict:  # fmt: skip
+    """Mean held-out loss over ``n_batches`` micro-batches per rank, averaged over ranks (every
+    rank runs the same number of forwards, as FSDP's collectives need)."""
+    model.eval()
+    losses = []
+    ds.set_epoch(0)
+    ds.start = 0
+    it = iter(ds)
+    for _ in range(n_batches):
+        seqs = [s for _, s in zip(range(micro), it)]
+        if len(seqs) < micro:
+            break
+        x = torch.stack(seqs).to(device)
+        with autocast:
+            losses.append(model(x[:, :-1], targets=targets_of(x, pad_id)).float())
+    model.train()
+    t = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t = t / dist.get_world_size()
+    loss = float(t)
+    return {"eval_loss": loss, "eval_bits_per_byte": loss / math.log(2) / bytes_per_token}
+
+
+# ------------------------------------------------------------------------------------------------
+# throughput: tokens/s and MFU
+
+#: dense bf16 peak FLOP/s of the cards MFU is usually quoted for (per GPU, no sparsity)
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "A10G": 125e12, "L4": 121e12, "V100": 125e12}  # fmt: skip
+
+
+def peak_flops(device: torch.device, override: float = 0.0) -> float:
+    """The device's peak FLOP/s for MFU: ``override`` when given, else looked up by the GPU's
+    name; 0 (MFU not reported) for a CPU or an unknown card."""
+    if override > 0:
+        return override
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0.0)
+
+
+class _Stop:
+    """SIGINT / SIGTERM during training: finish the step, checkpoint, exit with one line. A
+    second signal stops at once -- except while a checkpoint is being written (:meth:`writing`):
+    then it is deferred until the checkpoint is whole (one line says so), so that no signal
+    ever leaves a torn ``.tmp_step_N`` and no checkpoint."""
+
+    def __init__(self, rank: int = 0) -> None:
+        self.signal: int | None = None
+        self._old: dict = {}
+        self._writing: str | None = None  # the checkpoint being written
+        self._said = False
+        self._rank = rank
+
+    def __enter__(self) -> _Stop:
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001
+        if self.signal is not None and self._writing is None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        if self.signal is not None and not self._said:
+            import signal
+
+            self._said = True
+            if self._rank == 0:
+                print(f"jpeglm train: {signal.Signals(signum).name} again: finishing the "
+                      f"checkpoint {self._writing} first, then stopping", file=sys.stderr,
+                      flush=True)  # fmt: skip
+        if self.signal is None:
+            self.signal = signum
+
+    @contextlib.contextmanager
+    def writing(self, name: str):  # noqa: ANN201
+        """While the checkpoint ``name`` is written, every signal is deferred."""
+        self._writing = name
+        try:
+            yield
+        finally:
+            self._writing = None
+
+    def __exit__(self, *exc) -> bool:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    def requested(self, device: torch.device) -> bool:
+        """True on every rank when any rank got a signal (so all checkpoint together)."""
+        flag = self.signal is not None
+        if dist.is_initialized():
+            t = torch.tensor([int(flag)], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+
+def _run_id(rank: int) -> str:
+    """A fresh run's id, the same on every rank (rank 0's, broadcast)."""
+    import uuid
+
+    ids = [uuid.uuid4().hex[:12] if rank == 0 else ""]
+    if dist.is_initialized():
+        dist.broadcast_object_list(ids, src=0)
+    return ids[0]
+
+
+def resume(
+    checkpoints: list[Path],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    args: ModelArgs,
+    rank: int,
+) -> dict:
+    """Load the newest readable checkpoint; an unreadable newest one is reported and the one
+    before it taken (every rank reads the same files, and DCP fails on all ranks together)."""
+    from jpeglm.checkpoint import dcp as ckpt
+
+    errors = []
+    for path in reversed(checkpoints):
+        try:
+            saved = ckpt.read_train_state(path)
+            if saved.get("model_args") != dataclasses.asdict(args):
+                raise ValueError(
+                    f"cannot resume from {path}: the model's shape differs "
+                    f"({_shape_difference(saved.get('model_args'), dataclasses.asdict(args))}): "
+                    "resume with the checkpoint's model settings, or choose a new out"
+                )
+            state = ckpt.load_train_checkpoint(path, model, opt)
+        except ValueError as e:
+            if "the model's shape differs" in str(e) or "older jpeglm" in str(e):
+                raise
+            errors.append(str(e))
+            continue
+        if errors and rank == 0:
+            print(f"jpeglm train: {errors[0]}; resuming from {path.name} instead", file=sys.stderr)
+        return state
+    raise ValueError(f"cannot resume: no readable checkpoint in {checkpoints[0].parent} "
+                     f"({errors[0]})")  # fmt: skip
+
+
+def _shape_difference(saved: object, now: dict) -> str:
+    """The model settings a checkpoint and this run disagree on, both sides, for a message."""
+    if not isinstance(saved, dict):
+        return "the checkpoint records no model_args"
+    keys = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    ck = ", ".join(f"{k}={saved.get(k)}" for k in keys)
+    here = ", ".join(f"{k}={now.get(k)}" for k in keys)
+    return f"checkpoint: {ck}; this run: {here}"
+
+
+#: metrics.jsonl is read back (resume, loss.png) at most this large
+_METRICS_LIMIT = 256 << 20
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (one JSON object per line, nesting bounded); a
+    last line cut off by a kill (no newline) counts for nothing. ValueError naming the file and
+    line otherwise."""
+    from jpeglm._io import parse_json, show
+
+    if path.stat().st_size > _METRICS_LIMIT:
+        raise ValueError(f"{show(path)} is larger than {_METRICS_LIMIT} bytes: not a run's metrics")
+    lines = path.read_bytes().split(b"\n")[:-1]  # the last piece has no newline: unfinished
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{show(path)} line {i}")
+        if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
+            raise ValueError(f"{show(path)} line {i} is not a metrics row (an object with a step)")
+        rows.append(row)
+    return rows
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the records of the steps up to the resumed checkpoint (the later ones are done
+    again: never a step twice), and no line a kill cut off."""
+    if not path.is_file():
+        return
+    rows = read_metrics(path)
+    keep = [r for r in rows if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in keep)
+    if len(keep) != len(rows) or path.read_text(encoding="utf-8", errors="replace") != text:
+        from jpeglm._io import atomic_write_text
+
+        atomic_write_text(path, text)
+
+
+def _metadata(index: dict, tok, seq_len: int) -> dict:
+    """What a checkpoint says about the data it was trained on (the self-describing record
+    that sampling reads): image size, quality, sequence length, special ids, fingerprint."""
+    c = index["config"]
+    return {
+        "format": "jpeglm-model",
+        "version": 1,
+        "image_size": c.get("size"),
+        "quality": c.get("quality"),
+        "seq_len": seq_len,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.eos_id,
+        "tokenizer_fingerprint": c.get("tokenizer"),
+        "bytes_per_token": index["bytes"] / max(1, index["tokens"]),
+        "tokens_per_image": index["tokens"] / max(1, index["images"]),
+        "sampling": {"temperature": 1.0, "top_k": 50, "top_p": 0.9},
+        "kind": c.get("kind", "image"),
+        **({"video": c["video"]} if c.get("kind") == "video" else {}),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+#: the files a run writes into its folder besides its checkpoints (step_N, kept by run id) and
+#: tb/ (new event files only): claimed before the run (a user's file of one of these names is
+#: refused) and listed in OUT/.jpeglm-outputs once in place
+RUN_FILES = ("metrics.jsonl", "loss.png", "final")
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run training; returns the final metrics (rank 0). One trainer per run folder: rank 0
+    holds ``OUT/.jpeglm-lock`` for the whole run (:func:`jpeglm._io.folder_lock`)."""
+    with contextlib.ExitStack() as held:
+        metrics, stopped = _train(cfg, held)
+    _leave_process_group()
+    if stopped is not None:
+        raise stopped
+    return metrics
+
+
+def _leave_process_group() -> None:
+    """End a torchrun run on every rank together: a barrier (rank 0 has written the plot),
+    then the group is destroyed. The barrier is also the last collective before the
+    interpreter exits, on purpose: gloo's worker threads release a finished collective's
+    tensors a moment after it completes, and releasing Python-owned tensors (those of
+    ``all_gather_object``, the final export's collective) needs the GIL -- during interpreter
+    finalisation that aborts the process ("terminate called without an active exception").
+    A barrier holds no Python tensors, and its wait releases the GIL for that release."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _leave_after_error() -> None:
+    """The same after a one-line error: the errors ``main`` reports are raised on every rank
+    together (the checks run on all ranks, rank 0's through ``_on_rank0``, checkpoint writes
+    through ``on_every_rank``), so the ranks meet -- but a bounded meeting (gloo's monitored
+    barrier, 10 s), never a hang where one rank failed alone."""
+    if not dist.is_initialized():
+        return
+    from datetime import timedelta
+
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=10))
+    except RuntimeError:  # a rank that failed alone has left: nothing to wait for
+        pass
+    dist.destroy_process_group()
+
+
+def _on_rank0(fn) -> None:  # noqa: ANN001
+    """``fn()`` on rank 0 (a check of the run folder, which only rank 0 writes); its ValueError
+    is raised on every rank, so that all stop together."""
+    error = [None]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            fn()
+        except ValueError as e:
+            error = [str(e)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(error, src=0)
+    if error[0]:
+        raise ValueError(error[0])
+
+
+def _check_init_from(path: Path) -> None:
+    """``init_from`` names an HF folder; a trainer checkpoint or a run folder gets the command
+    that makes one."""
+    from jpeglm.checkpoint.files import CHECKPOINT_STATE
+
+    if (path / CHECKPOINT_STATE).is_file() or (path / ".metadata").is_file():
+        raise ValueError(
+            f"init_from={show(path)} is a trainer checkpoint, not an HF folder: make one with "
+            f"`jpeglm export {show(path)} DEST` and pass init_from=DEST (or continue its run "
+            "with resume=true)"
+        )
+    if (path / "config.json").exists():
+        return
+    if (path / "final" / "config.json").is_file():
+        raise ValueError(
+            f"init_from={show(path)} is a run folder: its HF folder is {show(path / 'final')}"
+        )
+    from jpeglm.checkpoint.dcp import list_checkpoints
+
+    if list_checkpoints(path):
+        raise ValueError(
+            f"init_from={show(path)} is a run folder: make an HF folder of its newest "
+            f"checkpoint with `jpeglm export {show(path)} DEST` and pass init_from=DEST"
+        )
+
+
+def _nothing_to_resume(out: Path) -> str | None:
+    """``resume=true`` in a folder without a complete checkpoint starts at step 1 (the first
+    launch of a preemptible job, or one killed before its first checkpoint); when a run was
+    there (a ``.tmp_step_N`` a kill cut off, its ``metrics.jsonl``) that is said in one line,
+    and its rows are dropped (they are done again: never a step twice)."""
+    torn = sorted(p.name for p in out.glob(".tmp_step_*"))
+    if not torn and not (out / "metrics.jsonl").is_file():
+        return None
+    what = f"only {torn[-1]}, cut off while being written" if torn else "only its metrics.jsonl"
+    return (
+        f"{show(out)} holds no complete checkpoint to resume ({what}): starting at step 1 "
+        "(the rows of metrics.jsonl are done again)"
+    )
+
+
+def _claim_run_files(out: Path, legacy: bool) -> None:
+    """A user's file in the way of :data:`RUN_FILES` (``loss.png``, a ``final/`` of their own)
+    is refused before any work. ``legacy``: a run being resumed in a folder without the output
+    manifest was written by an older jpeglm, and its files are the run's."""
+    if legacy and not (out / OUTPUTS_MANIFEST).exists():
+        record_outputs(out / n for n in RUN_FILES)
+    claim_outputs(out, RUN_FILES)
+
+
+def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrupted | None]:
+    from tqdm.auto import tqdm
+
+    from jpeglm.checkpoint import dcp as ckpt
+    from jpeglm.data.prepare import tokenizer_fingerprint
+    from jpeglm.tokenizer import Tokenizer
+
+    rank, world, device = setup_distributed()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # -- check everything before any long work
+    tok = Tokenizer.load(cfg.tokenizer)
+    fingerprint = tokenizer_fingerprint(tok)
+    index = read_index(cfg.train_data[0])
+    seq_len = check_shards(cfg.train_data, fingerprint, cfg.tokenizer, "train_data",
+                           tok.vocab_size)  # fmt: skip
+    if cfg.eval_data:
+        eval_len = check_shards(cfg.eval_data, fingerprint, cfg.tokenizer, "eval_data",
+                                tok.vocab_size)  # fmt: skip
+        if eval_len > seq_len:
+            raise ValueError(
+                f"eval_data has sequences of {eval_len} tokens, longer than the model's context "
+                f"({seq_len}, from train_data)"
+            )
+    train_ds = ShardDataset(cfg.train_data, seed=cfg.seed, rank=rank, world=world)
+    eval_ds = (
+        ShardDataset(cfg.eval_data, shuffle=False, rank=rank, world=world)
+        if cfg.eval_data
+        else None
+    )
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
+    per_rank = cfg.batch_size // world
+    micro = cfg.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise ValueError(f"micro_batch_size {micro} does not divide the per-rank batch {per_rank}")
+    accum = per_rank // micro
+    if len(train_ds) < micro:
+        raise ValueError(
+            f"{len(train_ds)} training sequences per rank: fewer than one micro-batch of {micro}"
+        )
+    if cfg.init_from:
+        _check_init_from(Path(cfg.init_from))
+        args = ckpt.hf_model_args(cfg.init_from, vocab_size=tok.vocab_size)
+        args = dataclasses.replace(args, max_seq_len=max(seq_len, args.max_seq_len))
+    else:
+        args = ModelArgs.from_name(
+            cfg.model, vocab_size=tok.vocab_size, max_seq_len=seq_len, **cfg.model_args
+        )
+    check_memory(args, cfg, device, world)
+    bytes_per_token = index["bytes"] / max(1, index["tokens"])
+    out = Path(cfg.out)
+
+    # one trainer per run folder: taken before anything in it is looked at or written
+    def lock() -> None:
+        writable_folder(out)
+        held.enter_context(folder_lock(out, "another trainer"))  # held until the run ends
+
+    _on_rank0(lock)
+    existing = ckpt.list_checkpoints(out)
+    if existing and not cfg.resume:
+        raise ValueError(
+            f"{out} already holds a run ({existing[-1].name}): pass resume=true to continue it, "
+            "or choose a new out"
+        )
+    if not cfg.resume and (out / "metrics.jsonl").is_file():
+        raise ValueError(
+            f"{out} already holds a run's metrics.jsonl: pass resume=true to continue it, or "
+            "choose a new out"
+        )
+    _on_rank0(lambda: _claim_run_files(out, legacy=cfg.resume and bool(existing)))
+    if cfg.resume and not existing and rank == 0:
+        note = _nothing_to_resume(out)
+        if note:
+            print(f"jpeglm train: {note}", file=sys.stderr, flush=True)
+            _truncate_metrics(out / "metrics.jsonl", 0)
+
+    model, fwd = build_model(args, cfg, device, world)
+    opt = build_optimizer(model, cfg, device)
+    step, epoch, skip = 0, 0, 0
+    run_id = _run_id(rank)
+    if cfg.resume and existing:
+        state = resume(existing, model, opt, args, rank)
+        step, run_id = state["step"], state.get("run_id", run_id)
+        pos = data_position(state, cfg, len(train_ds), micro, world)
+        epoch, skip = pos["epoch"], pos["skip"]
+        if rank == 0:
+            _truncate_metrics(out / "metrics.jsonl", step)
+    sharded = cfg.fsdp and world > 1
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and not sharded
+    )  # FSDP casts parameters itself (MixedPrecisionPolicy)
+
+    meta = _metadata(index, tok, seq_len)
+    train_state = {
+        "run_id": run_id, "batch_size": cfg.batch_size, "micro_batch_size": micro, "world": world,
+        "epoch_sequences": epoch_sequences(len(train_ds), micro, world),
+        "model_args": dataclasses.asdict(args), "config": dataclasses.asdict(cfg),
+        "metadata": meta,
+    }  # fmt: skip
+    writer = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed at the end
+        record_outputs([out / "metrics.jsonl"])
+        writer = _tensorboard(out, cfg)
+    batches = micro_batches(train_ds, micro, epoch, skip)
+    flops_per_token = model.flops_per_token(seq_len - 1)  # causal attention counted as half
+    peak = peak_flops(device, cfg.peak_flops)
+    bar = tqdm(
+        total=cfg.max_steps, initial=step, desc="train", disable=rank != 0 or not cfg.progress
+    )
+    metrics: dict = {}
+    t_last = time.perf_counter()
+    stop = _Stop(rank)
+    with stop:
+        while step < cfg.max_steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            # The step's loss is the mean over every target token of the global batch, whatever
+            # the split into ranks and micro-batches (padding makes token counts differ): each
+            # micro-batch's mean is weighted by its share of the step's tokens.
+            step_batches = [next(batches) for _ in range(accum)]
+            epoch = step_batches[-1][0]
+            targets = [targets_of(x, tok.pad_id) for _, x in step_batches]
+            counts = [int((t != -100).sum()) for t in targets]
+            total = torch.tensor([float(sum(counts))], device=device)
+            if world > 1:
+                dist.all_reduce(total)
+            n_total = max(float(total.item()), 1.0)
+            loss_sum = torch.zeros((), device=device)
+            for a, ((_, x), t, n) in enumerate(zip(step_batches, targets, counts)):
+                x = x.to(device, non_blocking=True)
+                if n == 0:  # only padding: one dummy target, weighted 0 (keeps collectives)
+                    t = t.clone()
+                    t.view(-1)[0] = 0
+                t = t.to(device, non_blocking=True)
+                last = a == accum - 1
+                if sharded:  # reduce-scatter only after the last micro-batch
+                    model.set_requires_gradient_sync(last)
+                ctx = fwd.no_sync() if not last and hasattr(fwd, "no_sync") else _null()
+                with ctx, autocast:  # ranks' gradients are averaged: scale by the world size
+                    loss = fwd(x[:, :-1], targets=t) * (n * world / n_total)
+                loss.backward()
+                loss_sum += loss.detach() / world
+            if world > 1:
+                dist.all_reduce(loss_sum)
+            loss_value = float(loss_sum)  # one host sync per step
+            norm = clip_grad_norm_(model, cfg.grad_clip)
+            if not (math.isfinite(loss_value) and math.isfinite(norm)):
+                raise ValueError(
+                    f"step {step + 1}: the loss is {loss_value} (gradient norm {norm}); "
+                    "nothing of this step is kept -- lower lr, or resume=true from the last "
+                    "checkpoint"
+                )
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            if rank == 0:
+                tokens_per_s = cfg.batch_size * (seq_len - 1) / dt
+                metrics = {"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg),
+                           "grad_norm": norm, "tokens_per_s": tokens_per_s,
+                           "model_flops_per_s": tokens_per_s * flops_per_token}  # fmt: skip
+                if peak:
+                    metrics["mfu"] = tokens_per_s * flops_per_token / (peak * world)
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+                bar.update(1)
+            if eval_ds is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                ev = evaluate(fwd, eval_ds, micro, cfg.eval_batches, device, bytes_per_token,
+                              autocast, tok.pad_id)  # fmt: skip
+                metrics.update(ev)
+                t_last = time.perf_counter()  # evaluation is not training throughput
+            if rank == 0:
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+                if writer is not None:
+                    for k, v in metrics.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+            interrupted = stop.requested(device)
+            stopping = interrupted or (cfg.stop_at > 0 and step >= cfg.stop_at)
+            if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
+                with stop.writing(f"step_{step:08d}"):
+                    ckpt.save_train_checkpoint(
+                        out, step, model, opt, train_state, keep=cfg.keep, tokenizer=cfg.tokenizer
+                    )
+                # a signal during the write: the checkpoint just written is where to stop
+                stopping = stopping or stop.requested(device)
+                t_last = time.perf_counter()
+            if stopping:
+                break
+    bar.close()
+    if step == cfg.max_steps and not stop.signal:
+        # the run's result as an HF folder: what transformers and `jpeglm sample` load
+        full = ckpt.gather_full_state(model)
+
+        def export() -> None:
+            if rank == 0:  # replaces only an HF folder of jpeglm's files (final/ was claimed)
+                ckpt.write_hook_call(out / ".tmp_final")
+                ckpt.save_hf(out / "final", args, full, dtype=_dtype(cfg.export_dtype),
+                             max_shard_size=cfg.export_shard_size, tokenizer=cfg.tokenizer,
+                             metadata=meta, replace=True)  # fmt: skip
+                record_outputs([out / "final"])
+
+        try:  # every rank learns of rank 0's failure (no rank left at a barrier)
+            ckpt.on_every_rank(export)
+        except Exception as e:
+            if not ckpt.disk_full(e):
+                raise
+            last = ckpt.list_checkpoints(out)[-1]
+            raise ValueError(
+                f"no space left in {show(out)} for the final export final/ (the weights: about "
+                f"{ckpt.weights_size(model)}): the run itself is complete in {last.name}; free "
+                f"some space, then: jpeglm export {show(last)} {show(out / 'final')}"
+            ) from None
+    if rank == 0:
+        log.close()
+        if writer is not None:
+            writer.close()
+        _plot(out)
+    if stop.signal is not None:
+        import signal
+
+        name = signal.Signals(stop.signal).name
+        return metrics, Interrupted(
+            stop.signal, f"{name}: stopped at step {step}, checkpoint written; resume=true goes on"
+        )
+    return metrics, None
+
+
+class Interrupted(Exception):
+    """Training was stopped by SIGINT / SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _tensorboard(out: Path, cfg: TrainConfig):
+    """A TensorBoard ``SummaryWriter`` into ``out/tb`` when tensorboard is installed."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _plot(out: Path) -> None:
+    """loss.png from metrics.jsonl (skipped when matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = read_metrics(out / "metrics.jsonl")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train")
+    ev = [r for r in rows if "eval_loss" in r]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="held-out")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_open(out / "loss.png", "wb", record=True) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Config keys (TOML file and/or key=value overrides):")
+        print(TrainConfig.keys_help())
+        return 0
+    if argv and argv[0] == "--print-config":
+        print(TrainConfig.default_toml(), end="")
+        return 0
+    if not argv:
+        print("jpeglm train: error: give a config file and/or key=value overrides (see --help)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    path, overrides = (None, argv) if "=" in argv[0] else (argv[0], argv[1:])
+    try:
+        cfg = TrainConfig.load(path, overrides)
+        m = train(cfg)
+    except Interrupted as e:
+        print(f"jpeglm train: {e}", file=sys.stderr)
+        return 128 + e.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+    except KeyboardInterrupt:
+        print("jpeglm train: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"jpeglm train: error: {e}", file=sys.stderr)
+        _leave_after_error()
+        return 2
+    except OSError as e:
+        from jpeglm.checkpoint.dcp import disk_full
+
+        if not disk_full(e):
+            raise
+        where = f" writing {show(e.filename)}" if e.filename else ""
+        print(f"jpeglm train: error: no space left on the device{where}: free some space, then "
+              "resume=true (from the newest checkpoint)", file=sys.stderr)  # fmt: skip
+        return 2
+    print(json.dumps(m))
+    return 0

@@ -79,7 +79,7 @@ def cpu_model() -> str:
 
 
 def train_sentencepiece(texts: list[str], vocab_size: int, threads: int) -> bytes:
-    from jpeglm.tokenizer.files import train_sentencepiece as train
+    from jpeglm.tokenizer.sentencepiece import train_sentencepiece as train
 
     return train(texts, vocab_size, threads)
 

@@ -13,7 +13,7 @@ from PIL import Image
 from jpeglm import codec
 from jpeglm.cli import main
 from jpeglm.data import bundled as samples
-from jpeglm.tokenizer.files import train_sentencepiece
+from jpeglm.tokenizer.sentencepiece import train_sentencepiece
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

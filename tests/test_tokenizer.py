@@ -1,4 +1,4 @@
-"""Tests of jpeglm.tokenizer.bpe and jpeglm.tokenizer.files: the native BPE against the
+"""Tests of jpeglm.tokenizer (bpe, base, files, sentencepiece): the native BPE against the
 plain-Python reference, tiktoken, HF tokenizers and sentencepiece; files; bad input; fuzzing."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from jpeglm.reference import bpe as ref
 from jpeglm.tokenizer import MAX_FILE_BYTES, BPEError, Tokenizer, braille_to_bytes, bytes_to_braille
 from jpeglm.tokenizer import bpe as tokenizer
 from jpeglm.tokenizer import files as formats
+from jpeglm.tokenizer import sentencepiece as sp_formats
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -239,7 +240,7 @@ def test_hf_parity_random(hf_pair, data, deep):
 @pytest.fixture(scope="module")
 def sp_pair(train_docs, tmp_path_factory):
     spm = pytest.importorskip("sentencepiece")
-    from jpeglm.tokenizer.files import train_sentencepiece
+    from jpeglm.tokenizer.sentencepiece import train_sentencepiece
 
     model = train_sentencepiece(train_docs, 320, max_sentence_length=1 << 16)
     path = tmp_path_factory.mktemp("sp") / "jpeg.model"
@@ -355,7 +356,7 @@ def test_sentencepiece_pad_and_inert_pieces():
         t = Tokenizer.from_sentencepiece(_sp_model(pieces, trainer={43: 3}))
     assert record[0].filename == __file__  # the warning points at the caller
     with pytest.warns(UserWarning, match="not braille") as record:
-        formats.load_sentencepiece(_sp_model(pieces, trainer={43: 3}))
+        sp_formats.load_sentencepiece(_sp_model(pieces, trainer={43: 3}), Tokenizer)
     assert record[0].filename == __file__
     assert t.pad_id == 3
     assert t.special_tokens["\u2581"] == 4
@@ -707,13 +708,17 @@ def test_format_functions_back_the_methods(tok, sp_pair, tmp_path):
     formats.save_jpeglm(tok, tmp_path / "f.txt")
     tok.save(tmp_path / "m.txt")
     assert (tmp_path / "f.txt").read_bytes() == (tmp_path / "m.txt").read_bytes()
-    assert formats.load_jpeglm(tmp_path / "m.txt") == tok == tokenizer.load_file(tmp_path / "m.txt")
+    assert (
+        formats.load_jpeglm(tmp_path / "m.txt", Tokenizer)
+        == tok
+        == tokenizer.load_file(tmp_path / "m.txt")
+    )
     formats.save_hf(t, tmp_path / "f.json")
     t.save_hf(tmp_path / "m.json")
     assert (tmp_path / "f.json").read_bytes() == (tmp_path / "m.json").read_bytes()
     (tmp_path / "sp.model").write_bytes(sp.serialized_model_proto())
     assert tokenizer.load_file(tmp_path / "sp.model") == t
-    assert formats.load_sentencepiece(sp.serialized_model_proto()) == t
+    assert sp_formats.load_sentencepiece(sp.serialized_model_proto(), Tokenizer) == t
 
     class Sub(Tokenizer):
         pass

@@ -13,104 +13,40 @@ Training is plain BPE over documents (ties between equally frequent pairs go to 
 ``(left, right)`` pair of ids). The algorithm is native (``csrc/bpe.cpp``, the GIL released);
 :mod:`jpeglm.reference.bpe` is the same in a page of plain Python.
 
-Text interop (HF ``tokenizers``, sentencepiece): those work on strings, so each byte ``b`` is
-mapped to the character ``chr(b + 0x2800)`` (the Braille Patterns block, as the official JPEG-LM
-code does): :func:`bytes_to_braille` and :func:`braille_to_bytes` apply the mapping.
+The limits, the special tokens' default names and the byte <-> braille mapping of text
+tokenizers (HF ``tokenizers``, sentencepiece) are in :mod:`jpeglm.tokenizer.base`.
 
-Files (jpeglm's own text format, tiktoken's rank file, HF ``tokenizer.json``, sentencepiece
-``.model``) are read and written by :mod:`jpeglm.tokenizer.files`; the methods here call it.
+Files (jpeglm's own text format, tiktoken's rank file, HF ``tokenizer.json``) are read and
+written by :mod:`jpeglm.tokenizer.files`, sentencepiece ``.model`` files by
+:mod:`jpeglm.tokenizer.sentencepiece`; the methods here call them.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from jpeglm import _core
+from jpeglm._io import input_file
 from jpeglm.codec import check_threads
+from jpeglm.tokenizer import files as tokenizer_files
+from jpeglm.tokenizer.base import (
+    MAX_VOCAB_SIZE,
+    SPECIALS,
+    BytesLike,
+    PathLike,
+    TokenIds,
+    _as_bytes,
+)
+from jpeglm.tokenizer.sentencepiece import load_sentencepiece
 
-__all__ = [
-    "Tokenizer",
-    "BPEError",
-    "bytes_to_braille",
-    "braille_to_bytes",
-    "BRAILLE_OFFSET",
-    "MAX_VOCAB_SIZE",
-    "MAX_FILE_BYTES",
-    "load_file",
-]
-
-#: Raised for bad ids, bad vocabularies and bad corpora (a subclass of ValueError).
-BPEError = _core.BPEError
-
-#: Byte ``b`` is the character ``chr(b + BRAILLE_OFFSET)`` for text-based tokenizers.
-BRAILLE_OFFSET = 0x2800
-#: The largest vocabulary (ids are below this).
-MAX_VOCAB_SIZE: int = _core.BPE_MAX_VOCAB_SIZE
-#: The largest tokenizer file :meth:`Tokenizer.load` / :meth:`Tokenizer.from_sentencepiece` read.
-MAX_FILE_BYTES = 64 << 20
-
-#: Default special tokens, in the order they follow the merges.
-SPECIALS = ("<s>", "</s>", "<pad>")
-
-BytesLike = bytes | bytearray | memoryview | np.ndarray
-TokenIds = Sequence[int] | np.ndarray
-PathLike = str | os.PathLike[str]
-
-
-# ------------------------------------------------------------------------------------------------
-# Byte <-> character mapping
-
-
-def bytes_to_braille(data: BytesLike) -> str:
-    """``data`` as text: byte ``b`` -> ``chr(b + 0x2800)`` (what HF/sentencepiece models see)."""
-    a = np.frombuffer(_as_bytes(data, "data"), dtype=np.uint8)
-    utf8 = np.empty((a.size, 3), dtype=np.uint8)  # U+2800 + b is E2, A0 | b >> 6, 80 | b & 63
-    utf8[:, 0] = 0xE2
-    utf8[:, 1] = 0xA0 | (a >> 6)
-    utf8[:, 2] = 0x80 | (a & 0x3F)
-    return utf8.tobytes().decode("utf-8")
-
-
-def braille_to_bytes(text: str) -> bytes:
-    """Inverse of :func:`bytes_to_braille`; ValueError for a character outside U+2800..U+28FF."""
-    if not isinstance(text, str):
-        raise TypeError(f"expected str, got {type(text).__name__}")
-    utf8 = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    if utf8.size % 3 == 0:
-        u = utf8.reshape(-1, 3)
-        if np.all((u[:, 0] == 0xE2) & ((u[:, 1] & 0xFC) == 0xA0)):
-            return (((u[:, 1] & 3) << 6) | (u[:, 2] & 0x3F)).astype(np.uint8).tobytes()
-    bad = next(c for c in text if not 0x2800 <= ord(c) <= 0x28FF)
-    raise ValueError(f"character {bad!r} (U+{ord(bad):04X}) is not a braille-mapped byte")
+__all__ = ["Tokenizer", "load_file"]
 
 
 # ------------------------------------------------------------------------------------------------
 # Argument checks
-
-
-def _as_bytes(data: Any, what: str) -> Any:
-    """A contiguous byte buffer for the native code (no copy for bytes-like input)."""
-    if isinstance(data, (bytes, bytearray)):
-        return data
-    if isinstance(data, str):
-        raise TypeError(f"{what}: expected bytes, got str (use .encode() or bytes_to_braille)")
-    if isinstance(data, np.ndarray):
-        if data.dtype != np.uint8:
-            raise TypeError(f"{what}: expected a uint8 array, got {data.dtype}")
-        return np.ascontiguousarray(data).reshape(-1)
-    if isinstance(data, memoryview):
-        return data
-    try:
-        memoryview(data)
-    except TypeError:
-        raise TypeError(
-            f"{what}: expected a bytes-like object, got {type(data).__name__}"
-        ) from None
-    return data
 
 
 def _as_ids(tokens: Any, what: str) -> Any:
@@ -453,54 +389,42 @@ class Tokenizer:
         seqs = [_as_ids(t, f"item {i}") for i, t in enumerate(batch)]
         return self._bpe.decode_batch(seqs, bool(skip_special), check_threads(threads))
 
-    # -- files: jpeglm.tokenizer.files, imported on use (it imports this module) -------------
+    # -- files: jpeglm.tokenizer.files and jpeglm.tokenizer.sentencepiece ---------------------
 
     def save(self, path: PathLike) -> None:
         """Write the tokenizer in jpeglm's text format, atomically (the format:
         :mod:`jpeglm.tokenizer.files`)."""
-        from jpeglm.tokenizer import files as tokenizer_formats
-
-        tokenizer_formats.save_jpeglm(self, path)
+        tokenizer_files.save_jpeglm(self, path)
 
     @classmethod
     def load(cls, path: PathLike) -> Tokenizer:
         """Read a file written by :meth:`save`; ValueError (naming the line) when malformed."""
-        from jpeglm.tokenizer import files as tokenizer_formats
-
-        return tokenizer_formats.load_jpeglm(path, cls)
+        return tokenizer_files.load_jpeglm(path, cls)
 
     def save_tiktoken(self, path: PathLike) -> None:
         """Write tiktoken's rank file (``base64(token bytes) rank`` per line), atomically; for
         ``tiktoken.load.load_tiktoken_bpe``. ValueError unless the vocabulary is
         tiktoken-compatible (true for tokenizers trained here)."""
-        from jpeglm.tokenizer import files as tokenizer_formats
-
-        tokenizer_formats.save_tiktoken(self, path)
+        tokenizer_files.save_tiktoken(self, path)
 
     def to_tiktoken(self, name: str = "jpeglm") -> Any:
         """A ``tiktoken.Encoding`` with the same ranks; ``._encode_bytes(b)`` equals
         :meth:`encode` for any bytes. Needs the ``tiktoken`` package."""
-        from jpeglm.tokenizer import files as tokenizer_formats
-
-        return tokenizer_formats.to_tiktoken(self, name)
+        return tokenizer_files.to_tiktoken(self, name)
 
     def save_hf(self, path: PathLike) -> None:
         """Write a HF ``tokenizers`` ``tokenizer.json`` (atomically) that encodes identically
         on :func:`bytes_to_braille` of the bytes (see
         :func:`jpeglm.tokenizer.files.save_hf`)."""
-        from jpeglm.tokenizer import files as tokenizer_formats
-
-        tokenizer_formats.save_hf(self, path)
+        tokenizer_files.save_hf(self, path)
 
     @classmethod
     def from_sentencepiece(cls, model: PathLike | bytes) -> Tokenizer:
         """Load a sentencepiece BPE ``.model`` (a path or the file's bytes) whose pieces are
         braille-mapped bytes, as the official JPEG-LM tokenizer; it encodes as sentencepiece
         does on :func:`bytes_to_braille` of the input, without sentencepiece installed. What is
-        kept and what is refused: :func:`jpeglm.tokenizer.files.load_sentencepiece`."""
-        from jpeglm.tokenizer import files as tokenizer_formats
-
-        return tokenizer_formats.load_sentencepiece(model, cls, stacklevel=3)
+        kept and what is refused: :func:`jpeglm.tokenizer.sentencepiece.load_sentencepiece`."""
+        return load_sentencepiece(model, cls, stacklevel=3)
 
 
 def _from_state(state: tuple) -> Tokenizer:
@@ -522,6 +446,7 @@ def _from_state(state: tuple) -> Tokenizer:
 def load_file(path: PathLike) -> Tokenizer:
     """A tokenizer file of either format: the official sentencepiece ``.model`` (JPEG-LM's
     published tokenizer) or jpeglm's own (anything else). ``FileNotFoundError`` when missing."""
-    from jpeglm.tokenizer import files as tokenizer_formats
-
-    return tokenizer_formats.load_file(path)
+    path = input_file(path, "tokenizer")
+    if path.suffix == ".model":
+        return load_sentencepiece(path, Tokenizer, stacklevel=3)
+    return tokenizer_files.load_jpeglm(path, Tokenizer)

@@ -30,10 +30,11 @@ import time
 import torch
 
 from jpeglm import codec
+from jpeglm.checkpoint.hf import load_pretrained, save_pretrained
 from jpeglm.data import bundled as samples
+from jpeglm.inference.decode_kernels import InferenceLinear, inference_act_dtype
 from jpeglm.inference.sample import generate
 from jpeglm.model import ModelArgs, Transformer
-from jpeglm.model.model import InferenceLinear, inference_act_dtype
 from jpeglm.tokenizer import Tokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -92,7 +93,7 @@ def bits_per_byte_table() -> list[str]:
     from jpeglm.eval.metrics import bits_per_byte
     from jpeglm.inference.sample import prepare_for_sampling
 
-    model = Transformer.from_pretrained(DEMO_CHECKPOINT, dtype=torch.float32).eval()
+    model = load_pretrained(DEMO_CHECKPOINT, dtype=torch.float32).eval()
     tok = Tokenizer.load(DEMO_CHECKPOINT / "tokenizer.jpeglm")
     digits, _ = samples.mnist()
     streams = [codec.encode(d, size=32) for d in digits[-500:]]
@@ -129,7 +130,7 @@ def main() -> None:
     margs = ModelArgs.from_name(args.model, vocab_size=tok.vocab_size, max_seq_len=2048)
     ours = Transformer(margs).eval()
     with tempfile.TemporaryDirectory() as d:
-        ours.save_pretrained(d)
+        save_pretrained(ours, d)
         hf = transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     n = args.tokens
     kw = dict(size=256, prompt=header, max_tokens=n, top_k=50, top_p=0.9)

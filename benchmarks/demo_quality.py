@@ -23,16 +23,16 @@ def measure(ckpt: Path, n_samples: int = 64, n_completions: int = 100, seed: int
     import torch
 
     from jpeglm import codec
+    from jpeglm.checkpoint.hf import load_pretrained
     from jpeglm.data import bundled as samples
     from jpeglm.eval import judge
     from jpeglm.eval.metrics import bits_per_byte, completion_scores
     from jpeglm.inference.sample import complete, generate
-    from jpeglm.model import Transformer
     from jpeglm.tokenizer import Tokenizer
 
     meta = json.loads((ckpt / "jpeglm.json").read_text())
     kw = dict(meta.get("sampling") or {"temperature": 0.4, "top_k": 8, "top_p": 0.9})
-    model = Transformer.from_pretrained(ckpt, dtype=torch.float32).eval()
+    model = load_pretrained(ckpt, dtype=torch.float32).eval()
     tok = Tokenizer.load(ckpt / "tokenizer.jpeglm")
     digits, labels = samples.mnist()
     _, held = samples.mnist_split()
@@ -80,14 +80,14 @@ def sweep(ckpt: Path, grid: list[dict], seeds: list[int], n_samples: int = 64,
     import torch
 
     from jpeglm import codec
+    from jpeglm.checkpoint.hf import load_pretrained
     from jpeglm.data import bundled as samples
     from jpeglm.eval import judge
     from jpeglm.eval.metrics import completion_scores
     from jpeglm.inference.sample import complete, generate
-    from jpeglm.model import Transformer
     from jpeglm.tokenizer import Tokenizer
 
-    model = Transformer.from_pretrained(ckpt, dtype=torch.float32).eval()
+    model = load_pretrained(ckpt, dtype=torch.float32).eval()
     tok = Tokenizer.load(ckpt / "tokenizer.jpeglm")
     digits, labels = samples.mnist()
     _, held = samples.mnist_split()

@@ -24,7 +24,7 @@ for s in ("xs", "s", "m"):
         continue
     cfg = json.loads((run / "final/config.json").read_text()) if (run / "final/config.json").exists() else None
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    from jpeglm.model.model import ModelArgs, Transformer
+    from jpeglm.model import ModelArgs, Transformer
     import tomllib
     margs = tomllib.loads(Path(f"configs/scaling_{s}.toml").read_text())["model_args"]
     import torch

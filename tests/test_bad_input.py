@@ -277,18 +277,18 @@ def test_token_constraint_bad():
 
 def test_hostile_checkpoint_json(tmp_path):
     pytest.importorskip("torch")
-    from jpeglm.model import Transformer
+    from jpeglm.checkpoint.hf import load_pretrained
 
     (tmp_path / "config.json").write_bytes(b"\xff\xfe not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        Transformer.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("[1, 2, 3]")
     with pytest.raises(ValueError, match="JSON object"):
-        Transformer.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     with open(tmp_path / "config.json", "wb") as f:
         f.truncate(17 << 20)  # sparse: 17 MiB of zeros
     with pytest.raises(ValueError, match="larger than"):
-        Transformer.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -174,14 +174,14 @@ def test_huge_sizes_are_refused_up_front_with_the_numbers(tmp_path, capsys, monk
 
 def test_tied_config_with_a_stored_head_matches_transformers(model):
     transformers = pytest.importorskip("transformers")
-    from jpeglm.model import Transformer
+    from jpeglm.checkpoint.hf import load_pretrained
 
     _edit_json(model / "config.json", tie_word_embeddings=True)
     st = load_file(model / "model.safetensors")
     assert not torch.equal(st["lm_head.weight"], st["model.embed_tokens.weight"])
     ids = torch.tensor([[317, 5, 77, 100, 3, 250]])
     theirs = transformers.LlamaForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    ours = Transformer.from_pretrained(model, dtype=torch.float32, backend="torch").eval()
+    ours = load_pretrained(model, dtype=torch.float32, backend="torch").eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-4, atol=1e-4)
 

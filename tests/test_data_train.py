@@ -338,6 +338,7 @@ def test_a_model_that_cannot_fit_is_refused_up_front(world, tmp_path):
 
 def test_a_diverging_run_stops_without_a_nan_checkpoint(world, tmp_path):
     from jpeglm.checkpoint import dcp as checkpoint
+    from jpeglm.checkpoint.hf import load_hf_state
 
     root, _ = world
     out = tmp_path / "nan"
@@ -347,7 +348,7 @@ def test_a_diverging_run_stops_without_a_nan_checkpoint(world, tmp_path):
     for ck in _checkpoints(out):
         export = tmp_path / f"e{ck.name}"
         checkpoint.export(ck, export)
-        for t in checkpoint.load_hf_state(export)[1].values():
+        for t in load_hf_state(export)[1].values():
             assert torch.isfinite(t).all()
 
 

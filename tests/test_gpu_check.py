@@ -50,7 +50,7 @@ def test_model_imports_from_a_plain_source_checkout(tmp_path):
     paths = [str(copy / "python"), *site.getsitepackages()]
     code = (
         "import sys, jpeglm.model.model, jpeglm.kernels, jpeglm.reference.kernels as ref;"
-        "from jpeglm.model.model import ModelArgs, Transformer;"
+        "from jpeglm.model import ModelArgs, Transformer;"
         "Transformer(ModelArgs.from_name('tiny'), backend='torch');"
         "assert not [m for m in sys.modules if 'editable' in m], sys.modules.keys();"
         "print(jpeglm.__file__); print(list(jpeglm.kernels.__path__)[0]); print(ref.__file__)"

@@ -122,12 +122,13 @@ def test_transformers_loads_our_export_from_root(tmp_path):
     _hf_kernels_installed()
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
+    from jpeglm.checkpoint.hf import save_pretrained
     from jpeglm.model import ModelArgs, Transformer
 
     torch.manual_seed(0)
     ours = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=67, max_seq_len=64),
                        backend="torch").eval()  # fmt: skip
-    ours.save_pretrained(tmp_path / "export")
+    save_pretrained(ours, tmp_path / "export")
     idx = torch.randint(0, 67, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = ours(idx)

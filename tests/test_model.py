@@ -21,6 +21,7 @@ import copy  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from jpeglm.checkpoint.hf import load_pretrained, save_pretrained  # noqa: E402
 from jpeglm.model import (  # noqa: E402
     CONFIGS,
     ModelArgs,
@@ -106,8 +107,8 @@ def test_backend_selection(monkeypatch):
 def test_imports_stay_light():
     """The model needs neither the native core nor Triton on CPU; the codec never needs torch."""
     code = (
-        "import sys, jpeglm.model.model, jpeglm.model.backends;"
-        "jpeglm.model.model.Transformer(jpeglm.model.model.ModelArgs.from_name('tiny'));"
+        "import sys, jpeglm.model.args, jpeglm.model.model, jpeglm.model.backends;"
+        "jpeglm.model.model.Transformer(jpeglm.model.args.ModelArgs.from_name('tiny'));"
         "gpu = __import__('torch').cuda.is_available();"
         "bad = {'jpeglm._core'} | (set() if gpu else {'triton', 'flash_attn'});"
         "assert not bad & set(sys.modules), bad & set(sys.modules)"
@@ -291,7 +292,7 @@ def test_cpu_decode_kernels_match_the_torch_path(kv_heads):
 
 
 def test_int8_quantization_is_per_channel():
-    from jpeglm.model.model import InferenceLinear
+    from jpeglm.inference.decode_kernels import InferenceLinear
 
     w = torch.randn(6, 32) * torch.tensor([1e-3, 1.0, 10.0, 0.1, 5.0, 2.0])[:, None]
     lin = InferenceLinear(w, "int8", torch.float32)
@@ -343,14 +344,14 @@ def test_hf_parity_both_ways(tmp_path, tie):
     transformers = pytest.importorskip("transformers")
     hf = hf_llama(tie)
     hf.save_pretrained(tmp_path / "hf")
-    ours = Transformer.from_pretrained(tmp_path / "hf", backend="torch").eval()
+    ours = load_pretrained(tmp_path / "hf", backend="torch").eval()
     assert ours.args.tie_embeddings == tie and ours.args.rope_theta == 500.0
     idx = tokens(2, 40, vocab=67)
     with torch.no_grad():
         expected = hf(idx).logits
         torch.testing.assert_close(ours(idx), expected, atol=1e-5, rtol=1e-5)
 
-    ours.save_pretrained(tmp_path / "ours")
+    save_pretrained(ours, tmp_path / "ours")
     back = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours").eval()
     with torch.no_grad():
         torch.testing.assert_close(back(idx).logits, expected, atol=1e-5, rtol=1e-5)
@@ -361,33 +362,33 @@ def test_hf_sharded_checkpoint(tmp_path):
     hf = hf_llama()
     hf.save_pretrained(tmp_path / "hf", max_shard_size="40KB")
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
-    ours = Transformer.from_pretrained(tmp_path / "hf", backend="torch")
+    ours = load_pretrained(tmp_path / "hf", backend="torch")
     idx = tokens(1, 10, vocab=67)
     with torch.no_grad():
         expected = hf(idx).logits
         torch.testing.assert_close(ours(idx), expected, atol=1e-5, rtol=1e-5)
 
     out = tmp_path / "ours"
-    ours.save_pretrained(out, max_shard_size=50_000)
+    save_pretrained(ours, out, max_shard_size=50_000)
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
     back = transformers.LlamaForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(back(idx).logits, expected, atol=1e-5, rtol=1e-5)
-    ours.save_pretrained(out)  # re-save as one file: the old shards and index go
+    save_pretrained(ours, out)  # re-save as one file: the old shards and index go
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_save_load_roundtrip_and_dtype(tmp_path):
     model = make_model()
-    model.save_pretrained(tmp_path, extra_config={"bos_token_id": 320})
+    save_pretrained(model, tmp_path, extra_config={"bos_token_id": 320})
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["bos_token_id"] == 320
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
-    loaded = Transformer.from_pretrained(tmp_path, backend="torch")
+    loaded = load_pretrained(tmp_path, backend="torch")
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
-    half = Transformer.from_pretrained(tmp_path, dtype=torch.bfloat16, backend="torch")
+    half = load_pretrained(tmp_path, dtype=torch.bfloat16, backend="torch")
     assert half.output.weight.dtype == torch.bfloat16 and half.rope.cos.dtype == torch.float32
 
 
@@ -396,7 +397,7 @@ def test_save_load_roundtrip_and_dtype(tmp_path):
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    make_model().save_pretrained(tmp_path)
+    save_pretrained(make_model(), tmp_path)
     return tmp_path
 
 
@@ -414,16 +415,16 @@ def edit_config(folder, **changes) -> None:
 
 def test_vocab_mismatch(checkpoint):
     with pytest.raises(ValueError, match="tokenizer has 320 tokens but .* vocab_size 323"):
-        Transformer.from_pretrained(checkpoint, vocab_size=320)
+        load_pretrained(checkpoint, vocab_size=320)
     edit_config(checkpoint, vocab_size=300)
     with pytest.raises(ValueError, match=r"weight has shape \(323, 64\), expected \(300, 64\)"):
-        Transformer.from_pretrained(checkpoint)
+        load_pretrained(checkpoint)
 
 
 def test_missing_tensor(checkpoint):
     edit_tensors(checkpoint, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(ValueError, match="missing tensors: model.layers.1.mlp.up_proj.weight"):
-        Transformer.from_pretrained(checkpoint)
+        load_pretrained(checkpoint)
 
 
 def test_wrong_shape(checkpoint):
@@ -434,7 +435,7 @@ def test_wrong_shape(checkpoint):
     with pytest.raises(
         ValueError, match=r"k_proj.weight has shape \(16, 64\), expected \(32, 64\)"
     ):
-        Transformer.from_pretrained(checkpoint)
+        load_pretrained(checkpoint)
 
 
 def test_unexpected_tensor(checkpoint):
@@ -442,30 +443,30 @@ def test_unexpected_tensor(checkpoint):
         checkpoint, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": torch.zeros(64)})
     )
     with pytest.raises(ValueError, match="tensors this Llama does not: .*q_proj.bias"):
-        Transformer.from_pretrained(checkpoint)
+        load_pretrained(checkpoint)
 
 
 def test_unsupported_and_missing_files(checkpoint, tmp_path_factory):
     edit_config(checkpoint, rope_scaling={"rope_type": "linear", "factor": 2.0})
     with pytest.raises(ValueError, match="rope type 'linear' is not supported"):
-        Transformer.from_pretrained(checkpoint)
+        load_pretrained(checkpoint)
     edit_config(checkpoint, rope_scaling=None, mlp_bias=True)
     with pytest.raises(ValueError, match="biases are not supported"):
-        Transformer.from_pretrained(checkpoint)
+        load_pretrained(checkpoint)
     edit_config(checkpoint, mlp_bias=False, num_attention_heads=5)
     with pytest.raises(ValueError, match="head_dim 16 x num_attention_heads 5"):
-        Transformer.from_pretrained(checkpoint)
+        load_pretrained(checkpoint)
     edit_config(checkpoint, num_attention_heads=4)
 
     empty = tmp_path_factory.mktemp("empty")
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        Transformer.from_pretrained(empty)
+        load_pretrained(empty)
     (empty / "config.json").write_text((checkpoint / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        Transformer.from_pretrained(empty)
+        load_pretrained(empty)
     (empty / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(ValueError, match="only pickle weights .*not loaded"):
-        Transformer.from_pretrained(empty)
+        load_pretrained(empty)
 
 
 # ------------------------------------------------------------------ activation checkpointing

@@ -52,14 +52,14 @@ def test_a_size_that_cannot_fit_the_context_is_refused(run_dir, tmp_path, capsys
 
 
 def test_the_shipped_demo_checkpoint_describes_itself():
-    from jpeglm.checkpoint import dcp as checkpoint
+    from jpeglm.checkpoint.load import check_context, load_model
     from jpeglm.data.bundled import DEMO_CHECKPOINT
 
-    loaded = checkpoint.load_model(DEMO_CHECKPOINT)
+    loaded = load_model(DEMO_CHECKPOINT)
     assert loaded.image_size == 32 and loaded.info["source"] == "jpeglm.json"
-    checkpoint.check_context(loaded, 32, 25)
+    check_context(loaded, 32, 25)
     with pytest.raises(ValueError, match="context is 512"):
-        checkpoint.check_context(loaded, 256, 25)
+        check_context(loaded, 256, 25)
 
 
 def test_stream_files_say_their_quality(tmp_path, capsys):

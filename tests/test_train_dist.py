@@ -19,7 +19,9 @@ torch = pytest.importorskip("torch")
 
 from trainutil import cfg, command, env, free_port, losses, run  # noqa: E402
 
-from jpeglm.checkpoint import dcp as checkpoint  # noqa: E402
+from jpeglm.checkpoint.dcp import list_checkpoints  # noqa: E402
+from jpeglm.checkpoint.hf import load_hf_state, load_pretrained, save_pretrained  # noqa: E402
+from jpeglm.checkpoint.load import check_context, load_model  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 
 # 40 steps, accumulation of 2 micro-batches per rank on 2 ranks (4 on one process)
@@ -54,14 +56,14 @@ def test_fsdp_equals_ddp_and_one_process(world, fsdp_ref, tmp_path):
     np.testing.assert_allclose(c, a, rtol=1e-3)
     assert c[-1] < c[0] - 0.5  # it learns (the FSDP bug: 5.72 -> 5.73)
     # the final weights agree too: both runs end in an HF export
-    wa = checkpoint.load_hf_state(one / "final")[1]
-    wc = checkpoint.load_hf_state(fsdp_ref / "final")[1]
+    wa = load_hf_state(one / "final")[1]
+    wc = load_hf_state(fsdp_ref / "final")[1]
     for k in wa:
         torch.testing.assert_close(wc[k], wa[k], rtol=1e-3, atol=1e-4)
 
 
 def test_fsdp_checkpoint_is_sharded_dcp(fsdp_ref):
-    cks = checkpoint.list_checkpoints(fsdp_ref)
+    cks = list_checkpoints(fsdp_ref)
     assert [c.name for c in cks] == ["step_00000030", "step_00000040"]  # keep = 2
     ck = cks[-1]
     assert (ck / ".metadata").is_file()
@@ -77,7 +79,7 @@ def test_fsdp_stop_and_resume_is_exact(world, fsdp_ref, tmp_path):
     root, _ = world
     out = tmp_path / "b"
     _ok(run(cfg(root, out, fsdp=True, stop_at=20, **LONG), nproc=2))
-    assert [c.name for c in checkpoint.list_checkpoints(out)] == ["step_00000020"]
+    assert [c.name for c in list_checkpoints(out)] == ["step_00000020"]
     _ok(run(cfg(root, out, fsdp=True, resume=True, **LONG), nproc=2))
     assert losses(out) == losses(fsdp_ref)
 
@@ -93,7 +95,7 @@ def test_fsdp_sigkill_and_resume_is_exact(world, fsdp_ref, tmp_path):
         time.sleep(float(rng.uniform(8.0, 14.0)))
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, at once
         proc.wait()
-        for ck in checkpoint.list_checkpoints(out):  # whatever is on disk is complete
+        for ck in list_checkpoints(out):  # whatever is on disk is complete
             assert (ck / ".metadata").is_file() and (ck / "train_state.json").is_file()
             assert (ck / "__1_0.distcp").is_file()
     _ok(run(args, nproc=2))
@@ -122,7 +124,7 @@ def test_hf_export_loads_in_transformers(fsdp_ref, tmp_path):
     assert (final / "tokenizer.jpeglm").is_file() and (final / "jpeglm.json").is_file()
     meta = json.loads((final / "jpeglm.json").read_text())
     assert meta["image_size"] == 32 and meta["seq_len"] == 128
-    ours = Transformer.from_pretrained(final, backend="torch").eval()
+    ours = load_pretrained(final, backend="torch").eval()
     hf = transformers.LlamaForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
     x = torch.randint(0, ours.args.vocab_size, (2, 100), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -134,7 +136,7 @@ def test_hf_export_loads_in_transformers(fsdp_ref, tmp_path):
                        text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert len(list(dest.glob("model-*-of-*.safetensors"))) > 1
-    a, b = checkpoint.load_hf_state(final)[1], checkpoint.load_hf_state(dest)[1]
+    a, b = load_hf_state(final)[1], load_hf_state(dest)[1]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     r = subprocess.run(cmd, env=env(), capture_output=True, text=True)
     assert r.returncode == 2 and "exists" in r.stderr  # never written over
@@ -145,10 +147,10 @@ def test_sharded_hf_folder_loads_exactly_and_starts_a_run(world, tmp_path):
     torch.manual_seed(5)
     model = Transformer(ModelArgs.from_name("tiny", vocab_size=tok.vocab_size, max_seq_len=128))
     folder = tmp_path / "init"
-    model.save_pretrained(folder, max_shard_size=30_000)
+    save_pretrained(model, folder, max_shard_size=30_000)
     shards = sorted(folder.glob("model-*-of-*.safetensors"))
     assert len(shards) > 2 and (folder / "model.safetensors.index.json").is_file()
-    loaded = Transformer.from_pretrained(folder)
+    loaded = load_pretrained(folder)
     for (n, p), (m, q) in zip(model.named_parameters(), loaded.named_parameters()):
         assert n == m and torch.equal(p, q)
     # a new run starts from these weights (one step at a tiny learning rate barely moves them),
@@ -157,7 +159,7 @@ def test_sharded_hf_folder_loads_exactly_and_starts_a_run(world, tmp_path):
         out = tmp_path / f"run{nproc}"
         _ok(run(cfg(root, out, init_from=str(folder), max_steps=1, lr=1e-9, min_lr=0.0,
                     warmup_steps=0, eval_every=1000, **extra), nproc=nproc))  # fmt: skip
-        after = checkpoint.load_hf_state(out / "final")[1]
+        after = load_hf_state(out / "final")[1]
         for n, p in model.named_parameters():
             torch.testing.assert_close(after[n], p.detach(), rtol=0, atol=1e-6)
 
@@ -200,7 +202,7 @@ def test_sigterm_checkpoints_then_exits_with_one_line(world, tmp_path):
     assert proc.returncode == 143  # 128 + SIGTERM, as a shell reports it
     lines = [x for x in err.splitlines() if x.strip() and "Warning" not in x and "warn" not in x]
     assert len(lines) == 1 and "SIGTERM" in lines[0], err
-    cks = checkpoint.list_checkpoints(out)
+    cks = list_checkpoints(out)
     assert len(cks) == 1
     step = json.loads((cks[0] / "train_state.json").read_text())["step"]
     assert step == len(losses(out)) >= 3
@@ -222,16 +224,16 @@ def test_a_full_disk_on_one_rank_stops_every_rank(world, tmp_path):
     assert r.stderr.count("Traceback") <= r.stderr.count("ChildFailedError"), r.stderr[-3000:]
     assert "CheckpointException" not in r.stderr and "enforce fail" not in r.stderr
     assert not list(out.glob(".tmp_step_*"))
-    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step_00000004"]
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000004"]
     _ok(run([*args, "resume=true"], nproc=2))
-    assert [p.name for p in checkpoint.list_checkpoints(out)][-1] == "step_00000012"
+    assert [p.name for p in list_checkpoints(out)][-1] == "step_00000012"
 
 
 def test_load_model_takes_any_folder_a_run_writes(world, fsdp_ref, tmp_path):
     root, _ = world
-    run_dir = checkpoint.load_model(fsdp_ref)  # the run folder: its final/ export
+    run_dir = load_model(fsdp_ref)  # the run folder: its final/ export
     assert run_dir.folder == fsdp_ref / "final" and run_dir.image_size == 32
-    step = checkpoint.load_model(checkpoint.list_checkpoints(fsdp_ref)[-1])  # DCP shards
+    step = load_model(list_checkpoints(fsdp_ref)[-1])  # DCP shards
     assert step.image_size == 32 and step.quality == 25 and step.info["seq_len"] == 128
     a, b = dict(run_dir.model.named_parameters()), dict(step.model.named_parameters())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -239,14 +241,14 @@ def test_load_model_takes_any_folder_a_run_writes(world, fsdp_ref, tmp_path):
     # a run stopped early has no export: its newest checkpoint is used
     out = tmp_path / "early"
     _ok(run(cfg(root, out, fsdp=True, stop_at=4, **LONG), nproc=2))
-    early = checkpoint.load_model(out)
+    early = load_model(out)
     assert early.folder.name == "step_00000004"
     # images whose streams cannot fit the 128-token context are refused up front
-    checkpoint.check_context(early, 16, 25)
+    check_context(early, 16, 25)
     with pytest.raises(ValueError, match="context is 128"):
-        checkpoint.check_context(early, 256, 25)
+        check_context(early, 256, 25)
     with pytest.raises(FileNotFoundError, match="not a model"):
-        checkpoint.load_model(tmp_path)
+        load_model(tmp_path)
 
 
 def test_compiled_blocks_and_activation_checkpointing_train_the_same(world, tmp_path):

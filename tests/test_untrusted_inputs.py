@@ -18,10 +18,15 @@ pytest.importorskip("safetensors")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from jpeglm import codec  # noqa: E402
-from jpeglm.checkpoint import dcp as checkpoint  # noqa: E402
+from jpeglm.checkpoint.hf import load_hf_state, load_pretrained, save_pretrained  # noqa: E402
+from jpeglm.checkpoint.hf_config import (  # noqa: E402
+    HF_CONFIG_LIMITS,
+    HF_MAX_PARAMETERS,
+    args_from_config,
+    config_from_args,
+)
 from jpeglm.inference.sample import check_device, complete, generate  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
-from jpeglm.model.model import HF_CONFIG_LIMITS, HF_MAX_PARAMETERS  # noqa: E402
 from jpeglm.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -38,7 +43,7 @@ def one_line(excinfo: pytest.ExceptionInfo) -> str:
 def folder(tmp_path):
     torch.manual_seed(0)
     args = ModelArgs.from_name("tiny", max_seq_len=64)
-    Transformer(args, backend="torch").save_pretrained(tmp_path / "ckpt")
+    save_pretrained(Transformer(args, backend="torch"), tmp_path / "ckpt")
     return tmp_path / "ckpt"
 
 
@@ -50,7 +55,7 @@ def edit_config(folder, **changes) -> None:
 
 def load_both(folder, match: str) -> None:
     """Both entry points refuse the folder with one line matching ``match``."""
-    for load in (Transformer.from_pretrained, checkpoint.load_hf_state):
+    for load in (load_pretrained, load_hf_state):
         with pytest.raises(ValueError, match=match) as e:
             load(folder)
         one_line(e)
@@ -87,16 +92,16 @@ def test_hostile_config_json(folder, changes, match):
 
 
 def test_config_size_bounds():
-    base = ModelArgs.from_name("tiny").to_hf_config()
+    base = config_from_args(ModelArgs.from_name("tiny"))
     with pytest.raises(ValueError, match="rotary tables") as e:
         # every field in bounds, but 2**20 positions x head_dim 2**17 of cos/sin tables
-        ModelArgs.from_hf_config(
+        args_from_config(
             {**base, "hidden_size": 2**17, "num_attention_heads": 1, "head_dim": 2**17,
              "num_key_value_heads": 1, "max_position_embeddings": 2**20}
         )  # fmt: skip
     one_line(e)
     with pytest.raises(ValueError, match=r"parameters, more than the 2e\+11 accepted") as e:
-        ModelArgs.from_hf_config(
+        args_from_config(
             {**base, "hidden_size": 2**15, "num_attention_heads": 256, "head_dim": 128,
              "num_key_value_heads": 256, "intermediate_size": 2**17, "num_hidden_layers": 1024}
         )  # fmt: skip
@@ -104,11 +109,11 @@ def test_config_size_bounds():
     assert HF_MAX_PARAMETERS == 2 * 10**11 and HF_CONFIG_LIMITS["num_hidden_layers"] == 1024
     # real configs pass unchanged: the paper's 7B and a Llama-3-8B-shaped one
     seven = ModelArgs.from_name("7B")
-    assert ModelArgs.from_hf_config(seven.to_hf_config()) == seven
+    assert args_from_config(config_from_args(seven)) == seven
     llama3 = {**base, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
               "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
               "vocab_size": 128256, "max_position_embeddings": 131072}  # fmt: skip
-    assert ModelArgs.from_hf_config(llama3).n_kv_heads == 8
+    assert args_from_config(llama3).n_kv_heads == 8
 
 
 def test_huge_layer_count_fails_fast(folder):
@@ -161,7 +166,7 @@ def _shard(folder, weight_map) -> None:
 def test_sharded_index_loads(folder):
     keys = load_file(folder / "model.safetensors").keys()
     _shard(folder, dict.fromkeys(keys, "model-00001-of-00001.safetensors"))
-    args, state = checkpoint.load_hf_state(folder)
+    args, state = load_hf_state(folder)
     assert args.n_layers == 2 and "layers.1.feed_forward.w2.weight" in state
 
 

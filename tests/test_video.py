@@ -241,7 +241,7 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     import json
     import sys
 
-    from jpeglm.checkpoint import dcp as checkpoint
+    from jpeglm.checkpoint.load import load_model
     from jpeglm.data import prepare as data
     from jpeglm.tokenizer import Tokenizer
 
@@ -284,7 +284,7 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     r = subprocess.run([sys.executable, "-m", "jpeglm.train", *args], env=env(),
                        capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    loaded = checkpoint.load_model(out)
+    loaded = load_model(out)
     assert loaded.info["kind"] == "video" and loaded.info["video"]["width"] == 32
     got = video.complete(loaded.model, loaded.tokenizer, [streams[1]], frames=3, total_frames=6,
                          size=(32, 32), max_tokens=200, seed=0)  # fmt: skip

@@ -3,8 +3,8 @@
 Two kinds of folder, and nothing else:
 
 * **HF folder** -- what ``transformers.LlamaForCausalLM.from_pretrained``,
-  :meth:`Transformer.from_pretrained <jpeglm.model.model.Transformer.from_pretrained>` and
-  ``jpeglm sample`` load; its format is :mod:`jpeglm.checkpoint.hf`. The trainer writes one into
+  :func:`jpeglm.checkpoint.hf.load_pretrained` and ``jpeglm sample`` load; its format is
+  :mod:`jpeglm.checkpoint.hf`. The trainer writes one into
   ``OUT/final`` at the end of every run, and ``jpeglm export CKPT DEST`` (:func:`export`)
   makes one from any trainer checkpoint. An HF folder can also start a new run as its initial
   weights (``init_from``; no optimizer state).
@@ -26,9 +26,8 @@ A checkpoint's pickles never run code: its DCP files are read through
 :mod:`jpeglm.checkpoint.dcp_reader` (``.metadata`` by a restricted unpickler, shard items and
 ``rng_rank{R}.pt`` weights only).
 
-Loading a model of either kind for sampling is :mod:`jpeglm.checkpoint.load`. What this module held
-before the split -- the HF folder functions, now in :mod:`jpeglm.checkpoint.hf`, and the loading ones --
-is still importable from here.
+Loading a model of either kind for sampling is :mod:`jpeglm.checkpoint.load` (it imports this
+module, never the other way).
 """
 
 from __future__ import annotations
@@ -50,29 +49,17 @@ from jpeglm import _io
 from jpeglm.checkpoint.files import (
     CHECKPOINT_STATE,
     DEFAULT_SHARD_SIZE,
-    HF_METADATA,
     TOKENIZER_FILE,
     first_names,
     fsync_dir,
     read_json,
     swap_into_place,
 )
-from jpeglm.checkpoint.hf import (
-    hf_model_args,
-    hf_names,
-    load_hf_into,
-    load_hf_state,
-    safetensors_files,
-    save_hf,
-    save_hf_files,
-)
+from jpeglm.checkpoint.hf import save_hf
 from jpeglm.model import ModelArgs, Transformer
 from jpeglm.model.dtensor import copy_full_
 
 __all__ = [
-    "CHECKPOINT_STATE",
-    "HF_METADATA",
-    "TOKENIZER_FILE",
     "RankFailed",
     "checkpoint_bytes",
     "copy_state_into",
@@ -88,16 +75,7 @@ __all__ = [
     "weights_size",
     "write_hook",
     "write_hook_call",
-    # re-exported: HF folders (jpeglm.checkpoint.hf) and the shared JSON reader (jpeglm.checkpoint.files)
-    "hf_model_args",
-    "hf_names",
-    "load_hf_into",
-    "load_hf_state",
-    "read_json",
-    "safetensors_files",
-    "save_hf",
-    "save_hf_files",
-]  # and, through __getattr__ below, the names of jpeglm.checkpoint.load
+]
 
 
 # ------------------------------------------------------------------------ trainer checkpoints
@@ -518,21 +496,3 @@ def copy_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
                 f"{name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}"
             )
         copy_full_(p, state[name])
-
-
-# ------------------------------------------------------------------------------ re-exports
-
-_LOADING = frozenset(
-    {"DEFAULT_INFO", "LoadedModel", "check_context", "expected_tokens", "find_tokenizer",
-     "load_model", "load_tokenizer", "read_info", "resolve_model"}
-)  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    """``jpeglm.checkpoint.dcp.load_model`` and the rest of :mod:`jpeglm.checkpoint.load`, which imports
-    this module (so it is imported on first use here, not at the top)."""
-    if name in _LOADING:
-        from jpeglm.checkpoint import load as loading
-
-        return getattr(loading, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ from jpeglm.checkpoint.dcp import (
     read_train_state,
 )
 from jpeglm.checkpoint.files import CHECKPOINT_STATE, HF_METADATA, TOKENIZER_FILE, read_json
+from jpeglm.checkpoint.hf import load_pretrained
 from jpeglm.inference.settings import SamplingSettings
 from jpeglm.inference.settings import show as shown
 from jpeglm.model import Transformer
@@ -193,7 +194,7 @@ def load_model(
     info = read_info(folder, state)
     check_tokenizer(info, tok, tok_path, folder)  # before any weight is read
     if kind == "hf":
-        model = Transformer.from_pretrained(folder, dtype=dtype, device=device, backend=backend)
+        model = load_pretrained(folder, dtype=dtype, device=device, backend=backend)
     else:
         args = model_args_from_state(state)
         with torch.device("meta"):

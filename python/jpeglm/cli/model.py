@@ -47,8 +47,8 @@ def _check_device(name: str) -> str:
 
 
 def _device_problem(name: str, reason: str) -> str:
-    """What is wrong with ``--device NAME``, which :func:`jpeglm.inference.sample.check_device` refused
-    for ``reason``."""
+    """What is wrong with ``--device NAME``, which
+    :func:`jpeglm.inference.sample.check_device` refused for ``reason``."""
     import torch
 
     try:
@@ -113,17 +113,18 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
 
     A checkpoint's train_state.json and the record are checked here; the rest of the model's
     files by :func:`_check_model_files`."""
-    from jpeglm.checkpoint import dcp as checkpoint
+    from jpeglm.checkpoint.dcp import read_train_state
+    from jpeglm.checkpoint.load import find_tokenizer, read_info, resolve_model
 
     try:
-        kind, folder = checkpoint.resolve_model(args.model)
-        state = checkpoint.read_train_state(folder) if kind == "dcp" else None
-        info = checkpoint.read_info(folder, state)
+        kind, folder = resolve_model(args.model)
+        state = read_train_state(folder) if kind == "dcp" else None
+        info = read_info(folder, state)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
     if args.tokenizer:
         return folder, Path(args.tokenizer), info
-    tok = checkpoint.find_tokenizer(folder)
+    tok = find_tokenizer(folder)
     if tok is None:
         raise UserError(f"no tokenizer in {show(folder)}: pass --tokenizer")
     return folder, tok, info
@@ -131,15 +132,15 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
 
 def _check_model_files(folder: Path, tok_path: Path, info: dict, given: bool) -> None:
     """Before any weight is read: an HF folder's config.json, index and safetensors headers
-    (:func:`jpeglm.checkpoint.hf.hf_model_args`), and a ``--tokenizer`` (``given``): a readable file, the
-    one the model's record names."""
+    (:func:`jpeglm.checkpoint.hf.hf_model_args`), and a ``--tokenizer`` (``given``): a readable
+    file, the one the model's record names."""
     from jpeglm._io import input_file
-    from jpeglm.checkpoint import dcp as checkpoint
     from jpeglm.checkpoint import load as loading
+    from jpeglm.checkpoint.hf import hf_model_args
 
     try:
         if (folder / "config.json").is_file():
-            checkpoint.hf_model_args(folder)  # no weight read
+            hf_model_args(folder)  # no weight read
         if given:
             input_file(tok_path, "tokenizer")
             loading.check_tokenizer(info, loading.load_tokenizer(tok_path), tok_path, folder)
@@ -213,12 +214,12 @@ DEFAULT_BATCH = 16
 def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
     """The model and tokenizer; an image size whose streams cannot fit its context is
     refused before any sampling."""
-    from jpeglm.checkpoint import dcp as checkpoint
+    from jpeglm.checkpoint.load import check_context, load_model
 
     try:
-        loaded = checkpoint.load_model(folder, device=args.device, tokenizer=tok_path)
+        loaded = load_model(folder, device=args.device, tokenizer=tok_path)
         if loaded.info.get("kind") != "video":
-            checkpoint.check_context(loaded, args.size, args.quality)
+            check_context(loaded, args.size, args.quality)
     except (ValueError, OSError) as e:
         raise UserError(f"{show(folder)}: {e}") from e
     return loaded.model, loaded.tokenizer

@@ -10,17 +10,17 @@ The ops that have fast kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy, a
 called through a :class:`jpeglm.model.backends.Backend`, picked once by capability (Triton kernels
 and flash-attn on CUDA, the PyTorch reference elsewhere; ``JPEGLM_BACKEND`` overrides).
 
-Checkpoints are Hugging Face Llama folders, the official JPEG-LM checkpoint included:
-:meth:`Transformer.from_pretrained` reads them and :meth:`Transformer.save_pretrained` writes
-them (the format is :mod:`jpeglm.checkpoint.hf`). Beside the model: :mod:`jpeglm.model.kv_cache`,
-:mod:`jpeglm.inference.weights` (sampling) and :mod:`jpeglm.model.activation_checkpoint` (training).
+The hyper-parameters are :class:`jpeglm.model.args.ModelArgs`. Checkpoints are Hugging Face
+Llama folders, the official JPEG-LM checkpoint included:
+:func:`jpeglm.checkpoint.hf.load_pretrained` reads them and
+:func:`jpeglm.checkpoint.hf.save_pretrained` writes them (the model never imports the format).
+Beside the model: :mod:`jpeglm.model.kv_cache`, :mod:`jpeglm.inference.weights` (sampling) and
+:mod:`jpeglm.model.activation_checkpoint` (training).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -29,126 +29,14 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from jpeglm.inference import weights as inference_weights
-from jpeglm.inference.decode_kernels import INFERENCE_DTYPES, InferenceLinear, inference_act_dtype
-from jpeglm.model.activation_checkpoint import ACTIVATION_CHECKPOINT_MODES, check_mode, context_fn
+from jpeglm.inference.decode_kernels import InferenceLinear
+from jpeglm.model.activation_checkpoint import check_mode, context_fn
+from jpeglm.model.args import ModelArgs
 from jpeglm.model.backends import Backend, resolve_backend
 from jpeglm.model.dtensor import copy_full_
 from jpeglm.model.kv_cache import KVCache
 
-__all__ = [
-    "ACTIVATION_CHECKPOINT_MODES",
-    "CONFIGS",
-    "INFERENCE_DTYPES",
-    "InferenceLinear",
-    "KVCache",
-    "ModelArgs",
-    "Transformer",
-    "copy_full_",
-    "inference_act_dtype",  # re-exported from jpeglm.inference.decode_kernels (benchmarks/bench_generate.py)
-]
-
-
-def _find_multiple(n: int, k: int) -> int:
-    return n if n % k == 0 else n + k - n % k
-
-
-# ------------------------------------------------------------------------------------ config
-
-
-@dataclass
-class ModelArgs:
-    """Hyper-parameters of the decoder. ``None`` fields are derived in ``__post_init__``."""
-
-    dim: int = 4096
-    n_layers: int = 32
-    n_heads: int = 32
-    n_kv_heads: int | None = None  # grouped-query attention; None = n_heads (plain MHA)
-    hidden_dim: int | None = None  # SwiGLU width; None = Llama's 8/3 * dim rounded up
-    multiple_of: int = 256
-    vocab_size: int = 323  # 320 BPE tokens + specials; take it from the tokenizer
-    max_seq_len: int = 12288
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
-
-    def __post_init__(self) -> None:
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        if self.hidden_dim is None and isinstance(self.dim, int) and self.dim > 0:
-            self.hidden_dim = _find_multiple(int(8 * self.dim / 3), self.multiple_of)
-        self.validate()
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent field."""
-        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size",
-                     "max_seq_len", "multiple_of"):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelArgs.{name} must be a positive integer, got {value!r}")
-        if self.dim % self.n_heads:
-            raise ValueError(
-                f"ModelArgs: dim ({self.dim}) must be divisible by n_heads ({self.n_heads})"
-            )
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"ModelArgs: n_heads ({self.n_heads}) must be divisible by n_kv_heads "
-                f"({self.n_kv_heads})"
-            )
-        if self.head_dim % 2:
-            raise ValueError(
-                f"ModelArgs: head_dim = dim / n_heads = {self.head_dim} must be even for "
-                "rotary embeddings"
-            )
-        if not self.norm_eps > 0 or not self.rope_theta > 0:
-            raise ValueError(
-                f"ModelArgs: norm_eps ({self.norm_eps}) and rope_theta ({self.rope_theta}) "
-                "must be positive"
-            )
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> ModelArgs:
-        """A named size (see :data:`CONFIGS`), with any field overridden by keyword."""
-        if name not in CONFIGS:
-            raise ValueError(f"unknown model size {name!r}; known: {', '.join(CONFIGS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown ModelArgs field(s): {', '.join(sorted(unknown))}")
-        return cls(**{**CONFIGS[name], **overrides})
-
-    # -- Hugging Face LlamaConfig <-> ModelArgs (the mapping lives in jpeglm.checkpoint.hf)
-
-    def to_hf_config(self, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-        """A ``config.json`` dict for ``transformers.LlamaConfig``."""
-        from jpeglm.checkpoint.hf import config_from_args
-
-        return config_from_args(self, dtype)
-
-    @classmethod
-    def from_hf_config(cls, config: dict[str, Any]) -> ModelArgs:
-        """Map a HF Llama ``config.json`` dict, refusing features this model does not have and
-        sizes over :data:`jpeglm.checkpoint.hf.HF_CONFIG_LIMITS` (see :func:`jpeglm.checkpoint.hf.args_from_config`)."""
-        from jpeglm.checkpoint.hf import args_from_config
-
-        return args_from_config(config)
-
-
-# Named sizes. Parameter counts are for the default vocabulary (323).
-CONFIGS: dict[str, dict[str, Any]] = {
-    # 0.13M: CPU tests. GQA (4 query heads share 2 key/value heads) so that path is exercised.
-    "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=176),
-    # 28M: CPU demos.
-    "small": dict(dim=512, n_layers=8, n_heads=8),
-    # 114M: GPT-2-small-sized experiments.
-    "base": dict(dim=768, n_layers=16, n_heads=12),
-    # 1.03B.
-    "1B": dict(dim=2048, n_layers=20, n_heads=16, hidden_dim=5632),
-    # 6.5B: Llama-2 7B (its 32,000-token vocabulary replaced by the JPEG one), as in the paper.
-    "7B": dict(dim=4096, n_layers=32, n_heads=32, hidden_dim=11008),
-}
+__all__ = ["Transformer"]
 
 
 # ------------------------------------------------------------------------------------ layers
@@ -314,7 +202,8 @@ class Transformer(nn.Module):
 
     def set_activation_checkpointing(self, mode: str) -> None:
         """Recompute activations in the backward pass instead of keeping them (training only):
-        ``"none"``, ``"full"`` or ``"selective"`` (see :mod:`jpeglm.model.activation_checkpoint`)."""
+        ``"none"``, ``"full"`` or ``"selective"`` (see
+        :mod:`jpeglm.model.activation_checkpoint`)."""
         check_mode(mode)
         self.activation_checkpoint = mode
 
@@ -519,67 +408,3 @@ class Transformer(nn.Module):
         a = self.args
         attn = 12 * a.n_layers * a.dim * seq_len
         return 6 * self.num_params(non_embedding=True) + (attn / 2 if causal else attn)
-
-    # -- Hugging Face checkpoints (the I/O lives in jpeglm.checkpoint.hf)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike,
-        *,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str = "cpu",
-        backend: str | Backend | None = None,
-        vocab_size: int | None = None,
-    ) -> Transformer:
-        """Load a HF Llama checkpoint folder (``config.json`` + ``model.safetensors``, or
-        shards listed in ``model.safetensors.index.json``).
-
-        ``dtype`` defaults to the stored dtype. ``vocab_size``, when given (the tokenizer's),
-        must equal the checkpoint's. Every tensor is checked: missing, unexpected or wrongly
-        shaped ones raise ``ValueError`` naming them.
-        """
-        from jpeglm.checkpoint.hf import load_hf_state
-
-        args, state = load_hf_state(path, device=device, vocab_size=vocab_size)
-        with torch.device("meta"):
-            model = cls(args, backend=backend)
-        dtype = dtype or state["tok_embeddings.weight"].dtype
-        state = {k: v.to(dtype) for k, v in state.items()}
-        if args.tie_embeddings:
-            state["output.weight"] = state["tok_embeddings.weight"]
-        model.load_state_dict(state, strict=True, assign=True)
-        if args.tie_embeddings:
-            model.output.weight = model.tok_embeddings.weight
-        model.rope.reset(device)  # the tables were built on meta
-        return model
-
-    def save_pretrained(
-        self,
-        path: str | os.PathLike,
-        *,
-        dtype: torch.dtype | None = None,
-        max_shard_size: int = 5 * 2**30,
-        extra_config: dict[str, Any] | None = None,
-    ) -> None:
-        """Write a HF Llama folder: ``config.json`` and ``model.safetensors`` (or shards of at
-        most ``max_shard_size`` bytes plus ``model.safetensors.index.json``), each atomically.
-
-        ``extra_config`` adds keys to ``config.json`` (e.g. ``bos_token_id``). Shards of an
-        earlier save with a different layout are removed afterwards.
-        """
-        from jpeglm.checkpoint.hf import save_hf_files
-
-        state = dict(self.named_parameters(remove_duplicate=False))
-        save_hf_files(path, self.args, state, dtype=dtype or self.output.weight.dtype,
-                      max_shard_size=max_shard_size, extra_config=extra_config)  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    """``HF_CONFIG_LIMITS`` and ``HF_MAX_PARAMETERS``, which live in :mod:`jpeglm.checkpoint.hf` (it
-    imports this module, so it is imported on first use here, not at the top)."""
-    if name in ("HF_CONFIG_LIMITS", "HF_MAX_PARAMETERS"):
-        from jpeglm.checkpoint import hf
-
-        return getattr(hf, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -436,6 +436,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
     from tqdm.auto import tqdm
 
     from jpeglm.checkpoint import dcp as ckpt
+    from jpeglm.checkpoint.hf import hf_model_args, save_hf
     from jpeglm.data.prepare import tokenizer_fingerprint
     from jpeglm.tokenizer import Tokenizer
 
@@ -477,7 +478,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
         )
     if cfg.init_from:
         _check_init_from(Path(cfg.init_from))
-        args = ckpt.hf_model_args(cfg.init_from, vocab_size=tok.vocab_size)
+        args = hf_model_args(cfg.init_from, vocab_size=tok.vocab_size)
         args = dataclasses.replace(args, max_seq_len=max(seq_len, args.max_seq_len))
     else:
         args = ModelArgs.from_name(
@@ -635,9 +636,9 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
         def export() -> None:
             if rank == 0:  # replaces only an HF folder of jpeglm's files (final/ was claimed)
                 ckpt.write_hook_call(out / ".tmp_final")
-                ckpt.save_hf(out / "final", args, full, dtype=_dtype(cfg.export_dtype),
-                             max_shard_size=cfg.export_shard_size, tokenizer=cfg.tokenizer,
-                             metadata=meta, replace=True)  # fmt: skip
+                save_hf(out / "final", args, full, dtype=_dtype(cfg.export_dtype),
+                        max_shard_size=cfg.export_shard_size, tokenizer=cfg.tokenizer,
+                        metadata=meta, replace=True)  # fmt: skip
                 record_outputs([out / "final"])
 
         try:  # every rank learns of rank 0's failure (no rank left at a barrier)

@@ -44,16 +44,17 @@ def test_model_imports_from_a_plain_source_checkout(tmp_path):
     pytest.importorskip("torch")
     copy = tmp_path / "checkout"
     shutil.copytree(ROOT / "python" / "jpeglm", copy / "python" / "jpeglm",
-                    ignore=shutil.ignore_patterns("data", "*.so", "__pycache__"))  # fmt: skip
+                    ignore=shutil.ignore_patterns("assets", "*.so", "__pycache__"))  # fmt: skip
     shutil.copytree(ROOT / "kernels", copy / "kernels",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     paths = [str(copy / "python"), *site.getsitepackages()]
     code = (
-        "import sys, jpeglm.model.model, jpeglm.kernels, jpeglm.reference.kernels as ref;"
+        "import sys, importlib.util, jpeglm.model, jpeglm.kernels;"
         "from jpeglm.model import ModelArgs, Transformer;"
         "Transformer(ModelArgs.from_name('tiny'), backend='torch');"
         "assert not [m for m in sys.modules if 'editable' in m], sys.modules.keys();"
-        "print(jpeglm.__file__); print(list(jpeglm.kernels.__path__)[0]); print(ref.__file__)"
+        "print(jpeglm.__file__); print(list(jpeglm.kernels.__path__)[0]);"
+        "print(importlib.util.find_spec('jpeglm.kernels.rms_norm').origin)"
     )
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(paths), "JPEGLM_BACKEND": "torch"}
     r = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True,
@@ -62,7 +63,7 @@ def test_model_imports_from_a_plain_source_checkout(tmp_path):
     pkg, kernels, ref = r.stdout.split()
     assert Path(pkg) == copy / "python" / "jpeglm" / "__init__.py"
     assert Path(kernels) == copy / "kernels"
-    assert Path(ref) == copy / "kernels" / "reference.py"
+    assert Path(ref) == copy / "kernels" / "rms_norm.py"
 
 
 def test_installed_package_keeps_its_mapping():

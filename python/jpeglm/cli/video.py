@@ -59,7 +59,7 @@ def _write(out: Path, stem: str, c: Any) -> None:
 def _streams(paths: Sequence[Path], info: dict[str, Any]) -> list[bytes]:
     """The canonical streams of the input clips; an unreadable one (not a video, corrupt,
     frames of the wrong dtype or shape) is a ValueError naming it: one line, exit 2."""
-    from jpeglm.data.prepare import clip_stream
+    from jpeglm.data.sources import clip_stream
 
     out = []
     for p in paths:

@@ -55,7 +55,8 @@ from jpeglm._io import (
     show,
     writable_folder,
 )
-from jpeglm.data.prepare import ShardDataset, read_index
+from jpeglm.data.dataset import ShardDataset
+from jpeglm.data.index import read_index
 from jpeglm.model import ModelArgs
 from jpeglm.train.batches import (
     check_shards,
@@ -436,7 +437,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
     from tqdm.auto import tqdm
 
     from jpeglm.checkpoint import dcp as ckpt
-    from jpeglm.data.prepare import tokenizer_fingerprint
+    from jpeglm.data.index import tokenizer_fingerprint
     from jpeglm.tokenizer import Tokenizer
 
     rank, world, device = setup_distributed()

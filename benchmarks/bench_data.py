@@ -26,6 +26,7 @@ from PIL import Image
 from jpeglm import codec
 from jpeglm.data import bundled as samples
 from jpeglm.data import prepare as data
+from jpeglm.data.sources import load_image
 from jpeglm.eval.metrics import psnr
 from jpeglm.tokenizer import Tokenizer
 
@@ -101,8 +102,8 @@ def main() -> None:
                 if fast:
                     vals = [
                         psnr(
-                            data.load_image(f.read_bytes(), 256),
-                            data.load_image(f.read_bytes(), 256, True),
+                            load_image(f.read_bytes(), 256),
+                            load_image(f.read_bytes(), 256, True),
                         )
                         for f in files[:20]
                     ]

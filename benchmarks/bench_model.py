@@ -50,8 +50,8 @@ PRECISIONS = ("autocast", "bf16")
 
 def _trainer_peaks() -> dict[str, float]:
     """``jpeglm.train.loop.PEAK_BF16_FLOPS``, the trainer's table of dense bf16 peaks. Importing
-    jpeglm.train.loop needs jpeglm._core (through jpeglm.data.prepare); without it (a GPU machine with no
-    libjpeg to build it) the literal is read from the module's source instead."""
+    jpeglm.train.loop needs jpeglm._core (through jpeglm.data.index); without it (a GPU machine
+    with no libjpeg to build it) the literal is read from the module's source instead."""
     try:
         from jpeglm.train.loop import PEAK_BF16_FLOPS
 

@@ -27,6 +27,7 @@ from _common import machine, round_robin, today, write_section  # noqa: E402
 
 from jpeglm.data import bundled as samples  # noqa: E402
 from jpeglm.video import codec as video
+from jpeglm.video import h264
 
 CLI = ["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", "256x144",
        "-r", "3", "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-profile:v", "baseline",
@@ -109,7 +110,7 @@ def main() -> None:
         rows.append(
             f"| {name} | {r:,.1f} | {r / peer:.2f}x |" if peer else f"| {name} | {r:,.1f} | — |"
         )
-    s0 = video.structure(all_streams[0])
+    s0 = h264.structure(all_streams[0])
     body = "\n".join([
         f"Machine: {machine()}; {today()}; `python benchmarks/bench_video.py`. Moving-MNIST clips "
         "in "

@@ -17,6 +17,7 @@ from jpeglm.checkpoint.load import load_model
 from jpeglm.data import bundled as samples
 from jpeglm.eval.video import clip_scores
 from jpeglm.video import codec as video
+from jpeglm.video import sample as video_sample
 
 torch.set_num_threads(1)
 lm = load_model("python/jpeglm/data/assets/checkpoints/moving_mnist64", dtype=torch.float32)
@@ -26,7 +27,7 @@ streams = [video.encode(video.prepare(list(c), width=64, height=64)) for c in cl
 real = [video.decode(s) for s in streams]
 for t, k, p in ((0.3, 16, 0.95), (0.5, 16, 0.95), (0.7, 16, 0.95), (1.0, 50, 0.9), (0.1, 4, 0.95)):
     for seed in (0, 1):
-        got = video.complete(
+        got = video_sample.complete(
             lm.model,
             lm.tokenizer,
             streams,

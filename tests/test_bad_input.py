@@ -607,7 +607,7 @@ def test_cli_prepare_non_utf8_file_name(prep, tmp_path, capsys):
     index = json.loads((out / "index.json").read_text())
     assert index["complete"] and index["images"] == 10
     assert index["skipped"] == [{"source": "caf\\xe9.png", "error": "file name is not valid UTF-8"}]
-    from jpeglm.data.prepare import read_sources
+    from jpeglm.data.sources import read_sources
 
     assert len(read_sources(out)) == 10
     assert _snapshot(src) == before

@@ -249,7 +249,7 @@ def test_exif_orientation_ignored_by_default_applied_on_request(tmp_path, capsys
 
 
 def test_prepare_exif_transpose(tmp_path, capsys):
-    from jpeglm.data import prepare as data
+    from jpeglm.data.index import INDEX
 
     src = tmp_path / "src"
     src.mkdir()
@@ -258,8 +258,8 @@ def test_prepare_exif_transpose(tmp_path, capsys):
     common = ["--tokenizer", tok, "--size", 32, "--seq-len", 64, "--quiet"]
     assert _cli(capsys, "prepare", src, tmp_path / "p0", *common)[0] == 0
     assert _cli(capsys, "prepare", src, tmp_path / "p1", *common, "--exif-transpose")[0] == 0
-    i0 = json.loads((tmp_path / "p0" / data.INDEX).read_text())
-    i1 = json.loads((tmp_path / "p1" / data.INDEX).read_text())
+    i0 = json.loads((tmp_path / "p0" / INDEX).read_text())
+    i1 = json.loads((tmp_path / "p1" / INDEX).read_text())
     assert "exif_transpose" not in i0["config"] and i1["config"]["exif_transpose"] is True
     a = np.load(tmp_path / "p0" / "shard_000000.npy")
     b = np.load(tmp_path / "p1" / "shard_000000.npy")

@@ -25,6 +25,8 @@ from trainutil import env as _env  # noqa: E402
 from trainutil import run as _run  # noqa: E402
 
 from jpeglm.data import prepare as data  # noqa: E402
+from jpeglm.data.index import read_index  # noqa: E402
+from jpeglm.data.sources import read_sources  # noqa: E402
 
 DEEP = 100_000  #: far past any parser's recursion limit
 
@@ -310,7 +312,7 @@ def test_shards_are_checked_before_the_run_folder(world, tmp_path, capsys, spoil
     if expected is None:
         from jpeglm.train.batches import check_shards
 
-        index = data.read_index(shards)
+        index = read_index(shards)
         assert check_shards([str(shards)], index["config"]["tokenizer"], "tok", "x", 300) == 128
         return
     rc, err = _main(_cfg(root, out, train_data=[str(shards)]), capsys)
@@ -321,7 +323,7 @@ def test_shards_are_checked_before_the_run_folder(world, tmp_path, capsys, spoil
 
 def test_prepare_records_each_shards_largest_id(world):
     root, tok = world
-    index = data.read_index(root / "train_shards")
+    index = read_index(root / "train_shards")
     for s in index["shards"]:
         if s["sequences"]:
             assert s["max_id"] == int(np.load(root / "train_shards" / s["file"]).max())
@@ -364,13 +366,13 @@ def test_sources_txt_keeps_names_with_newlines(world, tmp_path):
         shutil.copyfile(root / "train" / f"{i:03d}.png", src / n)
     out = tmp_path / "out"
     data.prepare(src, out, tok, size=32, seq_len=64, progress=False)
-    listed = data.read_sources(out)
+    listed = read_sources(out)
     assert sorted(listed) == sorted(names)
     text = (out / "sources.txt").read_text(encoding="utf-8")
     assert len(text.splitlines()) == 1 + len(names)  # the header, then one line per name
     # a file of an older jpeglm: one name per line, still read
     (out / "sources.txt").write_text("a.png\nb.png\n")
-    assert data.read_sources(out) == ["a.png", "b.png"]
+    assert read_sources(out) == ["a.png", "b.png"]
 
 
 # ---------------------------------------------------------------- messages that say what to do

@@ -16,6 +16,8 @@ import pytest
 from jpeglm import codec
 from jpeglm.data import bundled as samples
 from jpeglm.data import prepare as data
+from jpeglm.data.index import read_index
+from jpeglm.data.sources import load_image
 from jpeglm.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
@@ -27,12 +29,13 @@ from trainutil import losses as _losses  # noqa: E402
 from trainutil import run as _run  # noqa: E402
 
 from jpeglm.checkpoint.dcp import list_checkpoints as _checkpoints  # noqa: E402
+from jpeglm.data.dataset import ShardDataset  # noqa: E402
 from jpeglm.train.loop import TrainConfig  # noqa: E402
 
 
 def test_prepare_packs_streams(world):
     root, tok = world
-    index = data.read_index(root / "train_shards")
+    index = read_index(root / "train_shards")
     assert index["images"] == 96 and index["complete"] and not index["skipped"]
     seqs = np.concatenate(
         [np.load(root / "train_shards" / s["file"]) for s in index["shards"] if s["sequences"]]
@@ -88,8 +91,8 @@ def test_prepare_resume_and_skips(world, tmp_path):
 
 def test_fast_mode_is_close():
     big = samples.photo_path("hubble_deep_field").read_bytes()
-    exact = data.load_image(big, 64)
-    fast = data.load_image(big, 64, fast=True)
+    exact = load_image(big, 64)
+    fast = load_image(big, 64, fast=True)
     from jpeglm.eval.metrics import psnr
 
     assert exact.shape == fast.shape == (64, 64, 3)
@@ -98,15 +101,15 @@ def test_fast_mode_is_close():
 
 def test_dataset_sharding(world):
     root, _ = world
-    full = data.ShardDataset(root / "train_shards", seed=3)
+    full = ShardDataset(root / "train_shards", seed=3)
     seen = []
     for rank in range(2):
-        ds = data.ShardDataset(root / "train_shards", seed=3, rank=rank, world=2)
+        ds = ShardDataset(root / "train_shards", seed=3, rank=rank, world=2)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
         seen += [tuple(x.tolist()) for x in loader]
     assert len(seen) == len(set(seen)) == 2 * (len(full) // 2)  # no overlap, nothing lost
     a = [x.tolist() for x in full]
-    assert a == [x.tolist() for x in data.ShardDataset(root / "train_shards", seed=3)]
+    assert a == [x.tolist() for x in ShardDataset(root / "train_shards", seed=3)]
     full.set_epoch(1)
     assert a != [x.tolist() for x in full]  # a new order every epoch
 
@@ -119,7 +122,7 @@ def test_training_learns(world, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     final = rows[-1]
     # unigram baseline: the entropy of the training tokens' distribution, in nats
-    index = data.read_index(root / "train_shards")
+    index = read_index(root / "train_shards")
     seqs = np.concatenate(
         [np.load(root / "train_shards" / s["file"]) for s in index["shards"] if s["sequences"]]
     )
@@ -231,7 +234,7 @@ def test_kill_prepare_and_resume(world, tmp_path):
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     print(f"resumed run: {time.perf_counter() - t0:.1f} s")
     assert not list(out.glob(".*.tmp"))  # no temp file of a killed write survives
-    assert data.read_index(out)["sequences"] == data.read_index(ref)["sequences"]
+    assert read_index(out)["sequences"] == read_index(ref)["sequences"]
     for f in sorted(ref.glob("shard_*.npy")):
         np.testing.assert_array_equal(np.load(out / f.name), np.load(f))
 

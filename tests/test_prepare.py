@@ -1,6 +1,6 @@
-"""`jpeglm.data.prepare.prepare` keeps every token (a chunk's tail is carried into the next shard; only
-the last sequence is padded), resumes to the same bytes after a kill, and the shared image
-listing / loading of the commands that take image files and folders."""
+"""`jpeglm.data.prepare.prepare` keeps every token (a chunk's tail is carried into the next
+shard; only the last sequence is padded), resumes to the same bytes after a kill, and the shared
+image listing / loading of the commands that take image files and folders."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from trainutil import kill_repeatedly
 
 from jpeglm import codec
 from jpeglm.data import bundled as samples
+from jpeglm.data import index as shard_index
 from jpeglm.data import prepare as data
+from jpeglm.data.index import read_index
+from jpeglm.data.sources import list_images, list_sources, load_images
 from jpeglm.tokenizer import Tokenizer
 
 SIZE = 32
@@ -90,7 +93,7 @@ def test_prepare_keeps_every_image(tok, tmp_path, per_shard, seq_len):
     index = _prepare(src, out, tok, seq_len=seq_len, images_per_shard=per_shard)
     assert index["images"] == 19 and index["config"]["pad_id"] == tok.pad_id is not None
     _check_index(out, index, seq_len)
-    assert data.read_index(out) == index
+    assert read_index(out) == index
     if per_shard == 1:  # chunks too small for a whole sequence: no file, all carried on
         assert any(s["sequences"] == 0 for s in index["shards"])
     flat = _flat(out, index)
@@ -119,7 +122,9 @@ def test_a_tiny_dataset_gives_one_padded_sequence(tok, tmp_path):
     assert index["pad_tokens"] == 4096 - n and (seq[n:] == tok.pad_id).all()
     assert seq[0] == tok.bos_id and seq[n - 1] == tok.eos_id
     pytest.importorskip("torch")
-    ds = data.ShardDataset(out)
+    from jpeglm.data.dataset import ShardDataset
+
+    ds = ShardDataset(out)
     assert len(ds) == 1 and next(iter(ds)).tolist() == seq.tolist()
 
 
@@ -161,8 +166,9 @@ def test_resume_after_a_stop_at_every_shard_is_byte_identical(tok, tmp_path, mon
     ref = _files(tmp_path / "ref")
     n_chunks = -(-json.loads(ref["index.json"])["config"]["sources"] // 2)
     assert n_chunks == 9
-    target = {"after_index": "_write_index", "after_shard": "_write_npy"}[when]
-    real = getattr(data, target)
+    module, target = {"after_index": (shard_index, "_write_index"),
+                      "after_shard": (data, "_write_npy")}[when]  # fmt: skip
+    real = getattr(module, target)
     for k in range(1, n_chunks):
         out = tmp_path / f"out{k}"
         calls = []
@@ -174,14 +180,14 @@ def test_resume_after_a_stop_at_every_shard_is_byte_identical(tok, tmp_path, mon
                 raise _Killed
             return r
 
-        monkeypatch.setattr(data, target, stop)
+        monkeypatch.setattr(module, target, stop)
         try:
             _prepare(src, out, tok, **kw)
         except _Killed:
             pass
         else:
             assert when == "after_shard"  # fewer shard files than chunks: not stopped
-        monkeypatch.setattr(data, target, real)
+        monkeypatch.setattr(module, target, real)
         if (out / "index.json").exists():
             assert not json.loads((out / "index.json").read_text())["complete"]
         _prepare(src, out, tok, **kw)
@@ -226,7 +232,8 @@ def test_sigkill_prepare_and_resume_is_byte_identical(tok, tmp_path):
     data.prepare(src, tmp_path / "ref", tok, **kw)
     out = tmp_path / "out"
     script = (
-        "import sys; from jpeglm.data import prepare as data; from jpeglm.tokenizer import Tokenizer; "
+        "import sys; from jpeglm.data import prepare as data; "
+        "from jpeglm.tokenizer import Tokenizer; "
         f"data.prepare(sys.argv[1], sys.argv[2], Tokenizer.load(sys.argv[3]), **{kw!r})"
     )
     cmd = [sys.executable, "-c", script, str(src), str(out), str(tmp_path / "tok.jpeglm")]
@@ -252,9 +259,11 @@ def test_an_old_index_with_dropped_tails_is_still_read(tok, tmp_path):
         "bytes": index["bytes"], "skipped": [],
     }  # fmt: skip
     (out / "index.json").write_text(json.dumps(old))
-    assert data.read_index(out)["shards"][0]["dropped_tokens"] == 7
+    assert read_index(out)["shards"][0]["dropped_tokens"] == 7
     pytest.importorskip("torch")
-    assert len(data.ShardDataset(out)) == index["sequences"]
+    from jpeglm.data.dataset import ShardDataset
+
+    assert len(ShardDataset(out)) == index["sequences"]
 
 
 # ------------------------------------------------------------------ listing and loading images
@@ -272,24 +281,24 @@ def test_list_images(tmp_path):
     (tmp_path / "empty").mkdir()
     items = [a, tmp_path / "b.webp", tmp_path / "missing.png", tmp_path / "c.txt",
              tmp_path / "empty", str(a / "z.png"), tmp_path / "b.webp"]  # fmt: skip
-    paths, problems = data.list_images(items)
+    paths, problems = list_images(items)
     assert paths == [a / "sub" / "x.JPG", a / "z.png", tmp_path / "b.webp"]
     assert [(Path(p["source"]).name, p["error"].split(" (")[0]) for p in problems] == [
         ("missing.png", "no such file or folder"),
         ("c.txt", "not an image file name"),
         ("empty", "no image files in this folder"),
     ]
-    assert data.list_images([]) == ([], [])
+    assert list_images([]) == ([], [])
     # a folder lists what prepare lists from it
-    assert [s.path for s in data.list_sources(a)] == [str(p) for p in data.list_images([a])[0]]
+    assert [s.path for s in list_sources(a)] == [str(p) for p in list_images([a])[0]]
 
 
 def test_load_images_skips_a_broken_image_as_prepare_does(tok, tmp_path):
     src = _folder(tmp_path / "imgs", 3)
     (src / "001.png").write_bytes((src / "001.png").read_bytes()[:60])  # truncated
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    paths, _ = data.list_images([src])
-    kept, images, skipped = data.load_images([*paths, src / "gone.png"], SIZE, workers=2)
+    paths, _ = list_images([src])
+    kept, images, skipped = load_images([*paths, src / "gone.png"], SIZE, workers=2)
     assert kept == [src / "000.png", src / "002.png"]
     assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.uint8
     for p, im in zip(kept, images):
@@ -302,22 +311,13 @@ def test_load_images_skips_a_broken_image_as_prepare_does(tok, tmp_path):
     assert {s["source"]: s["error"] for s in report} == {
         Path(s["source"]).name: s["error"] for s in skipped[:2]
     }
-    kept, images, skipped = data.load_images([src / "broken.jpg"], SIZE)
+    kept, images, skipped = load_images([src / "broken.jpg"], SIZE)
     assert kept == [] and images.shape == (0, SIZE, SIZE, 3) and len(skipped) == 1
 
 
 def test_data_needs_torch_only_for_the_dataset():
-    """Preparing data never imports torch: ``data.ShardDataset`` (defined in jpeglm.data.dataset)
-    is imported on first use; the source listing moved to jpeglm.data.sources is re-exported."""
-    from jpeglm.data import sources
-
-    code = "import sys, jpeglm.data.prepare; assert 'torch' not in sys.modules, 'torch imported'"
+    """Preparing data never imports torch: the preparation, the sources and the shard index
+    load without it (only jpeglm.data.dataset, the ``ShardDataset``, needs it)."""
+    code = ("import sys, jpeglm.data.prepare, jpeglm.data.sources, jpeglm.data.index; "
+            "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
-    for name in ("Source", "list_sources", "scan_sources", "list_images", "IMAGE_SUFFIXES"):
-        assert getattr(data, name) is getattr(sources, name), name
-    with pytest.raises(AttributeError):
-        data.no_such_name  # noqa: B018
-    pytest.importorskip("torch")
-    from jpeglm.data.dataset import ShardDataset
-
-    assert data.ShardDataset is ShardDataset

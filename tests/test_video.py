@@ -15,6 +15,8 @@ av = pytest.importorskip("av")
 
 from jpeglm.data import bundled as samples  # noqa: E402
 from jpeglm.video import codec as video  # noqa: E402
+from jpeglm.video import h264  # noqa: E402
+from jpeglm.video import sample as video_sample  # noqa: E402
 
 
 def _moving_digits(frames: int = 15, h: int = 144, w: int = 256) -> np.ndarray:
@@ -45,7 +47,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_a_clip_encodes_with_the_papers_settings(clip, stream):
-    s = video.structure(stream)
+    s = h264.structure(stream)
     assert s["annexb"] and stream[:4] == b"\x00\x00\x00\x01"
     assert s["profile_idc"] == 66  # baseline
     assert (s["mb_width"], s["mb_height"]) == (16, 9)
@@ -111,7 +113,7 @@ def test_tolerant_decode_of_truncated_and_corrupt_streams(stream):
         np.testing.assert_array_equal(r.frames[: r.valid_frames], full[: r.valid_frames])
         if r.valid_frames:  # the rest repeats the last good frame
             assert (r.frames[r.valid_frames :] == full[r.valid_frames - 1]).all()
-        with pytest.raises(video.VideoError):
+        with pytest.raises(h264.VideoError):
             video.decode(stream[:cut])
     assert video.decode(stream, tolerant=True).clean
     for _ in range(25):  # flipped bytes: never an exception
@@ -123,7 +125,7 @@ def test_tolerant_decode_of_truncated_and_corrupt_streams(stream):
     for junk in (b"", b"garbage" * 50, bytes(1000), b"\x00\x00\x01" * 100):
         r = video.decode(junk, tolerant=True, frames=15)
         assert r.valid_frames == 0 and (r.frames == 128).all()
-        with pytest.raises(video.VideoError):
+        with pytest.raises(h264.VideoError):
             video.decode(junk)
 
 
@@ -178,7 +180,7 @@ def test_ffmpeg_command_line_agrees(clip, stream):
         cmd[cmd.index("-me_method")] = "-motion-est"
         cli = subprocess.run(cmd, input=_yuv(clip), capture_output=True)
     assert cli.returncode == 0, cli.stderr
-    ours, theirs = video.structure(stream), video.structure(cli.stdout)
+    ours, theirs = h264.structure(stream), h264.structure(cli.stdout)
     assert theirs["slices_per_frame"] == ours["slices_per_frame"]
     assert theirs["profile_idc"] == ours["profile_idc"]
     same_version = ours.get("x264_core") == theirs.get("x264_core")
@@ -225,7 +227,7 @@ def test_moving_mnist_clips():
     assert (a.reshape(3, 15, -1).max(axis=2) > 200).all()  # digits in every frame
     assert (np.abs(np.diff(a.astype(int), axis=1)).sum(axis=(2, 3)) > 0).all()  # they move
     s = video.encode(np.repeat(a[0][..., None], 3, axis=-1))
-    assert video.structure(s)["slices_per_frame"] == [16] * 15
+    assert h264.structure(s)["slices_per_frame"] == [16] * 15
     with pytest.raises(ValueError):
         samples.moving_mnist(1, size=20)
 
@@ -286,8 +288,8 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
     loaded = load_model(out)
     assert loaded.info["kind"] == "video" and loaded.info["video"]["width"] == 32
-    got = video.complete(loaded.model, loaded.tokenizer, [streams[1]], frames=3, total_frames=6,
-                         size=(32, 32), max_tokens=200, seed=0)  # fmt: skip
+    got = video_sample.complete(loaded.model, loaded.tokenizer, [streams[1]], frames=3,
+                                total_frames=6, size=(32, 32), max_tokens=200, seed=0)  # fmt: skip
     assert len(got) == 1 and got[0].frames.shape == (6, 32, 32, 3)
     assert got[0].valid_frames >= 3  # the prompt's frames at least
     np.testing.assert_array_equal(got[0].frames[:3], video.decode(streams[1])[:3])

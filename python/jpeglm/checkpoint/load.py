@@ -219,7 +219,7 @@ def check_tokenizer(
     want = info.get("tokenizer_fingerprint")
     if not isinstance(want, str) or not want:
         return  # an official / older folder: nothing recorded to compare
-    from jpeglm.data.prepare import tokenizer_fingerprint
+    from jpeglm.data.index import tokenizer_fingerprint
 
     have = tokenizer_fingerprint(tok)
     if have != want:

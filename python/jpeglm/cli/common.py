@@ -230,7 +230,7 @@ def _load_tokenizer(path: Path):
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from jpeglm import codec
-    from jpeglm.data import prepare as data
+    from jpeglm.data import sources
     from jpeglm.tokenizer import Tokenizer
 
     video = video_settings(args)
@@ -241,12 +241,12 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
         check_memory(args.size, held=len(paths), working=os.cpu_count() or 1,
                      hint="use a smaller --size or fewer images")  # fmt: skip
         dst = plan_output_file(args.out, paths)
-        kept, images, skipped = data.load_images(paths, size=args.size)  # unreadable: skipped
+        kept, images, skipped = sources.load_images(paths, size=args.size)  # unreadable: skipped
     else:
         clips = clip_sources(args.images)
         paths = [Path(s.path) for s in clips]
         dst = plan_output_file(args.out, paths)
-        kept, streams, skipped = data.load_clips(clips, video)
+        kept, streams, skipped = sources.load_clips(clips, video)
     what = "clips" if video else "images"
     for rec in skipped:
         print(f"skipped {rec['source']}: {rec['error']}", file=sys.stderr)
@@ -326,11 +326,11 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def image_paths(items: Sequence[str]) -> list[Path]:
     """The images the arguments name (files, and folders searched recursively): the one
-    lister of :func:`jpeglm.data.prepare.list_images`, shared with prepare. A missing path, a named
+    lister of :func:`jpeglm.data.sources.list_images`, shared with prepare. A missing path, a named
     file that is not an image, or a folder without images is one line and exit 2."""
-    from jpeglm.data import prepare as data
+    from jpeglm.data.sources import list_images
 
-    paths, problems = data.list_images(items)
+    paths, problems = list_images(items)
     if problems:
         p = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -251,6 +251,7 @@ def _video_part(out: Path, seed: int, n: int = 4, prompt_frames: int = 10) -> di
     from jpeglm.data import bundled as samples
     from jpeglm.eval.video import clip_scores
     from jpeglm.video import codec as video
+    from jpeglm.video import sample as video_sample
 
     if not (VIDEO_CHECKPOINT / "config.json").is_file():
         print(f"(no video checkpoint in {VIDEO_CHECKPOINT}: skipping the video part)")
@@ -273,9 +274,9 @@ def _video_part(out: Path, seed: int, n: int = 4, prompt_frames: int = 10) -> di
                             qp=v["qp"], fps=int(v["fps"])) for c in clips]  # fmt: skip
     real = [video.decode(s) for s in streams]
     rec = dict(loaded.info["sampling"])
-    got = video.complete(loaded.model, loaded.tokenizer, streams, frames=prompt_frames,
-                         total_frames=total, size=size, max_tokens=2048, seed=seed,
-                         **rec)  # fmt: skip
+    got = video_sample.complete(loaded.model, loaded.tokenizer, streams, frames=prompt_frames,
+                                total_frames=total, size=size, max_tokens=2048, seed=seed,
+                                **rec)  # fmt: skip
     scores = clip_scores(real, [g.frames for g in got], prompt_frames)
     scores["valid_generated_frames"] = float(
         np.mean([max(0, g.valid_frames - prompt_frames) / (total - prompt_frames) for g in got])

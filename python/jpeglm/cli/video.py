@@ -31,7 +31,7 @@ def clip_files(stems: Sequence[str]) -> list[str]:
     return [stem + ext for stem in stems for ext in (".png", ".h264")]
 
 
-#: the options of :func:`jpeglm.video.codec.generate` among the sampling commands' options
+#: the options of :func:`jpeglm.video.sample.generate` among the sampling commands' options
 _VIDEO_OPTIONS = ("temperature", "top_k", "top_p", "max_tokens", "seed", "batch_size", "dtype")
 
 
@@ -42,7 +42,7 @@ def _clip(info: dict[str, Any]) -> tuple[int, tuple[int, int]]:
 
 
 def _kwargs(sampling: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """:func:`jpeglm.video.codec.generate`'s options from the image commands' ``sampling`` ones."""
+    """:func:`jpeglm.video.sample.generate`'s options from the image commands' ``sampling`` ones."""
     total, size = _clip(info)
     return dict(total_frames=total, size=size, **{k: sampling[k] for k in _VIDEO_OPTIONS})
 
@@ -59,7 +59,7 @@ def _write(out: Path, stem: str, c: Any) -> None:
 def _streams(paths: Sequence[Path], info: dict[str, Any]) -> list[bytes]:
     """The canonical streams of the input clips; an unreadable one (not a video, corrupt,
     frames of the wrong dtype or shape) is a ValueError naming it: one line, exit 2."""
-    from jpeglm.data.prepare import clip_stream
+    from jpeglm.data.sources import clip_stream
 
     out = []
     for p in paths:
@@ -100,7 +100,7 @@ def sample(args: argparse.Namespace, model, tok, info: dict[str, Any],
            sampling: dict[str, Any]) -> None:  # fmt: skip
     """``args.n`` unconditional clips ``sample_000.png`` + ``.h264``, ..., each written as its
     batch finishes (names made as needed); ``sampling``: the sampling commands' options."""
-    from jpeglm.video import codec as video
+    from jpeglm.video import sample as video
 
     out = Path(args.out)
     video.generate(model, tok, n=args.n, **_kwargs(sampling, info),
@@ -110,7 +110,7 @@ def sample(args: argparse.Namespace, model, tok, info: dict[str, Any],
 def complete(args: argparse.Namespace, model, tok, info: dict[str, Any], paths: list[Path],
              stems: list[str], sampling: dict[str, Any]) -> None:  # fmt: skip
     """Each input clip continued after its first ``--frames`` frames."""
-    from jpeglm.video import codec as video
+    from jpeglm.video import sample as video
 
     frames = _check_frames(args, info)
     streams = _streams(paths, info)

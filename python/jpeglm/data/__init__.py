@@ -1,1 +1,2 @@
-"""Data: image and clip sources, preparation into token shards, the shard dataset, the bundled assets."""
+"""Data: image and clip sources, preparation into token shards, the shard index, the shard
+dataset, the bundled assets."""

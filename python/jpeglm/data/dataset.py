@@ -2,8 +2,8 @@
 writes -- memory-mapped, sequences shuffled deterministically per epoch from a seed, split
 across distributed ranks and data-loader workers without overlap.
 
-Needs torch; :mod:`jpeglm.data.prepare` (which works without torch) re-exports :class:`ShardDataset`,
-importing this module on first use.
+The only data module that needs torch: preparing data (:mod:`jpeglm.data.prepare`) never
+imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from jpeglm.data.prepare import read_index
+from jpeglm.data.index import read_index
 
 __all__ = ["ShardDataset"]
 
@@ -29,7 +29,7 @@ def _sequence_table(folders: Sequence[str | os.PathLike]) -> tuple[list[np.ndarr
             if s["sequences"] == 0:
                 continue
             path = Path(folder) / s["file"]
-            try:  # the trainer checked every shard first (jpeglm.data.prepare.check_shard_files)
+            try:  # the trainer checked every shard first (jpeglm.data.index.check_shard_files)
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as e:  # numpy's words would suggest allow_pickle
                 raise ValueError(

@@ -1,22 +1,38 @@
-"""Where images come from: the listing (and skipping) shared by ``prepare`` and the commands
-that take image files and folders on the command line.
+"""Where images and clips come from: the listing (and skipping) shared by ``prepare`` and the
+commands that take image files and folders on the command line, and the reading of each source.
 
 :func:`scan_sources` lists a folder (recursively), a ``.txt`` list file or a tar archive as
 :class:`Source` items, reporting what it could not list (names that are not UTF-8, the
 unreadable rest of a truncated archive); :func:`list_images` is the same policy for
-command-line arguments (encode, eval, train-tokenizer). :mod:`jpeglm.data.prepare` re-exports these
-names.
+command-line arguments (encode, eval, train-tokenizer).
+
+:func:`load_image` decodes one image with Pillow (libjpeg-turbo) and prepares it (center crop +
+resize); :func:`load_images` is the same reading and skipping for the commands that take image
+files and folders on the command line, :func:`clip_stream` / :func:`load_clips` make the
+canonical H.264 stream (:mod:`jpeglm.video.codec`) of clip sources with the settings of
+:func:`video_settings`.
+
+``sources.txt`` (:data:`SOURCES`, written by ``prepare``): the source names in shard order, one
+JSON string per line after a ``#`` header line (a name holding a newline stays one line);
+:func:`read_sources` reads it, and the plain one-name-per-line files of older versions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tarfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from jpeglm import codec
 from jpeglm._io import show
 
 __all__ = [
@@ -27,6 +43,14 @@ __all__ = [
     "list_sources",
     "scan_sources",
     "list_images",
+    "load_image",
+    "load_images",
+    "clip_stream",
+    "video_settings",
+    "load_clips",
+    "SOURCES",
+    "SOURCES_HEADER",
+    "read_sources",
 ]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
@@ -181,3 +205,153 @@ def _tar_sources(p: Path, problems: list[dict], suffixes: set[str] | None = None
         })  # fmt: skip
     members.sort(key=lambda m: m.name)
     return [Source(f"{p.name}:{m.name}", str(p), m.name, m) for m in members]
+
+
+def load_image(
+    data: bytes, size: int, fast: bool = False, exif_transpose: bool = False
+) -> np.ndarray:
+    """Decode + prepare one image. ``fast``: libjpeg DCT scaling for big JPEGs first;
+    ``exif_transpose``: as :func:`jpeglm.codec.prepare`'s."""
+    im = Image.open(io.BytesIO(data))
+    if fast and im.format == "JPEG":
+        # The largest 1/2^k reduction that keeps the short side >= size.
+        w, h = im.size
+        im.draft("RGB", (max(size, w * size // min(w, h)), max(size, h * size // min(w, h))))
+    im.load()
+    return codec.prepare(im, size, exif_transpose=exif_transpose)
+
+
+def _read_image(read, size: int, fast: bool, exif_transpose: bool = False) -> np.ndarray | str:
+    """``load_image(read(), size, fast, exif_transpose)``, or the reason it failed as one line:
+    any unreadable image is skipped (and reported) by its callers rather than stopping them."""
+    try:
+        return load_image(read(), size, fast, exif_transpose)
+    except UnidentifiedImageError:
+        return "UnidentifiedImageError: not an image file Pillow can read"
+    except Exception as e:  # noqa: BLE001 - any unreadable image is skipped
+        return f"{type(e).__name__}: {e}"
+
+
+def clip_stream(data: bytes, name: str, video: dict) -> bytes:
+    """The canonical H.264 stream (:mod:`jpeglm.video.codec`) of one clip source: ``data`` is a
+    video file's bytes or an ``.npy`` of ``(T, H, W[, 3])`` uint8 frames (``name`` tells),
+    ``video`` the settings ``prepare --video`` records (fps, seconds, width, height, qp)."""
+    from jpeglm.video import codec as vid
+
+    kw = {k: video[k] for k in ("fps", "seconds", "width", "height")}
+    if name.lower().endswith(".npy"):
+        frames = np.load(io.BytesIO(data), allow_pickle=False)
+        if frames.dtype != np.uint8 or frames.ndim not in (3, 4):
+            raise ValueError(f"expected (T, H, W[, 3]) uint8 frames, got {frames.dtype} "
+                             f"{frames.shape}")  # fmt: skip
+        clip = vid.prepare(list(frames), **kw)
+    else:
+        clip = vid.prepare(data, **kw)
+    return vid.encode(clip, qp=video["qp"], fps=int(video["fps"]))
+
+
+def _read_clip(read, name: str, video: dict) -> bytes | str:
+    """:func:`clip_stream` of one source, or why not."""
+    try:
+        return clip_stream(read(), name, video)
+    except Exception as e:  # noqa: BLE001 - any unreadable clip is skipped
+        return f"{type(e).__name__}: {e}"
+
+
+def video_settings(video: dict) -> dict:
+    """Clip settings for :func:`clip_stream` (``width``, ``height``, ``fps``, ``seconds``,
+    ``qp``): the given ones over the paper's defaults (:mod:`jpeglm.video.codec`); an unknown
+    key is a ValueError."""
+    from jpeglm.video import codec as vid
+
+    unknown = set(video) - {"width", "height", "fps", "seconds", "qp"}
+    if unknown:
+        raise ValueError(f"video: unknown setting(s) {', '.join(sorted(unknown))}")
+    return {"width": vid.WIDTH, "height": vid.HEIGHT, "fps": vid.FPS, "seconds": vid.SECONDS,
+            "qp": vid.QP, **video}  # fmt: skip
+
+
+def load_clips(
+    sources: Sequence[Source], video: dict, workers: int | None = None
+) -> tuple[list[Source], list[bytes], list[dict]]:
+    """The canonical H.264 streams (:func:`clip_stream`, settings :func:`video_settings`) of
+    clip sources, skipping the unreadable ones as ``prepare --video`` does: returns the sources
+    read, their streams, and a ``{"source", "error"}`` record for each skipped one."""
+    video = video_settings(video)
+    with _pool(workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda s: _read_clip(s.read, s.name, video), sources))
+    kept, streams, skipped = [], [], []
+    for s, r in zip(sources, results):
+        if isinstance(r, str):
+            skipped.append({"source": show(s.name), "error": r})
+        else:
+            kept.append(s)
+            streams.append(r)
+    return kept, streams, skipped
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike],
+    size: int = 256,
+    fast: bool = False,
+    workers: int | None = None,
+) -> tuple[list[Path], np.ndarray, list[dict]]:
+    """Read and prepare image files, skipping the unreadable ones as ``prepare`` does.
+
+    Returns the paths read, their prepared images as one ``(n, size, size, 3)`` uint8 array
+    (what :func:`jpeglm.codec.encode_batch` takes) and a ``{"source", "error"}`` record for
+    each file that could not be read or decoded (missing, not an image, truncated, ...), in
+    the order of ``paths``. Reads on ``workers`` threads (None: all cores).
+    """
+    size = codec.check_size(size)
+    paths = [Path(p) for p in paths]
+    with _pool(workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda p: _read_image(p.read_bytes, size, fast), paths))
+    kept, images, skipped = [], [], []
+    for p, r in zip(paths, results):
+        if isinstance(r, str):
+            skipped.append({"source": show(p), "error": r})
+        else:
+            kept.append(p)
+            images.append(r)
+    stack = np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)
+    return kept, stack, skipped
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that, on an exception (Ctrl-C), drops its queued work instead of
+    finishing it: only the images being read at that moment are completed."""
+    pool = ThreadPoolExecutor(workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+SOURCES = "sources.txt"
+#: the first line of ``sources.txt``: each line after it is one source name as a JSON string
+SOURCES_HEADER = "# jpeglm sources: one JSON string per line, in the order of the shards"
+
+
+def read_sources(folder: str | os.PathLike) -> list[str]:
+    """The source names of a prepared folder, in order, from its ``sources.txt``: one JSON
+    string per line after :data:`SOURCES_HEADER`, or, in a file of an older jpeglm (no header),
+    one name per line as written (a name holding a newline was ambiguous there)."""
+    from jpeglm._io import parse_json
+
+    p = Path(folder) / SOURCES
+    lines = p.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines or lines[0] != SOURCES_HEADER:
+        return lines
+    names = []
+    for i, line in enumerate(lines[1:], 2):
+        name = parse_json(line, f"{show(p)} line {i}")
+        if not isinstance(name, str):
+            raise ValueError(f"{show(p)} line {i} is not a JSON string")
+        names.append(name)
+    return names

@@ -1,8 +1,9 @@
 """Evaluation of AVC-LM completions, as the paper does it: the first ``frames`` frames of each
 held-out clip as the prompt, the rest generated, each generated frame scored against the
-held-out one (PSNR, SSIM by :func:`jpeglm.eval.metrics.psnr` / :func:`jpeglm.eval.metrics.ssim`) beside the
-trivial baseline that repeats the last prompt frame -- the video twin of the image side's
-repeat-last-row baseline (:func:`jpeglm.eval.metrics.completion_scores`).
+held-out one (PSNR, SSIM by :func:`jpeglm.eval.metrics.psnr` /
+:func:`jpeglm.eval.metrics.ssim`) beside the trivial baseline that repeats the last prompt
+frame -- the video twin of the image side's repeat-last-row baseline
+(:func:`jpeglm.eval.metrics.completion_scores`).
 """
 
 from __future__ import annotations
@@ -84,10 +85,12 @@ def evaluate_clip_completion(
     **sampling: Any,
 ) -> dict[str, Any]:
     """Complete each canonical clip stream after its first ``frames`` frames
-    (:func:`jpeglm.video.codec.complete`, unconstrained, tolerant decode) and score the rest against
-    the held-out frames (:func:`clip_scores`); also the share of generated frames that decoded
-    from complete pictures. ``sampling``: :func:`jpeglm.video.codec.generate`'s options."""
+    (:func:`jpeglm.video.sample.complete`, unconstrained, tolerant decode) and score the rest
+    against the held-out frames (:func:`clip_scores`); also the share of generated frames that
+    decoded from complete pictures. ``sampling``: :func:`jpeglm.video.sample.generate`'s
+    options."""
     from jpeglm.video import codec as video
+    from jpeglm.video import sample as video_sample
 
     originals = [video.decode(bytes(c)) for c in clips]
     total = total_frames or len(originals[0])
@@ -95,8 +98,8 @@ def evaluate_clip_completion(
     if any(len(o) != total for o in originals):
         raise ValueError(f"every clip needs {total} frames")
     size = originals[0].shape[1:3]
-    out = video.complete(model, tokenizer, [bytes(c) for c in clips], frames=frames,
-                         total_frames=total, size=size, **sampling)  # fmt: skip
+    out = video_sample.complete(model, tokenizer, [bytes(c) for c in clips], frames=frames,
+                                total_frames=total, size=size, **sampling)  # fmt: skip
     result = clip_scores(originals, [s.frames for s in out], frames)
     result["clips"] = len(clips)
     result["valid_generated_frames"] = float(

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from jpeglm.data.prepare import ShardDataset, check_shard_files, read_index
+from jpeglm.data.dataset import ShardDataset
+from jpeglm.data.index import check_shard_files, read_index
 
 if TYPE_CHECKING:
     from jpeglm.train.config import TrainConfig
@@ -23,7 +24,7 @@ def check_shards(
     folders: list[str], fingerprint: str, tokenizer: str, key: str, vocab_size: int | None = None
 ) -> int:
     """Every folder prepared with ``tokenizer`` and one sequence length; returns it. With
-    ``vocab_size``, every shard file is checked too (:func:`jpeglm.data.prepare.check_shard_files`:
+    ``vocab_size``, every shard file is checked too (:func:`jpeglm.data.index.check_shard_files`:
     its header's shape against the index, whole, its ids below ``vocab_size``) -- before the
     run folder is touched."""
     lengths = {}

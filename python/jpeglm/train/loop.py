@@ -55,7 +55,8 @@ from jpeglm._io import (
     show,
     writable_folder,
 )
-from jpeglm.data.prepare import ShardDataset, read_index
+from jpeglm.data.dataset import ShardDataset
+from jpeglm.data.index import read_index
 from jpeglm.model import ModelArgs
 from jpeglm.train.batches import (
     check_shards,
@@ -437,7 +438,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
 
     from jpeglm.checkpoint import dcp as ckpt
     from jpeglm.checkpoint.hf import hf_model_args, save_hf
-    from jpeglm.data.prepare import tokenizer_fingerprint
+    from jpeglm.data.index import tokenizer_fingerprint
     from jpeglm.tokenizer import Tokenizer
 
     rank, world, device = setup_distributed()

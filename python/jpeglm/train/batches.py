@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from jpeglm.data.prepare import ShardDataset, check_shard_files, read_index
+from jpeglm.data.dataset import ShardDataset
+from jpeglm.data.prepare import check_shard_files, read_index
 
 if TYPE_CHECKING:
     from jpeglm.train.config import TrainConfig

@@ -23,7 +23,7 @@ Three ways to run the same ``Transformer``:
 Reported: tokens/s (median step time after warm-up), MFU = training FLOPs/token x tokens/s /
 the card's dense bf16 peak, with the trainer's count of FLOPs/token (``6 N + 6 L d T``: causal
 attention computes half the score matrix; ``Transformer.flops_per_token``; the peaks are
-``jpeglm.train.loop.PEAK_BF16_FLOPS``), and peak memory. On CPU only the reference path of small
+``jpeglm.train.metrics.PEAK_BF16_FLOPS``), and peak memory. On CPU only the reference path of small
 models runs (fp32, no autocast, as the trainer on CPU), and says so. Results go to the "Model"
 section of benchmarks/RESULTS.md.
 """
@@ -49,18 +49,18 @@ PRECISIONS = ("autocast", "bf16")
 
 
 def _trainer_peaks() -> dict[str, float]:
-    """``jpeglm.train.loop.PEAK_BF16_FLOPS``, the trainer's table of dense bf16 peaks. Importing
-    jpeglm.train.loop needs jpeglm._core (through jpeglm.data.index); without it (a GPU machine
-    with no libjpeg to build it) the literal is read from the module's source instead."""
+    """``jpeglm.train.metrics.PEAK_BF16_FLOPS``, the trainer's table of dense bf16 peaks. Should
+    importing jpeglm.train.metrics fail (a GPU machine with a partial install), the literal is read
+    from the module's source instead."""
     try:
-        from jpeglm.train.loop import PEAK_BF16_FLOPS
+        from jpeglm.train.metrics import PEAK_BF16_FLOPS
 
         return PEAK_BF16_FLOPS
     except ImportError:
         import ast
         import importlib.util
 
-        source = open(importlib.util.find_spec("jpeglm.train").origin).read()
+        source = open(importlib.util.find_spec("jpeglm.train.metrics").origin).read()
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id == "PEAK_BF16_FLOPS" for t in node.targets

@@ -22,7 +22,7 @@ a real run.
 MFU (stage ``train``) uses the trainer's count: training FLOPs per token ``6 N + 6 L d T``
 (``Transformer.flops_per_token``: N the matmul parameters, L layers, d width, T the sequence;
 causal attention computes half of the ``12 L d T`` score/value products), times tokens/s,
-over the card's dense bf16 peak (``jpeglm.train.loop.PEAK_BF16_FLOPS``).
+over the card's dense bf16 peak (``jpeglm.train.metrics.PEAK_BF16_FLOPS``).
 
 This module imports torch only inside the stages: ``summary`` runs without it.
 """
@@ -1115,7 +1115,7 @@ def stage_train(r: Report) -> None:
         f"{'fp32 master weights under bf16 autocast, fused AdamW' if cuda else 'fp32, AdamW'}, "
         f"gradient clipping; median of {steps} steps after {warmup} warm-up. MFU = "
         f"{fpt:.4g} FLOP/token (6N + 6LdT, causal attention as half) x tokens/s / the "
-        "card's dense bf16 peak (`jpeglm.train.loop.PEAK_BF16_FLOPS`).\n\n"
+        "card's dense bf16 peak (`jpeglm.train.metrics.PEAK_BF16_FLOPS`).\n\n"
         + md_table(["implementation", "attention", "step ms", "tokens/s", "vs eager", "MFU",
                     "peak GiB"], rows, "llrrrrr")
     )  # fmt: skip

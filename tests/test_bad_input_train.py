@@ -164,11 +164,12 @@ def test_a_full_disk_anywhere_else_is_one_line(monkeypatch, capsys):
     import errno
 
     from jpeglm.train import loop as train
+    from jpeglm.train.config import TrainConfig
 
     def full(cfg):  # noqa: ANN001
         raise OSError(errno.ENOSPC, "No space left on device", "OUT/metrics.jsonl")
 
-    monkeypatch.setattr(train.TrainConfig, "load", classmethod(lambda cls, path, overrides: None))
+    monkeypatch.setattr(TrainConfig, "load", classmethod(lambda cls, path, overrides: None))
     monkeypatch.setattr(train, "train", full)
     assert train.main(["max_steps=1"]) == 2
     _one_line(capsys.readouterr().err, "no space left on the device writing OUT/metrics.jsonl",

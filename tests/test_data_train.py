@@ -30,7 +30,7 @@ from trainutil import run as _run  # noqa: E402
 
 from jpeglm.checkpoint.dcp import list_checkpoints as _checkpoints  # noqa: E402
 from jpeglm.data.dataset import ShardDataset  # noqa: E402
-from jpeglm.train.loop import TrainConfig  # noqa: E402
+from jpeglm.train.config import TrainConfig  # noqa: E402
 
 
 def test_prepare_packs_streams(world):
@@ -357,7 +357,7 @@ def test_a_diverging_run_stops_without_a_nan_checkpoint(world, tmp_path):
 
 def test_padding_is_ignored_by_the_loss():
     from jpeglm.model import ModelArgs, Transformer
-    from jpeglm.train.loop import targets_of
+    from jpeglm.train.batches import targets_of
 
     torch.manual_seed(0)
     model = Transformer(ModelArgs.from_name("tiny", vocab_size=300, max_seq_len=64))

@@ -81,7 +81,7 @@ def test_stream_files_say_their_quality(tmp_path, capsys):
 
 
 def test_train_documents_itself(tmp_path, capsys):
-    from jpeglm.train.loop import TrainConfig
+    from jpeglm.train.config import TrainConfig
 
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""The memory plan: measured activations, the fit, the per-GPU totals and the CLI."""
+"""The memory plan (jpeglm.train.memory): measured activations, the fit, the per-GPU totals;
+and its command line (jpeglm.cli.plan)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from jpeglm.cli.plan import parse_size  # noqa: E402
 from jpeglm.model import ModelArgs  # noqa: E402
 from jpeglm.train import memory as plan  # noqa: E402
 
@@ -91,7 +93,7 @@ def test_fsdp_states_are_ddp_over_n():
 
 def test_7b_verdicts():
     a = ModelArgs.from_name("7B", max_seq_len=12288)
-    mem = plan.parse_size("80GB")
+    mem = parse_size("80GB")
     rows = {(r.strategy, r.ac): r for r in plan.plan(a, gpus=8)}
     assert not any(rows["DDP", ac].fits(mem) for ac in plan.AC_MODES)  # 16+ B/param alone
     assert rows["FSDP", "full"].fits(mem)
@@ -101,13 +103,13 @@ def test_7b_verdicts():
 
 
 def test_parse_size():
-    assert plan.parse_size("80GB") == 80 * GiB
-    assert plan.parse_size("141GiB") == 141 * GiB
-    assert plan.parse_size("24") == 24 * GiB
-    assert plan.parse_size("512MB") == 512 * 2**20
+    assert parse_size("80GB") == 80 * GiB
+    assert parse_size("141GiB") == 141 * GiB
+    assert parse_size("24") == 24 * GiB
+    assert parse_size("512MB") == 512 * 2**20
     for bad in ("abc", "", "-5GB", "0"):
         with pytest.raises(ValueError):
-            plan.parse_size(bad)
+            parse_size(bad)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

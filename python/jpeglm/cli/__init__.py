@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     pl = sub.add_parser("plan", help="per-GPU training memory: DDP / FSDP x checkpointing")
-    from jpeglm.train.memory import add_arguments as plan_arguments
+    from jpeglm.cli.plan import add_arguments as plan_arguments
 
     plan_arguments(pl)
     pl.set_defaults(func=cmd_plan)

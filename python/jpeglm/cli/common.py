@@ -403,7 +403,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from jpeglm.train.memory import report
+    from jpeglm.cli.plan import report
 
     try:
         print(report(args))

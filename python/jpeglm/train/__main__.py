@@ -1,4 +1,5 @@
-"""``python -m jpeglm.train [CONFIG.toml] [key=value ...]``: run training (see :mod:`jpeglm.train.loop`)."""
+"""``python -m jpeglm.train [CONFIG.toml] [key=value ...]``: run training (the command line of
+:func:`jpeglm.train.loop.main`; torchrun's ``-m jpeglm.train`` runs this too)."""
 
 import sys
 

@@ -46,18 +46,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from jpeglm._io import (
-    OUTPUTS_MANIFEST,
-    atomic_open,
-    claim_outputs,
-    folder_lock,
-    record_outputs,
-    show,
-    writable_folder,
-)
+from jpeglm._io import folder_lock, record_outputs, show, writable_folder
 from jpeglm.data.dataset import ShardDataset
-from jpeglm.data.index import read_index
+from jpeglm.data.index import read_index, tokenizer_fingerprint
 from jpeglm.model import ModelArgs
+from jpeglm.train import parallel, run_folder
 from jpeglm.train.batches import (
     check_shards,
     data_position,
@@ -66,34 +59,9 @@ from jpeglm.train.batches import (
     targets_of,
 )
 from jpeglm.train.config import TrainConfig, lr_at
-from jpeglm.train.parallel import (
-    build_model,
-    build_optimizer,
-    check_memory,
-    clip_grad_norm_,
-    setup_distributed,
-)
+from jpeglm.train.metrics import _null, _plot, _tensorboard, peak_flops
 
-__all__ = [
-    "PEAK_BF16_FLOPS",
-    "Interrupted",
-    "evaluate",
-    "main",
-    "peak_flops",
-    "read_metrics",
-    "resume",
-    "train",
-    # re-exported: the trainer's parts, importable from here as before
-    "TrainConfig",
-    "build_model",
-    "build_optimizer",
-    "check_memory",
-    "clip_grad_norm_",
-    "data_position",
-    "epoch_sequences",
-    "lr_at",
-    "targets_of",
-]
+__all__ = ["Interrupted", "evaluate", "main", "train"]
 
 
 @torch.no_grad()
@@ -121,25 +89,6 @@ def evaluate(model: torch.nn.Module, ds: ShardDataset, micro: int, n_batches: in
         t = t / dist.get_world_size()
     loss = float(t)
     return {"eval_loss": loss, "eval_bits_per_byte": loss / math.log(2) / bytes_per_token}
-
-
-# ------------------------------------------------------------------------------------------------
-# throughput: tokens/s and MFU
-
-#: dense bf16 peak FLOP/s of the cards MFU is usually quoted for (per GPU, no sparsity)
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
-                   "A10G": 125e12, "L4": 121e12, "V100": 125e12}  # fmt: skip
-
-
-def peak_flops(device: torch.device, override: float = 0.0) -> float:
-    """The device's peak FLOP/s for MFU: ``override`` when given, else looked up by the GPU's
-    name; 0 (MFU not reported) for a CPU or an unknown card."""
-    if override > 0:
-        return override
-    if device.type != "cuda":
-        return 0.0
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0.0)
 
 
 class _Stop:
@@ -205,128 +154,6 @@ class _Stop:
         return flag
 
 
-def _run_id(rank: int) -> str:
-    """A fresh run's id, the same on every rank (rank 0's, broadcast)."""
-    import uuid
-
-    ids = [uuid.uuid4().hex[:12] if rank == 0 else ""]
-    if dist.is_initialized():
-        dist.broadcast_object_list(ids, src=0)
-    return ids[0]
-
-
-def resume(
-    checkpoints: list[Path],
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    args: ModelArgs,
-    rank: int,
-) -> dict:
-    """Load the newest readable checkpoint; an unreadable newest one is reported and the one
-    before it taken (every rank reads the same files, and DCP fails on all ranks together)."""
-    from jpeglm.checkpoint import dcp as ckpt
-
-    errors = []
-    for path in reversed(checkpoints):
-        try:
-            saved = ckpt.read_train_state(path)
-            if saved.get("model_args") != dataclasses.asdict(args):
-                raise ValueError(
-                    f"cannot resume from {path}: the model's shape differs "
-                    f"({_shape_difference(saved.get('model_args'), dataclasses.asdict(args))}): "
-                    "resume with the checkpoint's model settings, or choose a new out"
-                )
-            state = ckpt.load_train_checkpoint(path, model, opt)
-        except ValueError as e:
-            if "the model's shape differs" in str(e) or "older jpeglm" in str(e):
-                raise
-            errors.append(str(e))
-            continue
-        if errors and rank == 0:
-            print(f"jpeglm train: {errors[0]}; resuming from {path.name} instead", file=sys.stderr)
-        return state
-    raise ValueError(f"cannot resume: no readable checkpoint in {checkpoints[0].parent} "
-                     f"({errors[0]})")  # fmt: skip
-
-
-def _shape_difference(saved: object, now: dict) -> str:
-    """The model settings a checkpoint and this run disagree on, both sides, for a message."""
-    if not isinstance(saved, dict):
-        return "the checkpoint records no model_args"
-    keys = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
-    ck = ", ".join(f"{k}={saved.get(k)}" for k in keys)
-    here = ", ".join(f"{k}={now.get(k)}" for k in keys)
-    return f"checkpoint: {ck}; this run: {here}"
-
-
-#: metrics.jsonl is read back (resume, loss.png) at most this large
-_METRICS_LIMIT = 256 << 20
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a run's ``metrics.jsonl`` (one JSON object per line, nesting bounded); a
-    last line cut off by a kill (no newline) counts for nothing. ValueError naming the file and
-    line otherwise."""
-    from jpeglm._io import parse_json, show
-
-    if path.stat().st_size > _METRICS_LIMIT:
-        raise ValueError(f"{show(path)} is larger than {_METRICS_LIMIT} bytes: not a run's metrics")
-    lines = path.read_bytes().split(b"\n")[:-1]  # the last piece has no newline: unfinished
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        row = parse_json(line, f"{show(path)} line {i}")
-        if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
-            raise ValueError(f"{show(path)} line {i} is not a metrics row (an object with a step)")
-        rows.append(row)
-    return rows
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep only the records of the steps up to the resumed checkpoint (the later ones are done
-    again: never a step twice), and no line a kill cut off."""
-    if not path.is_file():
-        return
-    rows = read_metrics(path)
-    keep = [r for r in rows if r.get("step", 0) <= step]
-    text = "".join(json.dumps(r) + "\n" for r in keep)
-    if len(keep) != len(rows) or path.read_text(encoding="utf-8", errors="replace") != text:
-        from jpeglm._io import atomic_write_text
-
-        atomic_write_text(path, text)
-
-
-def _metadata(index: dict, tok, seq_len: int) -> dict:
-    """What a checkpoint says about the data it was trained on (the self-describing record
-    that sampling reads): image size, quality, sequence length, special ids, fingerprint."""
-    c = index["config"]
-    return {
-        "format": "jpeglm-model",
-        "version": 1,
-        "image_size": c.get("size"),
-        "quality": c.get("quality"),
-        "seq_len": seq_len,
-        "bos_token_id": tok.bos_id,
-        "eos_token_id": tok.eos_id,
-        "tokenizer_fingerprint": c.get("tokenizer"),
-        "bytes_per_token": index["bytes"] / max(1, index["tokens"]),
-        "tokens_per_image": index["tokens"] / max(1, index["images"]),
-        "sampling": {"temperature": 1.0, "top_k": 50, "top_p": 0.9},
-        "kind": c.get("kind", "image"),
-        **({"video": c["video"]} if c.get("kind") == "video" else {}),
-    }
-
-
-# ------------------------------------------------------------------------------------------------
-
-
-#: the files a run writes into its folder besides its checkpoints (step_N, kept by run id) and
-#: tb/ (new event files only): claimed before the run (a user's file of one of these names is
-#: refused) and listed in OUT/.jpeglm-outputs once in place
-RUN_FILES = ("metrics.jsonl", "loss.png", "final")
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns the final metrics (rank 0). One trainer per run folder: rank 0
     holds ``OUT/.jpeglm-lock`` for the whole run (:func:`jpeglm._io.folder_lock`)."""
@@ -383,65 +210,14 @@ def _on_rank0(fn) -> None:  # noqa: ANN001
         raise ValueError(error[0])
 
 
-def _check_init_from(path: Path) -> None:
-    """``init_from`` names an HF folder; a trainer checkpoint or a run folder gets the command
-    that makes one."""
-    from jpeglm.checkpoint.files import CHECKPOINT_STATE
-
-    if (path / CHECKPOINT_STATE).is_file() or (path / ".metadata").is_file():
-        raise ValueError(
-            f"init_from={show(path)} is a trainer checkpoint, not an HF folder: make one with "
-            f"`jpeglm export {show(path)} DEST` and pass init_from=DEST (or continue its run "
-            "with resume=true)"
-        )
-    if (path / "config.json").exists():
-        return
-    if (path / "final" / "config.json").is_file():
-        raise ValueError(
-            f"init_from={show(path)} is a run folder: its HF folder is {show(path / 'final')}"
-        )
-    from jpeglm.checkpoint.dcp import list_checkpoints
-
-    if list_checkpoints(path):
-        raise ValueError(
-            f"init_from={show(path)} is a run folder: make an HF folder of its newest "
-            f"checkpoint with `jpeglm export {show(path)} DEST` and pass init_from=DEST"
-        )
-
-
-def _nothing_to_resume(out: Path) -> str | None:
-    """``resume=true`` in a folder without a complete checkpoint starts at step 1 (the first
-    launch of a preemptible job, or one killed before its first checkpoint); when a run was
-    there (a ``.tmp_step_N`` a kill cut off, its ``metrics.jsonl``) that is said in one line,
-    and its rows are dropped (they are done again: never a step twice)."""
-    torn = sorted(p.name for p in out.glob(".tmp_step_*"))
-    if not torn and not (out / "metrics.jsonl").is_file():
-        return None
-    what = f"only {torn[-1]}, cut off while being written" if torn else "only its metrics.jsonl"
-    return (
-        f"{show(out)} holds no complete checkpoint to resume ({what}): starting at step 1 "
-        "(the rows of metrics.jsonl are done again)"
-    )
-
-
-def _claim_run_files(out: Path, legacy: bool) -> None:
-    """A user's file in the way of :data:`RUN_FILES` (``loss.png``, a ``final/`` of their own)
-    is refused before any work. ``legacy``: a run being resumed in a folder without the output
-    manifest was written by an older jpeglm, and its files are the run's."""
-    if legacy and not (out / OUTPUTS_MANIFEST).exists():
-        record_outputs(out / n for n in RUN_FILES)
-    claim_outputs(out, RUN_FILES)
-
-
 def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrupted | None]:
     from tqdm.auto import tqdm
 
     from jpeglm.checkpoint import dcp as ckpt
     from jpeglm.checkpoint.hf import hf_model_args, save_hf
-    from jpeglm.data.index import tokenizer_fingerprint
     from jpeglm.tokenizer import Tokenizer
 
-    rank, world, device = setup_distributed()
+    rank, world, device = parallel.setup_distributed()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -478,14 +254,14 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
             f"{len(train_ds)} training sequences per rank: fewer than one micro-batch of {micro}"
         )
     if cfg.init_from:
-        _check_init_from(Path(cfg.init_from))
+        run_folder._check_init_from(Path(cfg.init_from))
         args = hf_model_args(cfg.init_from, vocab_size=tok.vocab_size)
         args = dataclasses.replace(args, max_seq_len=max(seq_len, args.max_seq_len))
     else:
         args = ModelArgs.from_name(
             cfg.model, vocab_size=tok.vocab_size, max_seq_len=seq_len, **cfg.model_args
         )
-    check_memory(args, cfg, device, world)
+    parallel.check_memory(args, cfg, device, world)
     bytes_per_token = index["bytes"] / max(1, index["tokens"])
     out = Path(cfg.out)
 
@@ -506,30 +282,30 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
             f"{out} already holds a run's metrics.jsonl: pass resume=true to continue it, or "
             "choose a new out"
         )
-    _on_rank0(lambda: _claim_run_files(out, legacy=cfg.resume and bool(existing)))
+    _on_rank0(lambda: run_folder._claim_run_files(out, legacy=cfg.resume and bool(existing)))
     if cfg.resume and not existing and rank == 0:
-        note = _nothing_to_resume(out)
+        note = run_folder._nothing_to_resume(out)
         if note:
             print(f"jpeglm train: {note}", file=sys.stderr, flush=True)
-            _truncate_metrics(out / "metrics.jsonl", 0)
+            run_folder._truncate_metrics(out / "metrics.jsonl", 0)
 
-    model, fwd = build_model(args, cfg, device, world)
-    opt = build_optimizer(model, cfg, device)
+    model, fwd = parallel.build_model(args, cfg, device, world)
+    opt = parallel.build_optimizer(model, cfg, device)
     step, epoch, skip = 0, 0, 0
-    run_id = _run_id(rank)
+    run_id = run_folder._run_id(rank)
     if cfg.resume and existing:
-        state = resume(existing, model, opt, args, rank)
+        state = run_folder.resume(existing, model, opt, args, rank)
         step, run_id = state["step"], state.get("run_id", run_id)
         pos = data_position(state, cfg, len(train_ds), micro, world)
         epoch, skip = pos["epoch"], pos["skip"]
         if rank == 0:
-            _truncate_metrics(out / "metrics.jsonl", step)
+            run_folder._truncate_metrics(out / "metrics.jsonl", step)
     sharded = cfg.fsdp and world > 1
     autocast = torch.autocast(
         device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and not sharded
     )  # FSDP casts parameters itself (MixedPrecisionPolicy)
 
-    meta = _metadata(index, tok, seq_len)
+    meta = run_folder._metadata(index, tok, seq_len)
     train_state = {
         "run_id": run_id, "batch_size": cfg.batch_size, "micro_batch_size": micro, "world": world,
         "epoch_sequences": epoch_sequences(len(train_ds), micro, world),
@@ -584,7 +360,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
             if world > 1:
                 dist.all_reduce(loss_sum)
             loss_value = float(loss_sum)  # one host sync per step
-            norm = clip_grad_norm_(model, cfg.grad_clip)
+            norm = parallel.clip_grad_norm_(model, cfg.grad_clip)
             if not (math.isfinite(loss_value) and math.isfinite(norm)):
                 raise ValueError(
                     f"step {step + 1}: the loss is {loss_value} (gradient norm {norm}); "
@@ -678,49 +454,6 @@ class Interrupted(Exception):
 
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _tensorboard(out: Path, cfg: TrainConfig):
-    """A TensorBoard ``SummaryWriter`` into ``out/tb`` when tensorboard is installed."""
-    if not cfg.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _plot(out: Path) -> None:
-    """loss.png from metrics.jsonl (skipped when matplotlib is not installed)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    rows = read_metrics(out / "metrics.jsonl")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train")
-    ev = [r for r in rows if "eval_loss" in r]
-    if ev:
-        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="held-out")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_open(out / "loss.png", "wb", record=True) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

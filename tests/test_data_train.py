@@ -114,6 +114,32 @@ def test_dataset_sharding(world):
     assert a != [x.tolist() for x in full]  # a new order every epoch
 
 
+def test_index_json_is_read_once_per_training_start(world, tmp_path, monkeypatch):
+    """The trainer reads each prepared folder's index.json once (the checks, the datasets and
+    the run's metadata share it), counted where every read goes through."""
+    from jpeglm.data import index as index_module
+    from jpeglm.train.loop import train
+
+    root, _ = world
+    reads: list[str] = []
+    real = index_module._read_index_file
+
+    def counted(p):
+        reads.append(str(p))
+        return real(p)
+
+    monkeypatch.setattr(index_module, "_read_index_file", counted)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    train(
+        TrainConfig.load(
+            None, _cfg(root, tmp_path / "run", max_steps=1, warmup_steps=0, eval_every=1)
+        )
+    )
+    assert sorted(reads) == sorted(
+        str(root / f / "index.json") for f in ("train_shards", "held_shards")
+    )
+
+
 def test_training_learns(world, tmp_path):
     root, tok = world
     r = _run(_cfg(root, tmp_path / "run", max_steps=120, eval_every=60, ckpt_every=120,

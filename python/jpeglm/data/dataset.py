@@ -21,10 +21,11 @@ from jpeglm.data.index import read_index
 __all__ = ["ShardDataset"]
 
 
-def _sequence_table(folders: Sequence[str | os.PathLike]) -> tuple[list[np.ndarray], np.ndarray]:
+def _sequence_table(
+    folders: Sequence[str | os.PathLike], indexes: Sequence[dict]
+) -> tuple[list[np.ndarray], np.ndarray]:
     arrays, table = [], []
-    for folder in folders:
-        index = read_index(folder)
+    for folder, index in zip(folders, indexes, strict=True):
         for s in index["shards"]:
             if s["sequences"] == 0:
                 continue
@@ -50,6 +51,8 @@ class ShardDataset(IterableDataset):
     gets every ``world``-th sequence of the shuffled order (the order is truncated to a
     multiple of ``world`` so ranks see equal counts), and data-loader workers split a
     rank's share the same way. ``start`` skips that many of the rank's sequences (resume).
+    ``indexes``: the folders' indexes when the caller has read them already (the trainer reads
+    each ``index.json`` once per start); otherwise each is read here, once.
     """
 
     def __init__(
@@ -59,16 +62,21 @@ class ShardDataset(IterableDataset):
         shuffle: bool = True,
         rank: int = 0,
         world: int = 1,
+        indexes: Sequence[dict] | None = None,
     ) -> None:
         if isinstance(folders, (str, os.PathLike)):
             folders = [folders]
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside world size {world}")
         self.folders = list(folders)
-        self.arrays, self.table = _sequence_table(self.folders)
-        self.config = read_index(self.folders[0])["config"]
-        for f in self.folders[1:]:
-            if read_index(f)["config"]["tokenizer"] != self.config["tokenizer"]:
+        if indexes is None:
+            indexes = [read_index(f) for f in self.folders]
+        elif len(indexes) != len(self.folders):
+            raise ValueError(f"{len(indexes)} indexes for {len(self.folders)} folders")
+        self.arrays, self.table = _sequence_table(self.folders, indexes)
+        self.config = indexes[0]["config"]
+        for f, index in zip(self.folders[1:], indexes[1:]):
+            if index["config"]["tokenizer"] != self.config["tokenizer"]:
                 raise ValueError(f"{f} was prepared with another tokenizer")
         self.seq_len = int(self.arrays[0].shape[1])
         self.seed, self.shuffle, self.rank, self.world = seed, shuffle, rank, world

@@ -6,7 +6,7 @@ new world size (:func:`data_position`), so that a run resumes on the very next s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,15 +21,21 @@ __all__ = ["check_shards", "data_position", "epoch_sequences", "micro_batches", 
 
 
 def check_shards(
-    folders: list[str], fingerprint: str, tokenizer: str, key: str, vocab_size: int | None = None
+    folders: list[str],
+    fingerprint: str,
+    tokenizer: str,
+    key: str,
+    vocab_size: int | None = None,
+    indexes: Sequence[dict] | None = None,
 ) -> int:
     """Every folder prepared with ``tokenizer`` and one sequence length; returns it. With
     ``vocab_size``, every shard file is checked too (:func:`jpeglm.data.index.check_shard_files`:
     its header's shape against the index, whole, its ids below ``vocab_size``) -- before the
-    run folder is touched."""
+    run folder is touched. ``indexes``: the folders' indexes, if already read."""
     lengths = {}
-    for f in folders:
-        index = read_index(f)
+    if indexes is None:
+        indexes = [read_index(f) for f in folders]
+    for f, index in zip(folders, indexes, strict=True):
         config = index["config"]
         if config.get("tokenizer") != fingerprint:
             raise ValueError(f"{key}: {f} was prepared with another tokenizer than {tokenizer}")

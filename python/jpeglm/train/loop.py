@@ -225,23 +225,23 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
     # -- check everything before any long work
     tok = Tokenizer.load(cfg.tokenizer)
     fingerprint = tokenizer_fingerprint(tok)
-    index = read_index(cfg.train_data[0])
+    train_indexes = [read_index(f) for f in cfg.train_data]  # each index.json read once: the
+    eval_indexes = [read_index(f) for f in cfg.eval_data]  # checks and datasets are given them
+    index = train_indexes[0]
     seq_len = check_shards(cfg.train_data, fingerprint, cfg.tokenizer, "train_data",
-                           tok.vocab_size)  # fmt: skip
+                           tok.vocab_size, train_indexes)  # fmt: skip
     if cfg.eval_data:
         eval_len = check_shards(cfg.eval_data, fingerprint, cfg.tokenizer, "eval_data",
-                                tok.vocab_size)  # fmt: skip
+                                tok.vocab_size, eval_indexes)  # fmt: skip
         if eval_len > seq_len:
             raise ValueError(
                 f"eval_data has sequences of {eval_len} tokens, longer than the model's context "
                 f"({seq_len}, from train_data)"
             )
-    train_ds = ShardDataset(cfg.train_data, seed=cfg.seed, rank=rank, world=world)
-    eval_ds = (
-        ShardDataset(cfg.eval_data, shuffle=False, rank=rank, world=world)
-        if cfg.eval_data
-        else None
-    )
+    train_ds = ShardDataset(cfg.train_data, seed=cfg.seed, rank=rank, world=world,
+                            indexes=train_indexes)  # fmt: skip
+    eval_ds = ShardDataset(cfg.eval_data, shuffle=False, rank=rank, world=world,
+                           indexes=eval_indexes) if cfg.eval_data else None  # fmt: skip
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
     per_rank = cfg.batch_size // world

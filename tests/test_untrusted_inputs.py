@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from jpeglm import codec  # noqa: E402
 from jpeglm.checkpoint import dcp as checkpoint  # noqa: E402
-from jpeglm.inference.sample import check_device, complete, generate  # noqa: E402
+from jpeglm.inference.sample import complete, generate  # noqa: E402
+from jpeglm.inference.settings import check_device  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 from jpeglm.model.model import HF_CONFIG_LIMITS, HF_MAX_PARAMETERS  # noqa: E402
 from jpeglm.tokenizer import Tokenizer  # noqa: E402

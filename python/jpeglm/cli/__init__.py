@@ -8,8 +8,8 @@ creates its output folder and checks it is writable, all before the work starts.
 inputs with equal names get distinct ones (``x.jlm``, ``x-1.jlm``, ..., in input order).
 
 The commands themselves are in :mod:`jpeglm.cli.common` (and :mod:`jpeglm.cli.model` for
-sample / complete / eval); the work in the library (:mod:`jpeglm.cli.demo`, :mod:`jpeglm.cli.bench`,
-...). Their public names are re-exported here.
+sample / complete / eval); the work in the library (:mod:`jpeglm.cli.demo`,
+:mod:`jpeglm.cli.bench`, ...).
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import threading
 from collections.abc import Sequence
 
 from jpeglm.cli.common import (
-    EXPLAIN_FILES,
-    OUTPUTS_HEADER,
-    OUTPUTS_MANIFEST,
     UserError,
     cmd_bench,
     cmd_decode,
@@ -36,43 +33,10 @@ from jpeglm.cli.common import (
     cmd_tokenize,
     cmd_train,
     cmd_train_tokenizer,
-    distinct_names,
-    plan_output_file,
-    plan_outputs,
-    stream_quality,
-    stream_suffix,
 )
 from jpeglm.cli.model import cmd_complete, cmd_eval, cmd_sample
-from jpeglm.data.bundled import DEMO_CHECKPOINT
 
-__all__ = [
-    "DEMO_CHECKPOINT",
-    "EXPLAIN_FILES",
-    "OUTPUTS_HEADER",
-    "OUTPUTS_MANIFEST",
-    "UserError",
-    "build_parser",
-    "cmd_bench",
-    "cmd_complete",
-    "cmd_decode",
-    "cmd_demo",
-    "cmd_encode",
-    "cmd_eval",
-    "cmd_explain",
-    "cmd_export",
-    "cmd_plan",
-    "cmd_prepare",
-    "cmd_sample",
-    "cmd_tokenize",
-    "cmd_train",
-    "cmd_train_tokenizer",
-    "distinct_names",
-    "main",
-    "plan_output_file",
-    "plan_outputs",
-    "stream_quality",
-    "stream_suffix",
-]
+__all__ = ["build_parser", "main"]
 
 
 EXIF_HELP = (

@@ -21,9 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from jpeglm._io import (  # noqa: F401 - OUTPUTS_*: re-exported (jpeglm.cli)
-    OUTPUTS_HEADER,
-    OUTPUTS_MANIFEST,
+from jpeglm._io import (
     atomic_write_bytes,
     claim_outputs,
     record_outputs,

@@ -32,13 +32,13 @@ from jpeglm.cli.common import (
 
 def _check_device(name: str) -> str:
     """``--device`` names a device this machine has (checked before loading any model): the
-    library's check, :func:`jpeglm.inference.sample.check_device`, in the command line's words.
+    library's check, :func:`jpeglm.inference.settings.check_device`, in the command line's words.
     Returns the device's canonical name (``" cpu"`` -> ``"cpu"``)."""
     try:
         import torch  # noqa: F401
     except ImportError as e:
         raise UserError("sampling needs torch: pip install 'jpeglm[train]'") from e
-    from jpeglm.inference.sample import check_device
+    from jpeglm.inference.settings import check_device
 
     try:
         return str(check_device(name))
@@ -47,8 +47,8 @@ def _check_device(name: str) -> str:
 
 
 def _device_problem(name: str, reason: str) -> str:
-    """What is wrong with ``--device NAME``, which :func:`jpeglm.inference.sample.check_device` refused
-    for ``reason``."""
+    """What is wrong with ``--device NAME``, which
+    :func:`jpeglm.inference.settings.check_device` refused for ``reason``."""
     import torch
 
     try:
@@ -131,8 +131,8 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
 
 def _check_model_files(folder: Path, tok_path: Path, info: dict, given: bool) -> None:
     """Before any weight is read: an HF folder's config.json, index and safetensors headers
-    (:func:`jpeglm.checkpoint.hf.hf_model_args`), and a ``--tokenizer`` (``given``): a readable file, the
-    one the model's record names."""
+    (:func:`jpeglm.checkpoint.hf.hf_model_args`), and a ``--tokenizer`` (``given``): a readable
+    file, the one the model's record names."""
     from jpeglm._io import input_file
     from jpeglm.checkpoint import dcp as checkpoint
     from jpeglm.checkpoint import load as loading
@@ -228,7 +228,7 @@ def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
 def _sampling(folder: Path) -> Iterator[None]:
     """Sampling from the model in ``folder``: logits that are not finite (NaN weights) stop it
     with one line naming the model."""
-    from jpeglm.inference.sample import NonFiniteLogits
+    from jpeglm.inference.loop import NonFiniteLogits
 
     try:
         yield

@@ -324,11 +324,11 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def image_paths(items: Sequence[str]) -> list[Path]:
     """The images the arguments name (files, and folders searched recursively): the one
-    lister of :func:`jpeglm.data.prepare.list_images`, shared with prepare. A missing path, a named
-    file that is not an image, or a folder without images is one line and exit 2."""
-    from jpeglm.data import prepare as data
+    lister of :func:`jpeglm.data.sources.list_images`, shared with prepare. A missing path, a
+    named file that is not an image, or a folder without images is one line and exit 2."""
+    from jpeglm.data.sources import list_images
 
-    paths, problems = data.list_images(items)
+    paths, problems = list_images(items)
     if problems:
         p = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -91,7 +91,7 @@ def step_limit(model: Transformer, fmt: str, batch: int, kv_slots: int, copies: 
 def bits_per_byte_table() -> list[str]:
     from jpeglm.data.bundled import DEMO_CHECKPOINT
     from jpeglm.eval.metrics import bits_per_byte
-    from jpeglm.inference.sample import prepare_for_sampling
+    from jpeglm.inference.loop import prepare_for_sampling
 
     model = load_pretrained(DEMO_CHECKPOINT, dtype=torch.float32).eval()
     tok = Tokenizer.load(DEMO_CHECKPOINT / "tokenizer.jpeglm")

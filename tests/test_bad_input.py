@@ -518,12 +518,12 @@ def test_cli_sampling_device_without_gpu(tmp_path, capsys):
 
 
 def test_cli_interrupt_is_one_line(monkeypatch, capsys):
-    from jpeglm import cli
+    from jpeglm.cli import codec as codec_commands
 
     def boom(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_bench", boom)
+    monkeypatch.setattr(codec_commands, "cmd_bench", boom)
     rc, _, err = _cli(capsys, "bench")
     assert rc == 130 and err == "jpeglm bench: interrupted\n"
 

@@ -140,7 +140,8 @@ def test_nan_weights_stop_sampling_with_one_line(model, tmp_path, capsys, extra)
 
 
 def test_nan_logits_raise_in_the_library(make_tiny_model, small_tokenizer):
-    from jpeglm.inference.sample import NonFiniteLogits, generate
+    from jpeglm.inference.loop import NonFiniteLogits
+    from jpeglm.inference.sample import generate
 
     m = make_tiny_model(small_tokenizer.vocab_size, max_seq_len=256)
     with torch.no_grad():

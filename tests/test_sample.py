@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 
 from jpeglm import codec  # noqa: E402
 from jpeglm.data import bundled as samples  # noqa: E402
-from jpeglm.inference.sample import clean_stream, complete, generate, prompt_stream, sample_logits  # noqa: E402
+from jpeglm.inference.loop import sample_logits  # noqa: E402
+from jpeglm.inference.sample import clean_stream, complete, generate, prompt_stream  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 from jpeglm.tokenizer import Tokenizer  # noqa: E402
 
@@ -49,10 +50,10 @@ def test_constrained_samples_all_decode(model, tok):
 
 
 def test_a_shared_prompt_is_prefilled_once_with_the_same_samples(model, tok, monkeypatch):
-    from jpeglm.inference import sample
+    from jpeglm.inference import loop
 
     shared = generate(model, tok, n=4, size=16, max_tokens=120, seed=3)
-    monkeypatch.setattr(sample, "SHARE_PROMPT", False)
+    monkeypatch.setattr(loop, "SHARE_PROMPT", False)
     each = generate(model, tok, n=4, size=16, max_tokens=120, seed=3)
     assert [s.data for s in shared] == [s.data for s in each]
 

@@ -25,7 +25,8 @@ from jpeglm.checkpoint.hf_config import (  # noqa: E402
     args_from_config,
     config_from_args,
 )
-from jpeglm.inference.sample import check_device, complete, generate  # noqa: E402
+from jpeglm.inference.sample import complete, generate  # noqa: E402
+from jpeglm.inference.settings import check_device  # noqa: E402
 from jpeglm.model import ModelArgs, Transformer  # noqa: E402
 from jpeglm.tokenizer import Tokenizer  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""The model subcommands of ``jpeglm``: ``sample``, ``complete`` and ``eval``.
+"""The model subcommands of ``jpeglm``: ``sample``, ``complete`` and ``eval``, with their parsers
+(:func:`add_parsers`).
 
 They share their options (``--model``, ``--tokenizer``, ``--device``, the sampling settings),
 which are all checked before any model is read; options not given come from the model's own
@@ -21,6 +22,7 @@ from pathlib import Path
 from jpeglm._io import atomic_write_bytes, record_outputs, show, write_png
 from jpeglm.cli import video as video_commands
 from jpeglm.cli.common import (
+    EXIF_HELP,
     UserError,
     check_temperature,
     distinct_names,
@@ -30,15 +32,67 @@ from jpeglm.cli.common import (
 )
 
 
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``sample``, ``complete`` and ``eval`` subparsers, with the options they share."""
+
+    def sampling(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", required=True,
+                        help="HF folder, trainer checkpoint (step_N) or run folder")  # fmt: skip
+        sp.add_argument("--tokenizer", help="tokenizer file (default: inside --model)")
+        sp.add_argument("-o", "--out", required=True, help="output folder")
+        sp.add_argument("--size", type=int, default=None, help="default: the model's image size")
+        sp.add_argument("--quality", type=int, default=None, help="default: the model's")
+        sp.add_argument("--temperature", type=float, default=None, help="default: the model's")
+        sp.add_argument("--top-k", type=int, default=None, help="default: the model's (0: off)")
+        sp.add_argument("--top-p", type=float, default=None, help="default: the model's")
+        sp.add_argument("--max-tokens", type=int, default=None)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--batch-size", type=int, default=None)
+        sp.add_argument("--unconstrained", action="store_true", help="no grammar mask")
+        sp.add_argument("--device", default="cpu")
+        sp.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+        sp.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8"], default=None,
+                        help="sampling weights (default: fp32 on CPU, bf16 on GPU; int8: "
+                        "weight-only, one scale per output channel)")  # fmt: skip
+
+    sa = sub.add_parser("sample", help="unconditional samples from a model")
+    sampling(sa)
+    sa.add_argument("-n", type=int, default=4)
+    sa.set_defaults(func=cmd_sample)
+
+    co = sub.add_parser("complete", help="complete images from their first rows of MCUs")
+    ev = sub.add_parser("eval", help="bits/byte, decodability, completion PSNR/SSIM, grid")
+    for sp in (co, ev):  # both complete prompts: the first rows of images / frames of clips
+        sampling(sp)
+        sp.add_argument("images", nargs="+")
+        sp.add_argument("--rows", type=int, default=None,
+                        help="prompt rows of MCUs (default: half the image's)")  # fmt: skip
+        sp.add_argument("--frames", type=int, default=None,
+                        help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
+    co.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
+    co.set_defaults(func=cmd_complete)
+    ev.add_argument("--judge", type=int, default=0, metavar="N",
+                    help="also sample N images and judge them with the digit classifier "
+                    "(32x32 digit models)")  # fmt: skip
+    ev.add_argument("--fid-weights", metavar="PATH", default=None,
+                    help="also compute FID of --fid-samples unconditional samples against the "
+                    "images given, with pytorch-fid's Inception weights from PATH "
+                    "(pt_inception-2015-12-05-6726825d.pth, which you download; nothing is "
+                    "downloaded here). Needs jpeglm[fid] (torchmetrics)")  # fmt: skip
+    ev.add_argument("--fid-samples", type=int, default=None, metavar="N",
+                    help="samples for --fid-weights (default 64; at least 2)")  # fmt: skip
+    ev.set_defaults(func=cmd_eval)
+
+
 def _check_device(name: str) -> str:
     """``--device`` names a device this machine has (checked before loading any model): the
-    library's check, :func:`jpeglm.inference.sample.check_device`, in the command line's words.
+    library's check, :func:`jpeglm.inference.settings.check_device`, in the command line's words.
     Returns the device's canonical name (``" cpu"`` -> ``"cpu"``)."""
     try:
         import torch  # noqa: F401
     except ImportError as e:
         raise UserError("sampling needs torch: pip install 'jpeglm[train]'") from e
-    from jpeglm.inference.sample import check_device
+    from jpeglm.inference.settings import check_device
 
     try:
         return str(check_device(name))
@@ -48,7 +102,7 @@ def _check_device(name: str) -> str:
 
 def _device_problem(name: str, reason: str) -> str:
     """What is wrong with ``--device NAME``, which
-    :func:`jpeglm.inference.sample.check_device` refused for ``reason``."""
+    :func:`jpeglm.inference.settings.check_device` refused for ``reason``."""
     import torch
 
     try:
@@ -229,7 +283,7 @@ def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
 def _sampling(folder: Path) -> Iterator[None]:
     """Sampling from the model in ``folder``: logits that are not finite (NaN weights) stop it
     with one line naming the model."""
-    from jpeglm.inference.sample import NonFiniteLogits
+    from jpeglm.inference.loop import NonFiniteLogits
 
     try:
         yield

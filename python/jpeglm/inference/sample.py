@@ -2,49 +2,26 @@
 
 A sample is BOS + a canonical stream. ``generate`` starts from BOS alone; ``complete`` starts
 from BOS + the canonical stream of an image cut after its first ``rows`` rows of MCUs (the
-restart markers tell where rows end), as in the published inference code. Decoding uses the
-model's static KV cache: one prefill, then one-token steps, batched, with per-sample stop
-at EOS / EOI / ``max_tokens``. Temperature, top-k and top-p filter the logits on the model's
-device. With ``constrained=True`` (the default) a native automaton of the canonical scan
-masks every token that would make the stream undecodable (:mod:`jpeglm.grammar`), so every
-sample decodes; without it, samples are decoded tolerantly and may be partly grey.
+restart markers tell where rows end), as in the published inference code. The tokens come
+from the sampling loop of :mod:`jpeglm.inference.loop`. With ``constrained=True`` (the
+default) every sample decodes; without it, samples are decoded tolerantly and may be partly
+grey.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from jpeglm import codec
-from jpeglm.grammar import TokenConstraint
-from jpeglm.inference.decode_kernels import kernel_threads, kernels_apply
-from jpeglm.inference.settings import SamplingSettings, check_device, is_int, positive_int, show
+from jpeglm.inference.loop import _run_batches, repeat_prompt
+from jpeglm.inference.settings import SamplingSettings, is_int, positive_int, show
 
-__all__ = [
-    "NonFiniteLogits",
-    "Sample",
-    "SamplingSettings",
-    "check_device",
-    "clean_stream",
-    "complete",
-    "generate",
-    "generate_tokens",
-    "prepare_for_sampling",
-    "prompt_stream",
-    "repeat_prompt",
-    "sample_logits",
-]
-
-
-class NonFiniteLogits(ValueError):
-    """The model produced NaN or infinite logits: sampling stops (nothing is written from that
-    batch), since no token drawn from them means anything."""
+__all__ = ["Sample", "clean_stream", "complete", "generate", "prompt_stream"]
 
 
 @dataclass
@@ -90,287 +67,12 @@ def clean_stream(data: bytes) -> bytes:
     return data[start : end + 2] if end >= 0 else data[start:]
 
 
-def _filter_probs(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
-) -> torch.Tensor:
-    """Probabilities after temperature, top-k and top-p (float32, on the logits' device)."""
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the first past top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.softmax(logits, dim=-1)
-
-
-def _sample(
-    logits: torch.Tensor,
-    noise: torch.Tensor | None,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-) -> torch.Tensor:
-    """One id per row, on the device, no host sync: ``argmax(probs / noise)`` with ``noise``
-    standard-exponential draws (the exponential race: an exact sample of ``probs``, as in
-    gpt-fast's ``multinomial_sample_one_no_sync``); ``temperature == 0`` is greedy."""
-    if temperature == 0 or noise is None:
-        return logits.argmax(dim=-1)
-    probs = _filter_probs(logits, temperature, top_k, top_p)
-    return torch.argmax(probs / noise, dim=-1)
-
-
-def sample_logits(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Sample one id per row of ``logits`` (batch, vocab) after temperature, top-k, top-p.
-
-    ``temperature == 0`` is greedy. Masked entries should be ``-inf`` already. Sampling is
-    the exponential race (no host sync), with draws from ``generator``.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    noise.exponential_(1, generator=generator)
-    return _sample(logits, noise, temperature, top_k, top_p)
-
-
-def prepare_for_sampling(model, dtype: str = "fp32") -> None:
-    """Give ``model`` its sampling weights in format ``dtype`` (``"fp32"``, ``"bf16"``,
-    ``"fp16"``, ``"int8"``): fused projections, weights converted or int8-quantized
-    (:meth:`jpeglm.model.model.Transformer.prepare_inference`). Cheap when already prepared in that
-    format with unchanged parameters. Training and checkpoints are unaffected."""
-    inf = getattr(model, "inference", None)
-    if inf is not None and inf["dtype"] == dtype and inf["key"] == model.param_key():
-        return
-    model.prepare_inference(dtype)
-
-
-#: Attention during decoding reads the cache cut to the filled length rounded up to one of
-#: these sizes (then to a multiple of the largest), so compiled graphs stay few and static.
-KV_BUCKETS = (256, 512, 1024, 2048)
-
-
-#: A prompt shared by every row of a batch is prefilled once and its cache copied (tests turn
-#: it off to check that the samples do not change).
-SHARE_PROMPT = True
-
-
-def _kv_len(filled: int, cache: int) -> int:
-    for b in KV_BUCKETS:
-        if filled <= b:
-            return min(b, cache)
-    top = KV_BUCKETS[-1]
-    return min(-(-filled // top) * top, cache)
-
-
-def _position_seed(seed: int, chunk: int, pos: int) -> int:
-    """The generator seed of the draws for position ``pos`` of batch ``chunk``: draws depend
-    on (seed, chunk, position) only, so skipping forced positions changes nothing else."""
-    x = seed * 0x9E3779B97F4A7C15 + chunk * 0xBF58476D1CE4E5B9 + pos * 0x94D049BB133111EB
-    x &= (1 << 64) - 1
-    x ^= x >> 31
-    return x & ((1 << 63) - 1)
-
-
-@torch.no_grad()
-def _run(
-    model,
-    tokenizer,
-    prompts: list[list[int]],
-    prompt_bytes: list[bytes],
-    size: int,
-    opts: SamplingSettings,
-    chunk: int,
-    stats: dict | None = None,
-    stop_at_eoi: bool = True,
-) -> list[list[int]]:
-    """Generate for a batch of equal-length prompts; returns each sample's new tokens.
-
-    The loop keeps ids and positions on the device and samples there (exponential race, the
-    draws of position ``p`` from a generator seeded by (seed, chunk, p)); per step the host
-    receives one copy of the sampled ids, which the grammar and the stop test need. On CUDA
-    the next forward is launched before that copy is waited for, so the grammar's advance and
-    mask run while the GPU computes. Jump-forward: when every active row's next token is the
-    only one the grammar allows, the forced run is appended in one multi-token forward (rows
-    that are done ride along with padding); forced tokens consume no draws, so the samples
-    equal token-by-token decoding.
-    """
-    temperature, top_k, top_p = opts.temperature, opts.top_k, opts.top_p
-    max_tokens, seed, compile = opts.max_tokens, opts.seed, opts.compile
-    b, plen = len(prompts), len(prompts[0])
-    device = next(model.parameters()).device
-    act = model.inference["act_dtype"] if model.inference is not None else None
-    total = min(plen + max_tokens, model.args.max_seq_len)
-    model.setup_caches(b, total, dtype=act, device=device)
-    cache_len = total
-    eos = tokenizer.eos_id
-    fill = tokenizer.pad_id if tokenizer.pad_id is not None else eos
-    vocab = tokenizer.vocab_size
-    cuda = device.type == "cuda"
-    constraint = None
-    if opts.constrained:
-        constraint = TokenConstraint.from_tokenizer(tokenizer, size)
-        constraint.start(b, prompts=prompt_bytes)  # prompts start after BOS; grammar follows bytes
-        mask_t = torch.empty((b, vocab), dtype=torch.bool, pin_memory=cuda)
-        mask_np = mask_t.numpy()
-    ids_host = torch.empty(b, dtype=torch.long, pin_memory=cuda)
-    ids_np = ids_host.numpy()
-    generator = torch.Generator(device=device)
-    cache_kernel = kernels_apply(act, device)
-    step = model.decode
-    if compile:  # the one-token step has static shapes (kv_len buckets): one graph each
-        mode = "reduce-overhead" if cuda else "default"
-        step = torch.compile(model.decode, mode=mode, dynamic=False, fullgraph=True)
-
-    def forward(tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        n = tokens.shape[1]
-        positions = torch.arange(pos, pos + n, device=device)
-        if n == 1 and compile:
-            if cache_kernel:  # the kernel cuts the cache at the position tensor: one graph
-                return step(tokens, positions, None, True)
-            return step(tokens, positions, _kv_len(pos + n, cache_len))  # buckets, masked
-        # eager: the cache cut exactly at the last position (one-token steps need no mask)
-        return model.decode(tokens, positions, pos + n, exact=True)
-
-    def draw(logits: torch.Tensor, pos: int) -> torch.Tensor:
-        logits = logits[:, :vocab]
-        broken = ~torch.isfinite(logits).all(dim=-1)  # NaN / inf: no host sync, see accept()
-        if constraint is not None:
-            mask = mask_t.to(device, non_blocking=True) if cuda else mask_t
-            logits = logits.masked_fill(~mask, float("-inf"))
-        noise = None
-        if temperature != 0:
-            generator.manual_seed(_position_seed(seed, chunk, pos))
-            noise = torch.empty((b, vocab), dtype=torch.float32, device=device)
-            noise.exponential_(1, generator=generator)
-        return torch.where(broken, -1, _sample(logits, noise, temperature, top_k, top_p))
-
-    out: list[list[int]] = [[] for _ in range(b)]
-    finished = np.zeros(b, dtype=bool)
-    pieces = tokenizer.token_byte_values()  # id -> bytes (no specials)
-    tail = [p[-1:] for p in prompt_bytes]  # the last byte: an EOI may straddle two tokens
-    forwards = forced_total = 0
-
-    def accept(tokens: np.ndarray) -> None:
-        """Advance the grammar and the per-row state by one token per row (host)."""
-        if (tokens[~finished] < 0).any():  # draw() marks rows whose logits were not finite
-            model.clear_caches()
-            raise NonFiniteLogits(
-                f"the model's logits are not finite (NaN or infinite) at position {pos}: its "
-                "weights are broken (NaN / inf) or overflow in this dtype; no sample written"
-            )
-        tokens[finished] = fill
-        if constraint is not None:
-            active = ~finished
-            ok = constraint.advance(np.where(active, tokens, eos))
-            if not ok[active].all():  # cannot happen: the mask allowed only legal tokens
-                raise RuntimeError("constrained sampler produced an illegal token")
-        for i in np.flatnonzero(~finished):
-            t = int(tokens[i])
-            if t == eos:
-                finished[i] = True
-                continue
-            out[i].append(t)
-            piece = pieces.get(t, b"")
-            if piece and stop_at_eoi:
-                if b"\xff\xd9" in tail[i] + piece:  # EOI: the stream is complete
-                    finished[i] = True
-                tail[i] = piece[-1:]
-
-    idx = torch.tensor(prompts, dtype=torch.long, device=device)
-    if constraint is not None:
-        constraint.mask(mask_np)
-    if SHARE_PROMPT and b > 1 and all(p == prompts[0] for p in prompts):
-        # one prompt for every row (unconditional sampling): prefill it once, copy its cache
-        logits = forward(idx[:1], 0).expand(b, -1)
-        model.copy_cache_row(b, plen)
-    else:
-        logits = forward(idx, 0)
-    forwards += 1
-    pos = plen  # the position the next sampled token takes
-    while True:
-        nxt = draw(logits, pos)
-        if cuda:  # one pinned copy of the ids; the next forward is queued behind it
-            ids_host.copy_(nxt, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record()
-            logits = forward(nxt.view(b, 1), pos) if pos + 1 < total else None
-            forwards += 1
-            copied.synchronize()
-        else:
-            ids_host.copy_(nxt)
-        accept(ids_np)
-        pos += 1
-        if finished.all() or pos >= total:
-            break
-        if constraint is not None:
-            constraint.mask(mask_np)  # for the token at `pos`, while the GPU runs
-        forced: list[np.ndarray] = []
-        if opts.jump_forward and constraint is not None:
-            while pos + len(forced) < total:
-                counts = mask_np.sum(axis=1)
-                if not (counts[~finished] == 1).all():
-                    break
-                tokens = np.where(finished, fill, mask_np.argmax(axis=1))
-                forced.append(tokens.copy())
-                forced_total += int((~finished).sum())
-                accept(tokens)
-                if finished.all():
-                    break
-                constraint.mask(mask_np)
-            if finished.all():
-                break
-        if forced and pos + len(forced) >= total:
-            break
-        if forced:
-            run = torch.from_numpy(np.stack(forced, axis=1)).to(device)
-            if cuda:  # the one-token step is already queued: append the run after it
-                logits = forward(run, pos)
-            else:
-                logits = forward(torch.cat([nxt.view(b, 1), run], dim=1), pos - 1)
-            forwards += 1
-            pos += len(forced)
-        elif not cuda:
-            logits = forward(nxt.view(b, 1), pos - 1)
-            forwards += 1
-    model.clear_caches()
-    if stats is not None:
-        stats["forwards"] = stats.get("forwards", 0) + forwards
-        stats["forced"] = stats.get("forced", 0) + forced_total
-    return out
-
-
 def _finish(tokenizer, prompt: bytes, tokens: list[int], size: int, quality: int) -> Sample:
     data = clean_stream(prompt + tokenizer.decode(tokens))
     r = codec.decode(data, tolerant=True, quality=quality, size=size)
     if r.image.shape != (size, size, 3):  # a header for another size: show grey, not garbage
         r = codec.decode(b"", tolerant=True, quality=quality, size=size)
     return Sample(tokens, data, r.image, r.clean, r.valid_mcus, r.total_mcus)
-
-
-class _Repeat(Sequence):
-    """``[item] * n`` without the list (``n`` may be 10**9: samples are made lazily)."""
-
-    def __init__(self, item: Any, n: int) -> None:
-        self.item, self.n = item, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):  # noqa: ANN001, ANN204
-        if isinstance(i, slice):
-            return _Repeat(self.item, len(range(self.n)[i]))
-        if not -self.n <= i < self.n:
-            raise IndexError(i)
-        return self.item
 
 
 def _generate_prompts(
@@ -394,104 +96,6 @@ def _generate_prompts(
         return []
     new = _run_batches(model, tokenizer, prompt_bytes, size, opts, stats)
     return [_finish(tokenizer, p, toks, size, quality) for p, toks in zip(prompt_bytes, new)]
-
-
-def _run_batches(
-    model,
-    tokenizer,
-    prompt_bytes: Sequence[bytes],
-    size: int,
-    opts: SamplingSettings,
-    stats: dict | None = None,
-    stop_at_eoi: bool = True,
-    on_result: Callable[[int, list[int]], None] | None = None,
-) -> list[list[int]]:
-    """Each prompt (after BOS) through :func:`_run`: prompts of equal token length share a
-    batch (one KV cache position for all rows), ``opts.batch_size`` rows at a time; returns
-    each prompt's new tokens, in order -- or, with ``on_result``, hands each prompt's index and
-    new tokens to it as its batch finishes and returns ``[]`` (one prompt repeated,
-    :class:`_Repeat`, is encoded once and never listed)."""
-    if tokenizer.bos_id is None or tokenizer.eos_id is None:
-        raise ValueError("the tokenizer needs BOS and EOS tokens")
-    room = model.args.max_seq_len
-    opts = replace(opts, max_tokens=opts.max_tokens or room, seed=opts.seed or 0)
-    by_len: dict[int, Sequence[int]] = {}
-    if isinstance(prompt_bytes, _Repeat):
-        ids = [tokenizer.bos_id] + tokenizer.encode(prompt_bytes.item)
-        prompts: Sequence[list[int]] = _Repeat(ids, len(prompt_bytes))
-        by_len = {len(ids): range(len(prompt_bytes))} if len(prompt_bytes) else {}
-    else:
-        prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
-        for i, p in enumerate(prompts):
-            by_len.setdefault(len(p), []).append(i)  # type: ignore[union-attr]
-    for n in by_len:
-        if n >= room:
-            raise ValueError(f"prompt of {n} tokens leaves no room (max_seq_len {room})")
-    batch_size = opts.batch_size or len(prompts)
-    results: list[list[int]] = [[] for _ in prompts] if on_result is None else []
-    was_training = model.training
-    model.eval()
-    n_chunk = 0
-    try:
-        prepare_for_sampling(model, opts.dtype)
-        with kernel_threads(model):
-            for ids in by_len.values():
-                for s in range(0, len(ids), batch_size):
-                    chunk = ids[s : s + batch_size]
-                    new = _run(model, tokenizer, [prompts[i] for i in chunk],
-                               [prompt_bytes[i] for i in chunk], size, opts, n_chunk, stats,
-                               stop_at_eoi)  # fmt: skip
-                    n_chunk += 1
-                    for i, toks in zip(chunk, new):
-                        if on_result is None:
-                            results[i] = toks
-                        else:
-                            on_result(i, toks)
-    finally:
-        model.train(was_training)
-    return results
-
-
-def generate_tokens(
-    model,
-    tokenizer,
-    prompts: Sequence[bytes],
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
-    max_tokens: int | None = None,
-    seed: int | None = 0,
-    batch_size: int | None = None,
-    dtype: str = "fp32",
-    stop_at_eoi: bool = False,
-    on_result: Callable[[int, list[int]], None] | None = None,
-) -> list[list[int]]:
-    """Unconstrained continuations of byte ``prompts`` (each after BOS): the new token ids of
-    each, up to EOS, ``max_tokens`` or the context -- the sampler without any JPEG knowledge,
-    for other byte formats (the H.264 clips of :mod:`jpeglm.video.codec`). ``stop_at_eoi``: also
-    stop at a JPEG EOI (FFD9). ``on_result``: each prompt's index and new tokens handed to it as
-    its batch finishes, nothing kept, ``[]`` returned (``prompts`` may then be one prompt
-    repeated lazily, as :func:`generate` does for ``n`` samples)."""
-    opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size,
-                            constrained=False, dtype=dtype, jump_forward=False)  # fmt: skip
-    eos = tokenizer.eos_id
-    if not isinstance(prompts, _Repeat):
-        prompts = [bytes(p) for p in prompts]
-    if on_result is not None:
-
-        def done(i: int, toks: list[int]) -> None:
-            on_result(i, [t for t in toks if t != eos])
-
-        _run_batches(model, tokenizer, prompts, 256, opts, None, stop_at_eoi, on_result=done)
-        return []
-    new = _run_batches(model, tokenizer, prompts, 256, opts, None, stop_at_eoi)
-    return [[t for t in toks if t != eos] for toks in new]
-
-
-def repeat_prompt(prompt: bytes, n: int) -> Sequence[bytes]:
-    """``[prompt] * n`` made lazily (``n`` may be 10**9), for :func:`generate_tokens`."""
-    return _Repeat(bytes(prompt), n)
 
 
 def generate(
@@ -523,11 +127,12 @@ def generate(
 
     ``compile``: ``torch.compile(fullgraph=True)`` the one-token decode step (CUDA graphs on
     GPU); pays off for long generations, costs a compilation first (one graph per attention
-    length bucket, :data:`KV_BUCKETS`). ``dtype``: the weights used for sampling --
-    ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"`` (weight-only, per-channel scales, bf16
-    activations); see :func:`prepare_for_sampling`. ``jump_forward``: feed runs of tokens the
-    grammar forces (header, restart markers, EOI) in one step (same samples). ``stats``: a
-    dict that receives ``forwards`` (model calls) and ``forced`` (jumped tokens).
+    length bucket, :data:`jpeglm.inference.loop.KV_BUCKETS`). ``dtype``: the weights used for
+    sampling -- ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"`` (weight-only, per-channel
+    scales, bf16 activations); see :func:`jpeglm.inference.loop.prepare_for_sampling`.
+    ``jump_forward``: feed runs of tokens the grammar forces (header, restart markers, EOI) in
+    one step (same samples). ``stats``: a dict that receives ``forwards`` (model calls) and
+    ``forced`` (jumped tokens).
     """
     n = positive_int("n", n)
     opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
@@ -535,7 +140,7 @@ def generate(
     if prompt is not None and not isinstance(prompt, (bytes, bytearray, memoryview)):
         raise ValueError(f"prompt must be bytes or None, got {type(prompt).__name__}")
     prompt = bytes(prompt or b"")
-    prompts = _Repeat(prompt, n)
+    prompts = repeat_prompt(prompt, n)
     return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)
 
 

@@ -1,7 +1,7 @@
 """The sampler's options: :class:`SamplingSettings` (temperature, top-k, top-p, limits, seed,
 batching, grammar, compile, weight format, jump-forward), checked once with one
 ``ValueError`` line naming a bad option, and :func:`check_device`. Used by
-:mod:`jpeglm.inference.sample` and the CLI."""
+:mod:`jpeglm.inference.loop`, :mod:`jpeglm.inference.sample` and the CLI."""
 
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ def positive_int(name: str, value: object, optional: bool = False) -> int | None
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """The sampling options of :func:`generate`, :func:`complete` and
-    :func:`generate_tokens`, checked once on construction (one ``ValueError`` line naming the
-    bad option) and normalised to plain Python numbers."""
+    """The sampling options of :func:`jpeglm.inference.sample.generate`,
+    :func:`jpeglm.inference.sample.complete` and :func:`jpeglm.inference.loop.generate_tokens`,
+    checked once on construction (one ``ValueError`` line naming the bad option) and normalised
+    to plain Python numbers."""
 
     temperature: float = 1.0
     top_k: int | None = 50

@@ -1,8 +1,7 @@
 """A model's sampling weights (:meth:`jpeglm.model.model.Transformer.prepare_inference`): fused
 ``wqkv`` (q, k, v stacked) and ``w13`` (gate, up stacked) projections and every linear weight
 in an inference format (:class:`jpeglm.inference.decode_kernels.InferenceLinear`), norms and
-embeddings in the matching activation dtype. The model is taken as a plain ``nn.Module`` (this
-module never imports :mod:`jpeglm.model`, which imports it).
+embeddings in the matching activation dtype.
 
 They are copies, kept beside the parameters (``fused`` on each attention, feed-forward and
 norm module, ``model.inference`` for the embedding and the output) and used by every forward
@@ -19,7 +18,7 @@ from jpeglm.inference.decode_kernels import InferenceLinear, inference_act_dtype
 __all__ = ["clear", "fresh", "linear_bytes", "param_key", "prepare"]
 
 
-def prepare(model: torch.nn.Module, dtype: str = "fp32") -> None:
+def prepare(model: nn.Module, dtype: str = "fp32") -> None:
     """Build ``model``'s sampling weights in format ``dtype`` (``"fp32"``, ``"bf16"``,
     ``"fp16"``, ``"int8"``)."""
     act = inference_act_dtype(dtype, model.output.weight.dtype)
@@ -41,7 +40,7 @@ def prepare(model: torch.nn.Module, dtype: str = "fp32") -> None:
     }
 
 
-def clear(model: torch.nn.Module) -> None:
+def clear(model: nn.Module) -> None:
     """Drop the weights of :func:`prepare`."""
     for layer in model.layers:
         layer.attention.fused = layer.feed_forward.fused = None
@@ -50,7 +49,7 @@ def clear(model: torch.nn.Module) -> None:
     model.inference = None
 
 
-def linear_bytes(model: torch.nn.Module) -> int:
+def linear_bytes(model: nn.Module) -> int:
     """Bytes of the linear-layer weights a decode step reads (prepared or not)."""
     if model.inference is None:
         return sum(
@@ -70,7 +69,7 @@ def param_key(model: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
 
 
-def fresh(model: torch.nn.Module) -> dict | None:
+def fresh(model: nn.Module) -> dict | None:
     """The sampling weights if they exist and gradients are off, rebuilt when stale."""
     inf = model.inference
     if inf is None or torch.is_grad_enabled():

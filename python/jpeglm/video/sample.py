@@ -68,7 +68,7 @@ def generate(
     """``n`` unconditional clips (the model writes the parameter sets too). ``on_sample``: each
     clip's index and clip handed to it as its batch finishes, none kept, ``[]`` returned (so a
     caller writes clips as they are made; ``n`` may then be 10**9)."""
-    from jpeglm.inference.sample import repeat_prompt
+    from jpeglm.inference.loop import repeat_prompt
 
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -87,7 +87,7 @@ def _sample(
     sampling: dict[str, Any],
     on_sample: Callable[[int, ClipSample], None] | None = None,
 ) -> list[ClipSample]:
-    from jpeglm.inference.sample import generate_tokens
+    from jpeglm.inference.loop import generate_tokens
 
     def finish(prompt: bytes, toks: list[int]) -> ClipSample:
         data = bytes(prompt) + tokenizer.decode(toks)

@@ -1,7 +1,8 @@
 """Write the libFuzzer seed corpus into fuzz/corpus/<target>/ (small: well under 1 MB in all).
 
 Seeds come from the bundled images (python/jpeglm/data/assets/images) through
-``jpeglm.codec.encode`` at a few sizes and qualities: stripped streams, complete JPEGs, truncated and bit-flipped ones.
+``jpeglm.codec.encode`` at a few sizes and qualities: stripped streams, complete JPEGs,
+truncated and bit-flipped ones.
 JPEG targets take one leading byte that picks the quality (1 + byte % 100). Run from the repo
 root: ``python fuzz/make_corpus.py`` (or ``make fuzz-corpus``); it replaces the old seeds.
 """

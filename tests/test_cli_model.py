@@ -90,3 +90,23 @@ def test_model_cli_errors(tmp_path, capsys):
     bad.write_text("not a tokenizer")
     assert main(["tokenize", str(samples.photo_path("rocket")), "--tokenizer", str(bad)]) == 2
     assert main(["tokenize", "nope.png", "--tokenizer", str(bad)]) == 2
+
+
+def test_sample_reads_the_model_record_once(tmp_path, monkeypatch, capsys):
+    """`jpeglm sample` resolves --model once (checkpoint.load.resolve -> a ModelRef handed to
+    the checks and to load_model): the model's jpeglm.json is read once, not once per step."""
+    from jpeglm.checkpoint import load
+    from jpeglm.data.bundled import DEMO_CHECKPOINT
+
+    reads: list[str] = []
+    real = load.read_json
+
+    def counted(path, *a, **kw):
+        reads.append(str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(load, "read_json", counted)
+    rc = main(["sample", "--model", str(DEMO_CHECKPOINT), "-o", str(tmp_path / "out"), "-n", "1",
+               "--max-tokens", "8", "--seed", "0"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert [r for r in reads if r.endswith("jpeglm.json")] == [str(DEMO_CHECKPOINT / "jpeglm.json")]

@@ -103,3 +103,26 @@ def test_no_module_over_500_lines():
     long = {str(f.relative_to(ROOT)): n for f in PKG.rglob("*.py")
             if (n := len(f.read_text().splitlines())) > MAX_LINES}  # fmt: skip
     assert not long, long
+
+
+def test_sampling_defaults_are_written_once():
+    """The sampling defaults (temperature 1.0, top-k 50, top-p 0.9) are written in one place,
+    SamplingSettings; everything else takes them from there (issue 29)."""
+    import re
+
+    pattern = re.compile(
+        r"temperature[^=\n]*=\s*1\.0\b|top_k[^=\n]*=\s*50\b|top_p[^=\n]*=\s*0\.9\b"
+        r"|[\"']temperature[\"']:\s*1\.0|[\"']top_k[\"']:\s*50\b|[\"']top_p[\"']:\s*0\.9\b"
+    )
+    found = {
+        f"{f.relative_to(ROOT)}:{i}": line.strip()
+        for f in PKG.rglob("*.py")
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if pattern.search(line)
+    }
+    assert sorted(found.values()) == [
+        "temperature: float = 1.0",
+        "top_k: int | None = 50",
+        "top_p: float | None = 0.9",
+    ], found
+    assert all("inference/settings.py" in k for k in found), found

@@ -162,3 +162,23 @@ def test_bad_arguments(model, tok):
         generate(model, tok, n=1, size=16, max_tokens=0)
     with pytest.raises(ValueError, match="prompt 0"):
         generate(model, tok, n=1, size=16, prompt=b"\xff\xd8garbage", max_tokens=5)
+
+
+def test_sampling_settings_are_keyword_only_and_merged_in_one_place():
+    """SamplingSettings: keywords only (a field added mid-class cannot shift the others), the
+    record of a model fills the options not given, the defaults the rest; the samplers take
+    the same keywords (an unknown one is a TypeError naming it)."""
+    from jpeglm.inference.settings import RECORDED, SamplingSettings
+
+    with pytest.raises(TypeError):
+        SamplingSettings(0.5)  # type: ignore[misc]
+    d = SamplingSettings()
+    s = SamplingSettings.merged({"temperature": 0.4, "top_k": 7, "ignored": 1}, top_k=3, seed=None)
+    assert (s.temperature, s.top_k, s.top_p, s.seed) == (0.4, 3, d.top_p, None)
+    assert s.record() == {"temperature": 0.4, "top_k": 3, "top_p": d.top_p}
+    assert set(s.record()) == set(RECORDED)
+    assert SamplingSettings.of(s, top_p=0.5).top_p == 0.5 and SamplingSettings.of(None) == d
+    with pytest.raises(TypeError, match="tempreature"):
+        SamplingSettings.of(None, tempreature=1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingSettings.merged({"top_p": 2.0})

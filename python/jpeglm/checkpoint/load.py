@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_INFO",
     "LoadedModel",
+    "ModelRef",
     "check_context",
     "check_info",
     "check_tokenizer",
@@ -41,13 +42,14 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "read_info",
+    "resolve",
     "resolve_model",
 ]
 
 #: what a model folder without ``jpeglm.json`` is taken to make: the paper's format
 DEFAULT_INFO: dict[str, Any] = {
     "format": "jpeglm-model", "version": 1, "image_size": 256, "quality": 25,
-    "sampling": {"temperature": 1.0, "top_k": 50, "top_p": 0.9},
+    "sampling": SamplingSettings().record(),
 }  # fmt: skip
 
 
@@ -90,6 +92,29 @@ def resolve_model(path: str | os.PathLike) -> tuple[str, Path]:
         f"{p} is not a model: no config.json (HF folder), {CHECKPOINT_STATE} (trainer "
         "checkpoint), final/ or step_N/ (run folder)"
     )
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model path resolved once (:func:`resolve`): the kind of folder (``"hf"`` or ``"dcp"``),
+    the folder itself, its record (``jpeglm.json`` or a trainer checkpoint's metadata, checked,
+    over the defaults) and, for a trainer checkpoint, its ``train_state.json``. Handed down to
+    the checks and to :func:`load_model`, so a command reads each of these files once."""
+
+    kind: str
+    folder: Path
+    info: dict[str, Any]
+    state: dict[str, Any] | None = None
+
+
+def resolve(path: str | os.PathLike | ModelRef) -> ModelRef:
+    """What ``path`` names (:func:`resolve_model`), with its record and train state read once;
+    a :class:`ModelRef` is returned as it is."""
+    if isinstance(path, ModelRef):
+        return path
+    kind, folder = resolve_model(path)
+    state = read_train_state(folder) if kind == "dcp" else None
+    return ModelRef(kind, folder, read_info(folder, state), state)
 
 
 def read_info(folder: Path, state: dict | None = None) -> dict[str, Any]:
@@ -174,7 +199,7 @@ def find_tokenizer(folder: Path) -> Path | None:
 
 
 def load_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike | ModelRef,
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
@@ -184,14 +209,15 @@ def load_model(
     """Everything sampling needs from one path: an HF folder, a trainer checkpoint ``step_N``
     or a run folder (its ``final/`` export, else its newest checkpoint). The tokenizer is the
     one inside unless ``tokenizer`` is given; the image format comes from ``jpeglm.json``
-    (defaults for folders without one: 256 px, quality 25, the official checkpoint's)."""
-    kind, folder = resolve_model(path)
+    (defaults for folders without one: 256 px, quality 25, the official checkpoint's).
+    ``path`` may be a :class:`ModelRef` already resolved (:func:`resolve`)."""
+    ref = resolve(path)  # a ModelRef: its files are not read again
+    kind, folder, state = ref.kind, ref.folder, ref.state
     tok_path = Path(tokenizer) if tokenizer else find_tokenizer(folder)
     if tok_path is None:
         raise ValueError(f"no tokenizer in {folder}: pass one (--tokenizer)")
     tok = load_tokenizer(tok_path)
-    state = read_train_state(folder) if kind == "dcp" else None
-    info = read_info(folder, state)
+    info = dict(ref.info)
     check_tokenizer(info, tok, tok_path, folder)  # before any weight is read
     if kind == "hf":
         model = load_pretrained(folder, dtype=dtype, device=device, backend=backend)

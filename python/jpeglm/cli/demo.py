@@ -159,26 +159,27 @@ def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict
     from jpeglm.eval.judge import default_judge
     from jpeglm.eval.metrics import bits_per_byte, completion_scores, judge_digits
     from jpeglm.inference.sample import complete, generate
+    from jpeglm.inference.settings import SamplingSettings
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     loaded = load_model(DEMO_CHECKPOINT, dtype=torch.float32)
     model, tok = loaded.model, loaded.tokenizer
-    size = 32
+    size, quality = loaded.image_size, loaded.quality  # what the model's record says it makes
     # A ~1M-parameter model trained for an hour: it is sampled at the settings recorded with it
-    # (chosen on held-out data; the paper's temperature 1 / top-k 50 / top-p 0.9 are for 7B).
-    rec = dict(loaded.info["sampling"])  # jpeglm.json's, over the paper's defaults
-    if temperature is not None:
-        rec["temperature"] = temperature
-    kw = dict(size=size, max_tokens=600, seed=seed, **rec)
+    # (chosen on held-out data; the paper's defaults are for 7B).
+    settings = SamplingSettings.merged(loaded.info["sampling"], temperature=temperature,
+                                       max_tokens=600, seed=seed)  # fmt: skip
+    kw = dict(size=size, quality=quality, settings=settings)
     gen = generate(model, tok, n=n, **kw)
     gen_u = generate(model, tok, n=n, constrained=False, **kw)
     digits, _ = samples.mnist()
     held_idx = samples.mnist_split()[1]  # the stratified held-out digits (not trained on)
     held = [digits[i] for i in held_idx[np.linspace(0, len(held_idx) - 1, n).astype(int)]]
     comp = complete(model, tok, held, rows=1, **kw)
-    originals = [codec.decode(codec.encode(d, size=size)) for d in held]
-    streams = [codec.encode(digits[i], size=size) for i in held_idx]
+    originals = [codec.decode(codec.encode(d, size=size, quality=quality), quality=quality)
+                 for d in held]  # fmt: skip
+    streams = [codec.encode(digits[i], size=size, quality=quality) for i in held_idx]
     bpb = bits_per_byte(model, tok, streams, size=size)
     bpb_c = bits_per_byte(model, tok, streams, constrained=True, size=size)
     scores = completion_scores(originals, [c.image for c in comp], rows=1)
@@ -210,7 +211,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict
     report = {
         "checkpoint": DEMO_CHECKPOINT.relative_to(Path(__file__).parents[2]).as_posix(),
         "parameters": model.num_params(),
-        "sampling": rec,
+        "sampling": settings.record(),
         "samples": n,
         "decodable_constrained": sum(s.clean for s in gen) / n,
         "decodable_unconstrained": sum(s.clean for s in gen_u) / n,
@@ -250,6 +251,7 @@ def _video_part(out: Path, seed: int, n: int = 4, prompt_frames: int = 10) -> di
     from jpeglm.checkpoint.load import load_model
     from jpeglm.data import bundled as samples
     from jpeglm.eval.video import clip_scores
+    from jpeglm.inference.settings import SamplingSettings
     from jpeglm.video import codec as video
     from jpeglm.video import sample as video_sample
 
@@ -273,10 +275,9 @@ def _video_part(out: Path, seed: int, n: int = 4, prompt_frames: int = 10) -> di
                                           seconds=total / v["fps"], fps=v["fps"]),
                             qp=v["qp"], fps=int(v["fps"])) for c in clips]  # fmt: skip
     real = [video.decode(s) for s in streams]
-    rec = dict(loaded.info["sampling"])
+    settings = SamplingSettings.merged(loaded.info["sampling"], max_tokens=2048, seed=seed)
     got = video_sample.complete(loaded.model, loaded.tokenizer, streams, frames=prompt_frames,
-                                total_frames=total, size=size, max_tokens=2048, seed=seed,
-                                **rec)  # fmt: skip
+                                total_frames=total, size=size, settings=settings)  # fmt: skip
     scores = clip_scores(real, [g.frames for g in got], prompt_frames)
     scores["valid_generated_frames"] = float(
         np.mean([max(0, g.valid_frames - prompt_frames) / (total - prompt_frames) for g in got])
@@ -297,7 +298,7 @@ def _video_part(out: Path, seed: int, n: int = 4, prompt_frames: int = 10) -> di
     report = {
         "checkpoint": VIDEO_CHECKPOINT.relative_to(Path(__file__).parents[2]).as_posix(),
         "parameters": loaded.model.num_params(),
-        "sampling": rec,
+        "sampling": settings.record(),
         "clips": n,
         "prompt_frames": prompt_frames,
         "total_frames": total,

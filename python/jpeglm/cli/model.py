@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jpeglm._io import atomic_write_bytes, record_outputs, show, write_png
 from jpeglm.cli import video as video_commands
 from jpeglm.cli.common import (
     EXIF_HELP,
     UserError,
-    check_temperature,
     distinct_names,
     existing_files,
     image_paths,
     plan_outputs,
 )
+
+if TYPE_CHECKING:
+    from jpeglm.inference.settings import SamplingSettings
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -132,16 +135,6 @@ def _check_sampling(args: argparse.Namespace) -> None:
             codec.check_quality(args.quality)
     except ValueError as e:
         raise UserError(str(e)) from e
-    if args.temperature is not None:
-        check_temperature(args.temperature)
-    if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k is not None and args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0: no top-k), got {args.top_k}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if getattr(args, "n", 1) < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
     rows = getattr(args, "rows", None)
@@ -150,6 +143,34 @@ def _check_sampling(args: argparse.Namespace) -> None:
     if rows is None and args.size is not None and hasattr(args, "rows"):
         args.rows = default_rows(args.size)
     args.device = _check_device(args.device)
+    args.settings = _settings(args, getattr(args, "record", None))
+
+
+#: the command line's name of each sampling option (SamplingSettings' errors name the field)
+_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+          "max_tokens": "--max-tokens", "seed": "--seed", "batch_size": "--batch-size",
+          "dtype": "--dtype"}  # fmt: skip
+
+
+def _settings(args: argparse.Namespace, record: dict | None) -> SamplingSettings:
+    """The sampling settings of a model command (:meth:`SamplingSettings.merged`, the one
+    place they meet): each option given, else the model's record (``jpeglm.json``'s
+    ``sampling``, once it is read), else the defaults; and the command line's own choices, a
+    batch of :data:`DEFAULT_BATCH` and the weights by device (bf16 on CUDA). A bad option is
+    the settings' own check, one line naming the flag."""
+    from jpeglm.inference.settings import SamplingSettings
+
+    try:
+        return SamplingSettings.merged(
+            record, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            max_tokens=args.max_tokens, seed=args.seed,
+            batch_size=DEFAULT_BATCH if args.batch_size is None else args.batch_size,
+            constrained=not args.unconstrained, compile=args.compile,
+            dtype=args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"),
+        )  # fmt: skip
+    except ValueError as e:
+        name, _, rest = str(e).partition(" ")
+        raise UserError(f"{_FLAGS.get(name, name)} {rest}") from None
 
 
 def default_rows(size: int) -> int:
@@ -165,17 +186,18 @@ def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     else tokenizer.jpeglm or the official sentencepiece tokenizer.model inside) and what it
     says about its images (jpeglm.json; the paper's 256 px / q25 for folders without one).
 
-    A checkpoint's train_state.json and the record are checked here; the rest of the model's
-    files by :func:`_check_model_files`."""
-    from jpeglm.checkpoint.dcp import read_train_state
-    from jpeglm.checkpoint.load import find_tokenizer, read_info, resolve_model
+    The path is resolved once per command (:func:`jpeglm.checkpoint.load.resolve`: the
+    checkpoint's train_state.json and the record read and checked here) and kept as
+    ``args.ref``, which the later steps and :func:`_load_model` use; the rest of the model's
+    files are checked by :func:`_check_model_files`."""
+    from jpeglm.checkpoint.load import find_tokenizer, resolve
 
-    try:
-        kind, folder = resolve_model(args.model)
-        state = read_train_state(folder) if kind == "dcp" else None
-        info = read_info(folder, state)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from e
+    if getattr(args, "ref", None) is None:
+        try:
+            args.ref = resolve(args.model)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(str(e)) from e
+    folder, info = args.ref.folder, args.ref.info
     if args.tokenizer:
         return folder, Path(args.tokenizer), info
     tok = find_tokenizer(folder)
@@ -229,11 +251,7 @@ def _apply_model_defaults(args: argparse.Namespace, info: dict) -> None:
             args.size = int(info["image_size"])
         if args.quality is None:
             args.quality = int(info["quality"])
-    rec = info.get("sampling") or {}
-    for opt, key, fallback in (("temperature", "temperature", 1.0), ("top_k", "top_k", 50),
-                               ("top_p", "top_p", 0.9)):  # fmt: skip
-        if getattr(args, opt) is None:
-            setattr(args, opt, rec.get(key, fallback))
+    args.record = info.get("sampling")  # options not given: the record's (see _settings)
 
 
 def _plan_model_outputs(
@@ -271,7 +289,7 @@ def _load_model(folder: Path, tok_path: Path, args: argparse.Namespace):
     from jpeglm.checkpoint.load import check_context, load_model
 
     try:
-        loaded = load_model(folder, device=args.device, tokenizer=tok_path)
+        loaded = load_model(args.ref, device=args.device, tokenizer=tok_path)
         if loaded.info.get("kind") != "video":
             check_context(loaded, args.size, args.quality)
     except (ValueError, OSError) as e:
@@ -320,19 +338,9 @@ def _write_sample(out: Path, stem: str, s, quality: int) -> None:  # noqa: ANN00
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
-    return dict(
-        size=args.size,
-        quality=args.quality,
-        temperature=args.temperature,
-        top_k=args.top_k or None,
-        top_p=args.top_p,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        batch_size=args.batch_size or DEFAULT_BATCH,
-        constrained=not args.unconstrained,
-        compile=args.compile,
-        dtype=args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"),
-    )
+    """The samplers' keywords: the image size and quality, and every sampling option of
+    ``args.settings`` (:func:`_settings`) as a keyword."""
+    return dict(size=args.size, quality=args.quality, **dataclasses.asdict(args.settings))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

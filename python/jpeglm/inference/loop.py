@@ -70,11 +70,14 @@ def _sample(
     return torch.argmax(probs / noise, dim=-1)
 
 
+_DEFAULTS = SamplingSettings()
+
+
 def sample_logits(
     logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
+    temperature: float = _DEFAULTS.temperature,
+    top_k: int | None = _DEFAULTS.top_k,
+    top_p: float | None = _DEFAULTS.top_p,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Sample one id per row of ``logits`` (batch, vocab) after temperature, top-k, top-p.
@@ -373,24 +376,23 @@ def generate_tokens(
     tokenizer,
     prompts: Sequence[bytes],
     *,
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
-    max_tokens: int | None = None,
-    seed: int | None = 0,
-    batch_size: int | None = None,
-    dtype: str = "fp32",
+    settings: SamplingSettings | None = None,
     stop_at_eoi: bool = False,
     on_result: Callable[[int, list[int]], None] | None = None,
+    **options: Any,
 ) -> list[list[int]]:
     """Unconstrained continuations of byte ``prompts`` (each after BOS): the new token ids of
     each, up to EOS, ``max_tokens`` or the context -- the sampler without any JPEG knowledge,
-    for other byte formats (the H.264 clips of :mod:`jpeglm.video.codec`). ``stop_at_eoi``: also
-    stop at a JPEG EOI (FFD9). ``on_result``: each prompt's index and new tokens handed to it as
-    its batch finishes, nothing kept, ``[]`` returned (``prompts`` may then be one prompt
-    repeated lazily, as :func:`jpeglm.inference.sample.generate` does for ``n`` samples)."""
-    opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size,
-                            constrained=False, dtype=dtype, jump_forward=False)  # fmt: skip
+    for other byte formats (the H.264 clips of :mod:`jpeglm.video.sample`). ``options`` /
+    ``settings``: as :func:`jpeglm.inference.sample.generate`'s (no grammar, no jump-forward
+    here; ``seed`` defaults to 0). ``stop_at_eoi``: also stop at a JPEG EOI (FFD9).
+    ``on_result``: each prompt's index and new tokens handed to it as its batch finishes,
+    nothing kept, ``[]`` returned (``prompts`` may then be one prompt repeated lazily, as
+    :func:`jpeglm.inference.sample.generate` does for ``n`` samples)."""
+    if settings is None:
+        options.setdefault("seed", 0)
+    opts = SamplingSettings.of(settings, **options)
+    opts = replace(opts, constrained=False, jump_forward=False)
     eos = tokenizer.eos_id
     if not isinstance(prompts, _Repeat):
         prompts = [bytes(p) for p in prompts]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -104,22 +105,19 @@ def generate(
     n: int = 1,
     size: int = 256,
     prompt: bytes | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
-    max_tokens: int | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    constrained: bool = True,
-    quality: int = 25,
-    compile: bool = False,
     *,
-    dtype: str = "fp32",
-    jump_forward: bool = True,
+    quality: int = 25,
+    settings: SamplingSettings | None = None,
     stats: dict | None = None,
     on_sample: Callable[[int, Sample], None] | None = None,
+    **options: Any,
 ) -> list[Sample]:
     """``n`` unconditional samples (or continuations of the raw ``prompt`` bytes).
+
+    ``options``: the sampling options, keywords of :class:`SamplingSettings`
+    (``temperature``, ``top_k``, ``top_p``, ``max_tokens``, ``seed``,
+    ``batch_size``, ``constrained``, ``compile``, ``dtype``, ``jump_forward``; defaults there),
+    or ``settings`` (which ``options`` then override).
 
     ``on_sample``: called with each sample's index and :class:`Sample` as its batch finishes
     (to write it at once: an interrupted run keeps what was made); nothing is kept and ``[]``
@@ -135,8 +133,7 @@ def generate(
     ``forced`` (jumped tokens).
     """
     n = positive_int("n", n)
-    opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
-                            compile, dtype, jump_forward)  # fmt: skip
+    opts = SamplingSettings.of(settings, **options)
     if prompt is not None and not isinstance(prompt, (bytes, bytearray, memoryview)):
         raise ValueError(f"prompt must be bytes or None, got {type(prompt).__name__}")
     prompt = bytes(prompt or b"")
@@ -151,25 +148,17 @@ def complete(
     rows: int = 8,
     size: int = 256,
     quality: int = 25,
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
-    max_tokens: int | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    constrained: bool = True,
-    compile: bool = False,
     *,
-    dtype: str = "fp32",
-    jump_forward: bool = True,
+    settings: SamplingSettings | None = None,
     stats: dict | None = None,
     on_sample: Callable[[int, Sample], None] | None = None,
     exif_transpose: bool = False,
+    **options: Any,
 ) -> list[Sample]:
-    """Complete each image from its first ``rows`` rows of MCUs (options as :func:`generate`,
-    ``on_sample`` too; ``exif_transpose`` as :func:`jpeglm.codec.prepare`'s)."""
-    opts = SamplingSettings(temperature, top_k, top_p, max_tokens, seed, batch_size, constrained,
-                            compile, dtype, jump_forward)  # fmt: skip
+    """Complete each image from its first ``rows`` rows of MCUs (sampling ``options`` /
+    ``settings``, ``stats`` and ``on_sample`` as :func:`generate`'s; ``exif_transpose`` as
+    :func:`jpeglm.codec.prepare`'s)."""
+    opts = SamplingSettings.of(settings, **options)
     size, quality = codec.check_size(size), codec.check_quality(quality)
     if not is_int(rows) or not 0 <= rows < size // 16:
         raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {show(rows)}")

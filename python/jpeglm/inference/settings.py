@@ -6,14 +6,15 @@ batching, grammar, compile, weight format, jump-forward), checked once with one
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from jpeglm.inference.decode_kernels import INFERENCE_DTYPES
 
-__all__ = ["SamplingSettings", "check_device", "positive_int", "show", "is_int"]
+__all__ = ["RECORDED", "SamplingSettings", "check_device", "positive_int", "show", "is_int"]
 
 
 def show(value: object) -> str:
@@ -34,12 +35,14 @@ def positive_int(name: str, value: object, optional: bool = False) -> int | None
     return int(value)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
     """The sampling options of :func:`jpeglm.inference.sample.generate`,
-    :func:`jpeglm.inference.sample.complete` and :func:`jpeglm.inference.loop.generate_tokens`,
-    checked once on construction (one ``ValueError`` line naming the bad option) and normalised
-    to plain Python numbers."""
+    :func:`jpeglm.inference.sample.complete`, :func:`jpeglm.inference.loop.generate_tokens` and
+    the clip samplers of :mod:`jpeglm.video.sample`, from the command line down to the sampling
+    loop: keyword-only, the defaults written here once, checked once on construction (one
+    ``ValueError`` line naming the bad option) and normalised to plain Python numbers. The
+    samplers take these fields as keyword arguments (``**options``), or ``settings=``."""
 
     temperature: float = 1.0
     top_k: int | None = 50
@@ -51,6 +54,30 @@ class SamplingSettings:
     compile: bool = False
     dtype: str = "fp32"
     jump_forward: bool = True
+
+    @classmethod
+    def of(cls, settings: SamplingSettings | None = None, **options: Any) -> SamplingSettings:
+        """``settings`` with ``options`` replaced (a ``TypeError`` names an unknown option),
+        or new settings from ``options`` alone: how every sampler reads its keywords."""
+        return cls(**options) if settings is None else replace(settings, **options)
+
+    @classmethod
+    def merged(cls, record: dict | None, **given: Any) -> SamplingSettings:
+        """The settings a model is sampled with: the options ``given`` (``None`` = not given),
+        else the model's recorded ones (its ``jpeglm.json`` ``sampling``: temperature, top-k,
+        top-p), else the defaults. The one place a record meets the command line."""
+        recorded = {k: v for k, v in (record or {}).items() if k in RECORDED}
+        chosen = {k: v for k, v in given.items() if v is not None}
+        return cls(**{**recorded, **chosen})
+
+    def record(self) -> dict[str, Any]:
+        """The settings a model's ``jpeglm.json`` records (``sampling``)."""
+        return {k: getattr(self, k) for k in RECORDED}
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in order."""
+        return tuple(f.name for f in fields(cls))
 
     def __post_init__(self) -> None:
         """Refuse a bad option with one ``ValueError`` line naming it, before any work."""
@@ -96,6 +123,10 @@ class SamplingSettings:
         }
         for name, value in plain.items():
             object.__setattr__(self, name, value)
+
+
+#: the options a model's record (``jpeglm.json``) keeps: its recommended sampling
+RECORDED = ("temperature", "top_k", "top_p")
 
 
 def check_device(device: str | torch.device | int) -> torch.device:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from jpeglm._io import OUTPUTS_MANIFEST, claim_outputs, record_outputs, show
+from jpeglm.inference.settings import SamplingSettings
 
 if TYPE_CHECKING:
     from jpeglm.model import ModelArgs
@@ -131,7 +132,7 @@ def _metadata(index: dict, tok, seq_len: int) -> dict:
         "tokenizer_fingerprint": c.get("tokenizer"),
         "bytes_per_token": index["bytes"] / max(1, index["tokens"]),
         "tokens_per_image": index["tokens"] / max(1, index["images"]),
-        "sampling": {"temperature": 1.0, "top_k": 50, "top_p": 0.9},
+        "sampling": SamplingSettings().record(),  # the defaults: a model records its own
         "kind": c.get("kind", "image"),
         **({"video": c["video"]} if c.get("kind") == "video" else {}),
     }

@@ -42,8 +42,7 @@ def complete(
     """Continue each clip (a canonical stream, or frames to :func:`encode`) after its first
     ``frames`` frames, as the paper evaluates AVC-LM (10 frames of prompt, 5 generated):
     unconstrained sampling (H.264 has no scan grammar here), decoded tolerantly into
-    ``total_frames`` frames. ``sampling``: the keyword options of :func:`generate`;
-    ``on_sample`` as there."""
+    ``total_frames`` frames. ``sampling``: as :func:`generate`'s; ``on_sample`` as there."""
     streams = [c if isinstance(c, (bytes, bytearray)) else encode(np.asarray(c)) for c in clips]
     prompts = [prompt_stream(s, frames) for s in streams]
     return _sample(model, tokenizer, prompts, total_frames, size, sampling, on_sample)
@@ -56,24 +55,17 @@ def generate(
     *,
     total_frames: int = FRAMES,
     size: tuple[int, int] = (HEIGHT, WIDTH),
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
-    max_tokens: int | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    dtype: str = "fp32",
     on_sample: Callable[[int, ClipSample], None] | None = None,
+    **sampling: Any,
 ) -> list[ClipSample]:
-    """``n`` unconditional clips (the model writes the parameter sets too). ``on_sample``: each
-    clip's index and clip handed to it as its batch finishes, none kept, ``[]`` returned (so a
-    caller writes clips as they are made; ``n`` may then be 10**9)."""
+    """``n`` unconditional clips (the model writes the parameter sets too). ``sampling``: the
+    options of :func:`jpeglm.inference.loop.generate_tokens` (``seed`` defaults to 0).
+    ``on_sample``: each clip's index and clip handed to it as its batch finishes, none kept,
+    ``[]`` returned (so a caller writes clips as they are made; ``n`` may then be 10**9)."""
     from jpeglm.inference.loop import repeat_prompt
 
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens,
-                    seed=seed, batch_size=batch_size, dtype=dtype)  # fmt: skip
     return _sample(model, tokenizer, repeat_prompt(b"", n), total_frames, size, sampling,
                    on_sample)  # fmt: skip
 
@@ -94,7 +86,6 @@ def _sample(
         r = decode(data, tolerant=True, frames=total_frames, size=size)
         return ClipSample(toks, data, r.frames, r.valid_frames, r.total_frames)
 
-    sampling = {"seed": 0, **sampling}
     if on_sample is not None:
 
         def done(i: int, toks: list[int]) -> None:

@@ -917,6 +917,30 @@ def stage_decode(r: Report) -> None:
         model.clear_caches()
         _free()
 
+    # int8 weight-only sampling weights beside bf16 (eager; the compiled int8 step is the
+    # child's): ~1 byte per weight read instead of 2, if the dequantisation keeps up
+    with torch.no_grad():
+        model.prepare_inference("int8")
+        int8_bytes = model.inference_bytes()
+        cache = r.data["rows"][-1]["cache"] if r.data["rows"] else cache_target
+        model.setup_caches(1, cache, dtype=model.inference["act_dtype"], device=device)
+        tok = torch.randint(0, args.vocab_size, (1, 1), device=device)
+        pos = torch.tensor([cache - 1], device=device)
+
+        def step_int8(tok=tok, pos=pos, cache=cache):
+            return model.decode(tok, pos, cache)
+
+        if cuda:
+            ms = _cuda_time(step_int8, reps=10)
+        else:
+            step_int8()
+            t0 = time.perf_counter()
+            for _ in range(3):
+                step_int8()
+            ms = (time.perf_counter() - t0) / 3 * 1e3
+        record(1, cache, "eager int8" + ("" if cuda else " (CPU)"), ms, weights=int8_bytes)
+        model.clear_caches()
+
     model = None  # the 7B weights go before the child loads its own
     _free()
     compile_skip = ""
@@ -956,10 +980,12 @@ def stage_decode(r: Report) -> None:
         )  # fmt: skip
         rows_few = [row for row in r.data["rows"] if "layers)" in row["mode"]]
         few = {row["mode"].split(" (")[0]: row for row in rows_few}
-        if len(few) == 2 and few["eager"]["of_datasheet"]:
-            r.headline += (f"; {COMPILED_DECODE_LAYERS}-layer step compiled "
-                           f"{100 * few['torch.compile']['of_datasheet']:.0f}% of HBM peak "
-                           f"(eager {100 * few['eager']['of_datasheet']:.0f}%)")  # fmt: skip
+        for w in ("bf16", "int8"):  # the compiled step per weight format, against its eager
+            c, e = few.get(f"torch.compile {w}"), few.get(f"eager {w}")
+            if c and e and e["of_datasheet"]:
+                r.headline += (f"; {COMPILED_DECODE_LAYERS}-layer step compiled {w} "
+                               f"{100 * c['of_datasheet']:.0f}% of HBM peak "
+                               f"(eager {100 * e['of_datasheet']:.0f}%)")  # fmt: skip
     if r.dry:
         r.skip("decode speed against the HBM bound needs CUDA; the code ran at tiny shapes")
     elif compile_skip:
@@ -987,37 +1013,49 @@ def _compiled_decode_rows(r: Report, layers: int, cache: int, record: Callable,
     cmd = [sys.executable, str(Path(__file__).resolve()), "compiled-decode", "--layers",
            str(layers), "--cache", str(cache), "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: inductor's workers too
+    why = ""
     try:
         rc = proc.wait(timeout=allowed)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        why = (f"compiling the sampler's decode step ({layers} layers of 7B width) did not "
-               f"finish in the {allowed:.0f} s left in the stage")  # fmt: skip
-        rows.append([1, "", f"torch.compile (sampler, {layers} layers)", "SKIP: overran", "",
-                     "", "", "", ""])  # fmt: skip
-        return why
-    if rc != 0 or not out.exists():
-        rows.append([1, "", f"torch.compile (sampler, {layers} layers)", "failed", "", "", "",
-                     "", ""])  # fmt: skip
+        rc = None
+    done = json.loads(out.read_text()) if out.exists() else {}
+    if done:
+        r.data["compiled"] = done["bf16"] if "bf16" in done else next(iter(done.values()))
+        r.data["compiled_formats"] = done
+    for fmt_name, res in done.items():  # bf16, then int8 (weight-only, dequantised in-kernel)
+        sizes = {"weights": res["weight_bytes"], "kv": res["kv_bytes_per_token"]}
+        record(1, res["cache"], f"eager {fmt_name} ({layers} layers)", res["eager_ms"], **sizes)
+        record(1, res["cache"], f"torch.compile {fmt_name} (sampler, {layers} layers)",
+               res["compiled_ms"], **sizes)  # fmt: skip
+    missing = [f for f in ("bf16", "int8") if f not in done]
+    if rc is None:
+        why = (
+            f"compiling the sampler's decode step ({layers} layers of 7B width, "
+            f"{', '.join(missing)}) did not finish in the {allowed:.0f} s left in the stage"
+        )
+        for f in missing:
+            rows.append([1, "", f"torch.compile {f} (sampler, {layers} layers)",
+                         "SKIP: overran", "", "", "", "", ""])  # fmt: skip
+    elif rc != 0 or missing:
+        for f in missing:
+            rows.append([1, "", f"torch.compile {f} (sampler, {layers} layers)", "failed", "",
+                         "", "", "", ""])  # fmt: skip
         r.fail(f"compiled decode step: the child exited {rc} (see log.txt)")
-        return ""
-    res = json.loads(out.read_text())
-    r.data["compiled"] = res
-    sizes = {"weights": res["weight_bytes"], "kv": res["kv_bytes_per_token"]}
-    record(1, res["cache"], f"eager ({layers} layers)", res["eager_ms"], **sizes)
-    record(1, res["cache"], f"torch.compile (sampler, {layers} layers)", res["compiled_ms"],
-           **sizes)  # fmt: skip
-    return ""
+    return why
 
 
 def compiled_decode(layers: int, cache: int, out: Path) -> int:
-    """The decode stage's child: the sampler's compiled step (``torch.compile(model.decode,
-    mode="reduce-overhead", fullgraph=True, dynamic=False)``) on a 7B-width, ``layers``-layer
-    model with random bf16 inference weights, batch 1 at the last of ``cache`` slots; writes
-    the compile time and the eager / compiled ms per step to ``out`` (JSON)."""
+    """The decode stage's child: the sampler's compiled step
+    (:func:`jpeglm.inference.loop.compile_decode`: fullgraph, static shapes, CUDA graphs and
+    coordinate-descent tuning) on a 7B-width, ``layers``-layer model with random weights,
+    batch 1 at the last of ``cache`` slots, for bf16 and then int8 (weight-only) sampling
+    weights; after each, writes the compile time and the eager / compiled ms per step to
+    ``out`` (JSON: one entry per weight format), so what finished is kept if it is killed."""
     import torch
 
+    from jpeglm.inference.loop import compile_decode
     from jpeglm.model import ModelArgs, Transformer
 
     args = ModelArgs.from_name("7B", n_layers=layers)
@@ -1027,26 +1065,30 @@ def compiled_decode(layers: int, cache: int, out: Path) -> int:
     model.to_empty(device="cuda")
     _random_init_(model)
     model.eval()
-    with torch.no_grad():
-        model.prepare_inference("bf16")
-        act = model.inference["act_dtype"]
-        model.setup_caches(1, cache, dtype=act, device="cuda")
-        tok = torch.randint(0, args.vocab_size, (1, 1), device="cuda")
-        pos = torch.tensor([cache - 1], device="cuda")
-        eager_ms = _cuda_time(lambda: model.decode(tok, pos, cache), reps=10)
-        step = torch.compile(model.decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
-        t0 = time.perf_counter()
-        for _ in range(3):  # compile, record the CUDA graph, replay
-            step(tok, pos, cache)
-        torch.cuda.synchronize()
-        compile_s = time.perf_counter() - t0
-        compiled_ms = _cuda_time(lambda: step(tok, pos, cache), reps=20)
-    kv_token = 2 * layers * args.n_kv_heads * args.head_dim * torch.finfo(act).bits // 8
-    out.write_text(json.dumps({
-        "layers": layers, "cache": cache, "weight_bytes": model.inference_bytes(),
-        "kv_bytes_per_token": kv_token,
-        "compile_s": compile_s, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
-    }))  # fmt: skip
+    results = {}
+    for fmt_name in ("bf16", "int8"):
+        torch._dynamo.reset()
+        with torch.no_grad():
+            model.prepare_inference(fmt_name)
+            act = model.inference["act_dtype"]
+            model.setup_caches(1, cache, dtype=act, device="cuda")
+            tok = torch.randint(0, args.vocab_size, (1, 1), device="cuda")
+            pos = torch.tensor([cache - 1], device="cuda")
+            eager_ms = _cuda_time(lambda t=tok, p=pos: model.decode(t, p, cache), reps=10)
+            step = compile_decode(model, torch.device("cuda"))
+            t0 = time.perf_counter()
+            for _ in range(3):  # compile, record the CUDA graph, replay
+                step(tok, pos, cache)
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t0
+            compiled_ms = _cuda_time(lambda s=step, t=tok, p=pos: s(t, p, cache), reps=20)
+        kv_token = 2 * layers * args.n_kv_heads * args.head_dim * torch.finfo(act).bits // 8
+        results[fmt_name] = {
+            "layers": layers, "cache": cache, "weight_bytes": model.inference_bytes(),
+            "kv_bytes_per_token": kv_token,
+            "compile_s": compile_s, "eager_ms": eager_ms, "compiled_ms": compiled_ms,
+        }  # fmt: skip
+        out.write_text(json.dumps(results))
     return 0
 
 
@@ -1245,7 +1287,8 @@ def _text(b: bytes | str | None) -> str:
     return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
-PYTEST_FILES = ["tests/test_kernels.py", "tests/test_sample.py"]  # the sampler's: needs _core
+PYTEST_FILES = ["tests/test_kernels.py", "tests/test_sample.py", "tests/test_sample_cuda.py"]
+# (the sampler's need _core; test_sample_cuda.py runs the sampling loop on the card)
 # the compiled-block gradient variants: stage model runs them, at a larger size
 PYTEST_DESELECT = "not (gradients_per_parameter and compiled)"
 

@@ -10,6 +10,7 @@ byte formats; the image-level API is :mod:`jpeglm.inference.sample`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -121,6 +122,53 @@ def _kv_len(filled: int, cache: int) -> int:
     return min(-(-filled // top) * top, cache)
 
 
+def _kv_lens(cache: int) -> list[int]:
+    """Every ``kv_len`` a cache of ``cache`` slots gives (one compiled graph each)."""
+    top = KV_BUCKETS[-1]
+    starts = [1, *(b + 1 for b in KV_BUCKETS), *range(top + 1, cache + 1, top)]
+    return sorted({_kv_len(f, cache) for f in starts if f <= cache})
+
+
+def _compiled_step(model, rows: int, total: int, cuda: bool, kernel: bool) -> tuple[Any, int]:
+    """The compiled one-token step for ``rows`` rows and the cache size it runs with.
+
+    Shapes stay static: the cache has one size per model for compiled sampling, the bucket of
+    the longest generation asked for so far (it only grows; :func:`_run` keeps the cache
+    between calls), and attention reads it in :data:`KV_BUCKETS` (:func:`_kv_lens`: one
+    graph each; one graph in all with the cache kernel). Each (rows, cache size, weights)
+    gets its own ``torch.compile`` region, kept on the model, whose recompile limit is the
+    number of graphs it can make: Dynamo's global limit (8) is left alone, and exceeding the
+    region's raises (``fullgraph``) instead of falling back to eager.
+    """
+    slots = max(getattr(model, "_sampling_slots", 0), _kv_len(total, model.args.max_seq_len))
+    model._sampling_slots = slots
+    inf = model.inference
+    key = (rows, slots, kernel, cuda, inf["dtype"] if inf is not None else None)
+    steps = model.__dict__.setdefault("_compiled_steps", {})
+    if key not in steps:
+        graphs = 1 if kernel else len(_kv_lens(slots))
+        mode = "reduce-overhead" if cuda else "default"
+        steps[key] = _compile(model.decode, graphs, mode=mode, dynamic=False, fullgraph=True)
+    return steps[key], slots
+
+
+def _compile(fn: Callable, graphs: int, **kwargs: Any) -> Callable:
+    """``torch.compile(fn, **kwargs)`` as its own region allowed ``graphs`` graphs (torch's
+    ``recompile_limit`` / ``isolate_recompiles``); older torch: the calls run under a raised
+    ``torch._dynamo.config.recompile_limit``."""
+    params = inspect.signature(torch.compile).parameters
+    if "recompile_limit" in params and "isolate_recompiles" in params:
+        return torch.compile(fn, recompile_limit=graphs, isolate_recompiles=True, **kwargs)
+    compiled = torch.compile(fn, **kwargs)
+    limit = max(64, graphs)  # shared by every region of the code object
+
+    def run(*args: Any) -> Any:
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return compiled(*args)
+
+    return run
+
+
 def _position_seed(seed: int, chunk: int, pos: int) -> int:
     """The generator seed of the draws for position ``pos`` of batch ``chunk``: draws depend
     on (seed, chunk, position) only, so skipping forced positions changes nothing else."""
@@ -159,12 +207,15 @@ def _run(
     device = next(model.parameters()).device
     act = model.inference["act_dtype"] if model.inference is not None else None
     total = min(plen + max_tokens, model.args.max_seq_len)
-    model.setup_caches(b, total, dtype=act, device=device)
-    cache_len = total
+    cuda = device.type == "cuda"
+    cache_kernel = kernels_apply(act, device)
+    step, cache_len = model.decode, total
+    if compile:  # one static cache per model, kept between calls; a bounded set of graphs
+        step, cache_len = _compiled_step(model, b, total, cuda, cache_kernel)
+    model.setup_caches(b, cache_len, dtype=act, device=device, reuse=compile)
     eos = tokenizer.eos_id
     fill = tokenizer.pad_id if tokenizer.pad_id is not None else eos
     vocab = tokenizer.vocab_size
-    cuda = device.type == "cuda"
     constraint = None
     if opts.constrained:
         constraint = TokenConstraint.from_tokenizer(tokenizer, size)
@@ -174,11 +225,6 @@ def _run(
     ids_host = torch.empty(b, dtype=torch.long, pin_memory=cuda)
     ids_np = ids_host.numpy()
     generator = torch.Generator(device=device)
-    cache_kernel = kernels_apply(act, device)
-    step = model.decode
-    if compile:  # the one-token step has static shapes (kv_len buckets): one graph each
-        mode = "reduce-overhead" if cuda else "default"
-        step = torch.compile(model.decode, mode=mode, dynamic=False, fullgraph=True)
 
     def forward(tokens: torch.Tensor, pos: int) -> torch.Tensor:
         n = tokens.shape[1]
@@ -291,7 +337,8 @@ def _run(
         elif not cuda:
             logits = forward(nxt.view(b, 1), pos - 1)
             forwards += 1
-    model.clear_caches()
+    if not compile:  # the compiled step's static cache stays for the next call
+        model.clear_caches()
     if stats is not None:
         stats["forwards"] = stats.get("forwards", 0) + forwards
         stats["forced"] = stats.get("forced", 0) + forced_total

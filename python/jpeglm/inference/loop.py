@@ -137,8 +137,9 @@ def _compiled_step(model, rows: int, total: int, cuda: bool, kernel: bool) -> tu
     between calls), and attention reads it in :data:`KV_BUCKETS` (:func:`_kv_lens`: one
     graph each; one graph in all with the cache kernel). Each (rows, cache size, weights)
     gets its own ``torch.compile`` region, kept on the model, whose recompile limit is the
-    number of graphs it can make: Dynamo's global limit (8) is left alone, and exceeding the
-    region's raises (``fullgraph``) instead of falling back to eager.
+    number of graphs it can make plus 2: Dynamo's global limit (8) is left alone, and
+    exceeding the region's raises (``fullgraph``) instead of falling back to eager.
+    ``model.clear_caches()`` frees the kept cache.
     """
     slots = max(getattr(model, "_sampling_slots", 0), _kv_len(total, model.args.max_seq_len))
     model._sampling_slots = slots
@@ -148,7 +149,7 @@ def _compiled_step(model, rows: int, total: int, cuda: bool, kernel: bool) -> tu
     if key not in steps:
         graphs = 1 if kernel else len(_kv_lens(slots))
         mode = "reduce-overhead" if cuda else "default"
-        steps[key] = _compile(model.decode, graphs, mode=mode, dynamic=False, fullgraph=True)
+        steps[key] = _compile(model.decode, graphs + 2, mode=mode, dynamic=False, fullgraph=True)
     return steps[key], slots
 
 
@@ -229,7 +230,7 @@ def _run(
     def forward(tokens: torch.Tensor, pos: int) -> torch.Tensor:
         n = tokens.shape[1]
         positions = torch.arange(pos, pos + n, device=device)
-        if n == 1 and compile:
+        if n == 1 and compile and tokens.shape[0] == b:  # (a shared prefill is 1 row: eager)
             if cache_kernel:  # the kernel cuts the cache at the position tensor: one graph
                 return step(tokens, positions, None, True)
             return step(tokens, positions, _kv_len(pos + n, cache_len))  # buckets, masked

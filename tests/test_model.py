@@ -284,7 +284,7 @@ def test_cpu_decode_kernels_match_the_torch_path(kv_heads):
         run = model.decode(idx[:, 12:17], torch.arange(12, 17), 17, exact=True)
         steps = [model.decode(idx[:, t : t + 1], torch.tensor([t]), t + 1, exact=True)
                  for t in range(17, 20)]  # fmt: skip
-        masked = model.decode(idx[:, 19:20], torch.tensor([19]), 24)  # SDPA over a bucket
+        masked = model.decode(idx[:, 19:20], torch.tensor([19]), 24)  # one token: cut at 20
     torch.testing.assert_close(first, ref[:, 11], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(run, ref[:, 16], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.stack(steps, 1), ref[:, 17:], atol=1e-5, rtol=1e-5)

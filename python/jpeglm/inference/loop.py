@@ -10,6 +10,7 @@ byte formats; the image-level API is :mod:`jpeglm.inference.sample`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -123,11 +124,15 @@ def compile_options(device: torch.device) -> dict[str, object]:
     return {}
 
 
-def compile_decode(model, device: torch.device):  # noqa: ANN001, ANN201
+def compile_decode(model, device: torch.device, graphs: int | None = None):  # noqa: ANN001, ANN201
     """The sampler's compiled one-token step (``fullgraph``, static shapes: one graph per KV
-    bucket), with :func:`compile_options`; the GPU check times this same callable."""
-    return torch.compile(model.decode, dynamic=False, fullgraph=True,
-                         options=compile_options(device) or None)  # fmt: skip
+    bucket) with :func:`compile_options`; ``graphs``: its own region allowed that many graphs
+    (:func:`_compile`). The GPU check times this same callable."""
+    kwargs: dict[str, Any] = dict(dynamic=False, fullgraph=True,
+                                  options=compile_options(device) or None)  # fmt: skip
+    if graphs is None:
+        return torch.compile(model.decode, **kwargs)
+    return _compile(model.decode, graphs, **kwargs)
 
 
 def _kv_len(filled: int, cache: int) -> int:
@@ -136,6 +141,54 @@ def _kv_len(filled: int, cache: int) -> int:
             return min(b, cache)
     top = KV_BUCKETS[-1]
     return min(-(-filled // top) * top, cache)
+
+
+def _kv_lens(cache: int) -> list[int]:
+    """Every ``kv_len`` a cache of ``cache`` slots gives (one compiled graph each)."""
+    top = KV_BUCKETS[-1]
+    starts = [1, *(b + 1 for b in KV_BUCKETS), *range(top + 1, cache + 1, top)]
+    return sorted({_kv_len(f, cache) for f in starts if f <= cache})
+
+
+def _compiled_step(model, rows: int, total: int, cuda: bool, kernel: bool) -> tuple[Any, int]:
+    """The compiled one-token step for ``rows`` rows and the cache size it runs with.
+
+    Shapes stay static: the cache has one size per model for compiled sampling, the bucket of
+    the longest generation asked for so far (it only grows; :func:`_run` keeps the cache
+    between calls), and attention reads it in :data:`KV_BUCKETS` (:func:`_kv_lens`: one
+    graph each; one graph in all with the cache kernel). Each (rows, cache size, weights)
+    gets its own ``torch.compile`` region, kept on the model, whose recompile limit is the
+    number of graphs it can make plus 2: Dynamo's global limit (8) is left alone, and
+    exceeding the region's raises (``fullgraph``) instead of falling back to eager.
+    ``model.clear_caches()`` frees the kept cache.
+    """
+    slots = max(getattr(model, "_sampling_slots", 0), _kv_len(total, model.args.max_seq_len))
+    model._sampling_slots = slots
+    inf = model.inference
+    key = (rows, slots, kernel, cuda, inf["dtype"] if inf is not None else None)
+    steps = model.__dict__.setdefault("_compiled_steps", {})
+    if key not in steps:
+        graphs = 1 if kernel else len(_kv_lens(slots))
+        device = torch.device("cuda" if cuda else "cpu")
+        steps[key] = compile_decode(model, device, graphs + 2)
+    return steps[key], slots
+
+
+def _compile(fn: Callable, graphs: int, **kwargs: Any) -> Callable:
+    """``torch.compile(fn, **kwargs)`` as its own region allowed ``graphs`` graphs (torch's
+    ``recompile_limit`` / ``isolate_recompiles``); older torch: the calls run under a raised
+    ``torch._dynamo.config.recompile_limit``."""
+    params = inspect.signature(torch.compile).parameters
+    if "recompile_limit" in params and "isolate_recompiles" in params:
+        return torch.compile(fn, recompile_limit=graphs, isolate_recompiles=True, **kwargs)
+    compiled = torch.compile(fn, **kwargs)
+    limit = max(64, graphs)  # shared by every region of the code object
+
+    def run(*args: Any) -> Any:
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return compiled(*args)
+
+    return run
 
 
 def _position_seed(seed: int, chunk: int, pos: int) -> int:
@@ -176,12 +229,15 @@ def _run(
     device = next(model.parameters()).device
     act = model.inference["act_dtype"] if model.inference is not None else None
     total = min(plen + max_tokens, model.args.max_seq_len)
-    model.setup_caches(b, total, dtype=act, device=device)
-    cache_len = total
+    cuda = device.type == "cuda"
+    cache_kernel = kernels_apply(act, device)
+    step, cache_len = model.decode, total
+    if compile:  # one static cache per model, kept between calls; a bounded set of graphs
+        step, cache_len = _compiled_step(model, b, total, cuda, cache_kernel)
+    model.setup_caches(b, cache_len, dtype=act, device=device, reuse=compile)
     eos = tokenizer.eos_id
     fill = tokenizer.pad_id if tokenizer.pad_id is not None else eos
     vocab = tokenizer.vocab_size
-    cuda = device.type == "cuda"
     constraint = None
     if opts.constrained:
         constraint = TokenConstraint.from_tokenizer(tokenizer, size)
@@ -191,15 +247,11 @@ def _run(
     ids_host = torch.empty(b, dtype=torch.long, pin_memory=cuda)
     ids_np = ids_host.numpy()
     generator = torch.Generator(device=device)
-    cache_kernel = kernels_apply(act, device)
-    step = model.decode
-    if compile:  # the one-token step has static shapes (kv_len buckets): one graph each
-        step = compile_decode(model, device)
 
     def forward(tokens: torch.Tensor, pos: int) -> torch.Tensor:
         n = tokens.shape[1]
         positions = torch.arange(pos, pos + n, device=device)
-        if n == 1 and compile:
+        if n == 1 and compile and tokens.shape[0] == b:  # (a shared prefill is 1 row: eager)
             if cache_kernel:  # the kernel cuts the cache at the position tensor: one graph
                 return step(tokens, positions, None, True)
             return step(tokens, positions, _kv_len(pos + n, cache_len))  # buckets, masked
@@ -307,7 +359,8 @@ def _run(
         elif not cuda:
             logits = forward(nxt.view(b, 1), pos - 1)
             forwards += 1
-    model.clear_caches()
+    if not compile:  # the compiled step's static cache stays for the next call
+        model.clear_caches()
     if stats is not None:
         stats["forwards"] = stats.get("forwards", 0) + forwards
         stats["forced"] = stats.get("forced", 0) + forced_total

@@ -5,6 +5,11 @@ then each ``forward(idx, input_pos)`` writes the new keys and values at ``input_
 queries attend to the filled part of the cache, through the fastest path that applies:
 flash-attn's ``flash_attn_with_kvcache`` (CUDA, half precision), the CPU cache-attention kernel
 of :mod:`jpeglm.inference.decode_kernels` (fp32, one exact step), else PyTorch's SDPA.
+
+A one-token step never gives SDPA a mask outside ``torch.compile``: the cache is cut at the
+filled length (a mask rules out the flash backend and its split-KV decode at batch 1). The
+compiled step reads a static bucket of the cache, so it needs one; on CUDA it runs SDPA's math
+backend, which Inductor generates code for with the mask fused (as gpt-fast's decode does).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from jpeglm.inference.decode_kernels import cache_attention, cache_attention_applies
 
@@ -84,13 +90,20 @@ class KVCache(nn.Module):
         if exact and seq > 1:  # the queries are the last `seq` of the kv_len slots
             slots = torch.arange(k_all.shape[2], device=q.device)
             mask = slots[None, :] <= input_pos[:, None]
-        return F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k_all,
-            v_all,
-            attn_mask=mask,
-            enable_gqa=q.shape[2] != k_all.shape[1],
-        ).transpose(1, 2)
+        if mask is not None and q.is_cuda and torch.compiler.is_compiling():
+            with sdpa_kernel(SDPBackend.MATH):  # Inductor codegens it, the mask fused
+                return _sdpa(q, k_all, v_all, mask)
+        return _sdpa(q, k_all, v_all, mask)
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """SDPA of queries ``(batch, seq, n_heads, head_dim)`` over ``(batch, n_kv_heads, slots,
+    head_dim)`` keys / values, ``mask`` ``(seq, slots)`` or ``None``."""
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=q.shape[2] != k.shape[1]
+    ).transpose(1, 2)
 
 
 def _flash_kvcache(

@@ -168,6 +168,16 @@ class TransformerBlock(nn.Module):
 # ------------------------------------------------------------------------------------- model
 
 
+def _cache_fits(
+    cache: KVCache | None, shape: tuple, dtype: torch.dtype, device: torch.device
+) -> bool:
+    if cache is None:
+        return False
+    k = cache.k_cache
+    same_device = k.device.type == device.type and device.index in (None, k.device.index)
+    return tuple(k.shape) == shape and k.dtype == dtype and same_device
+
+
 class Transformer(nn.Module):
     """The Llama decoder. ``backend``: a name (``"auto"``, ``"triton"``, ``"torch"``), a
     :class:`~jpeglm.model.backends.Backend`, or ``None`` for the process default."""
@@ -236,8 +246,11 @@ class Transformer(nn.Module):
         max_seq_len: int,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        reuse: bool = False,
     ) -> None:
-        """Allocate static KV caches; afterwards call ``forward(idx, input_pos)``."""
+        """Allocate static KV caches; afterwards call ``forward(idx, input_pos)``. ``reuse``:
+        caches of this very shape, dtype and device are zeroed and kept (the same tensors, so
+        a compiled step and its CUDA graphs see the same static inputs)."""
         if not 0 < max_seq_len <= self.args.max_seq_len:
             raise ValueError(
                 f"max_seq_len {max_seq_len} must be in 1..{self.args.max_seq_len} (the model's)"
@@ -246,7 +259,14 @@ class Transformer(nn.Module):
             raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
         weight = self.output.weight
         dtype = dtype or weight.dtype
-        device = device or weight.device
+        device = torch.device(device or weight.device)
+        shape = (max_batch_size, self.args.n_kv_heads, max_seq_len, self.args.head_dim)
+        if reuse and all(_cache_fits(layer.attention.kv_cache, shape, dtype, device)
+                         for layer in self.layers):  # fmt: skip
+            for layer in self.layers:
+                layer.attention.kv_cache.k_cache.zero_()
+                layer.attention.kv_cache.v_cache.zero_()
+            return
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(
                 max_batch_size, max_seq_len, self.args.n_kv_heads, self.args.head_dim, dtype, device
@@ -304,7 +324,8 @@ class Transformer(nn.Module):
           -- ``arange(n)`` for a prefill, ``tensor([t])`` for a decode step; keys and values
           go into the cache and each query attends to every cached position up to its own.
           ``kv_len`` (a Python int > every position, default the cache size) cuts the
-          attention to the first ``kv_len`` cache slots.
+          attention to the first ``kv_len`` cache slots. A one-token step outside
+          ``torch.compile`` reads the cache cut at its position, with no mask.
         * ``targets`` (``(batch, seq)``, ``-100`` = ignore): returns the mean cross-entropy
           instead of logits, through the fused linear + cross-entropy op, so the full logits
           are never materialised on the Triton backend.
@@ -348,6 +369,8 @@ class Transformer(nn.Module):
         (and ``kv_len == input_pos[-1] + 1`` unless the cache kernel runs): attention reads only
         the filled slots -- ``_core``'s cache kernel for fp32 on CPU (the cut taken from
         ``input_pos``, so a compiled step stays one graph), else SDPA (unmasked for one token).
+        Not ``exact``: the first ``kv_len`` slots (a static bucket) with a mask -- except a
+        one-token step outside ``torch.compile``, cut at its position with no mask.
         No argument checks and no staleness check of the inference weights
         (the sampler prepares them): the body ``torch.compile(fullgraph=True)`` traces.
         """
@@ -371,6 +394,12 @@ class Transformer(nn.Module):
             cos, sin = self.rope.cos[:seq], self.rope.sin[:seq]
         else:
             cos, sin = self.rope.cos[input_pos], self.rope.sin[input_pos]
+            if seq == 1 and not exact and not torch.compiler.is_compiling():
+                # one query at p sees slots 0..p: the cache cut there needs no mask (SDPA's
+                # flash backend stays open); reading p is a host sync on CUDA
+                filled = int(input_pos[0]) + 1
+                if kv_len is None or kv_len >= filled:
+                    kv_len, exact = filled, True
             if kv_len is None:
                 kv_len = self.layers[0].attention.kv_cache.k_cache.shape[2]
             if not exact:  # built once per step, shared by every layer: query i sees slots

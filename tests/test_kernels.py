@@ -216,7 +216,8 @@ def test_cross_entropy_kernel_masks_an_out_of_range_target():
     expected = reference.fused_linear_cross_entropy(logits[[0, 2]], eye, kept, reduction="sum")
     targets = torch.tensor([4, vocab + 1, 7], device=DEVICE)  # row 1 would read row 2's [1]
     loss = torch.empty(3, device=DEVICE)
-    _cross_entropy_kernel[(3,)](logits, logits.stride(0), targets, loss, vocab, -100, 1.0,
+    one = torch.ones((), device=DEVICE)  # the scale, read from memory
+    _cross_entropy_kernel[(3,)](logits, logits.stride(0), targets, loss, vocab, -100, one,
                                 BLOCK=16)  # fmt: skip
     assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
     close(loss[[0, 2]].sum(), expected, torch.float32)

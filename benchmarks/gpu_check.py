@@ -714,7 +714,10 @@ def stage_model(r: Report) -> None:
     del fast
     _free()
     if r.dry:
-        why = "not run: Dynamo cannot trace the Triton interpreter (tests skip it too)"
+        why = (
+            "not run in the dry run (time): tests/test_kernels.py compiles them on CPU, "
+            "stage graph_breaks trains compiled"
+        )
         ac_rows.append(["blocks compiled", "all", why, "", "", "", ""])
     else:
         ac_rows += _checkpointing_rows(r, args, state, idx, targets, g_ref, True, modes)
@@ -770,8 +773,9 @@ def stage_graph_breaks(r: Report) -> None:
     device = _device()
     cuda = device.type == "cuda"
     args = ModelArgs.from_name("tiny" if r.dry else "base", n_layers=2)
-    # Dynamo cannot trace the Triton interpreter's launches: the dry run checks the torch backend
-    backends = ["torch"] if r.dry else ["torch", "triton"]
+    # the kernels are torch.library ops (triton_op on a GPU, custom ops under the interpreter):
+    # Dynamo traces both backends, in the dry run too
+    backends = ["torch", "triton"]
     batch, seq = 2, 64
     rows = []
     for backend in backends:
@@ -809,7 +813,7 @@ def stage_graph_breaks(r: Report) -> None:
     r.add(f"`torch._dynamo.explain`, model with {args.n_layers} layers of "
           f"`{'tiny' if r.dry else 'base'}` width, batch {batch} x {seq}"
           f"{', bf16 autocast for training' if cuda else ''}"
-          + (" (dry run: torch backend only; Dynamo cannot trace the Triton interpreter)"
+          + (" (dry run: the Triton kernels are custom ops run by the interpreter)"
              if r.dry else "")
           + ". The sampler compiles the decode step with fullgraph=True: any break there "
           "FAILs; training breaks are reported.\n\n"
@@ -819,6 +823,78 @@ def stage_graph_breaks(r: Report) -> None:
         f"{k}: {v.get('breaks', 'error')} break(s)" for k, v in r.data.items()
         if "block" in k or "decode" in k
     )  # fmt: skip
+    r.save()
+    _triton_compile_training(r, device)
+
+
+TRITON_COMPILE_NEED_S = 25  # compiling one block forward + backward, then the steps
+
+
+def _triton_compile_training(r: Report, device) -> None:
+    """The row "Triton + compile": a few AdamW steps of a 2-layer model built by the trainer's
+    ``build_model`` with ``backend=triton``, ``compile=true`` and selective activation
+    checkpointing (AC inside each compiled block, torchtitan's order), bf16 autocast on CUDA;
+    the losses, against the same steps eager on the torch backend, and Dynamo's graph-break
+    count over the whole run (``torch._dynamo.utils.counters``). Any break FAILs."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    from jpeglm.model import ModelArgs
+    from jpeglm.train.parallel import build_model
+
+    what = "Triton + compile: training"
+    if time_left() < TRITON_COMPILE_NEED_S:
+        r.data[what] = {"error": f"not run: {max(time_left(), 0):.0f} s left in the stage"}
+        r.add(f"{what}: {r.data[what]['error']}")
+        return
+    size, batch, seq, steps = ("tiny", 2, 32, 2) if r.dry else ("small", 4, 512, 4)
+    args = ModelArgs.from_name(size, n_layers=2, max_seq_len=seq)
+    gen = torch.Generator().manual_seed(5)
+    idx = torch.randint(0, args.vocab_size, (steps, batch, seq + 1), generator=gen).to(device)
+    cuda = device.type == "cuda"
+    losses: dict[str, list[float]] = {}
+    dynamo.reset()
+    counters.clear()
+    t0 = time.monotonic()
+    for name, backend, compiled in (("torch eager", "torch", False),
+                                    ("triton + compile", "triton", True)):  # fmt: skip
+        cfg = SimpleNamespace(backend=backend, activation_checkpoint="selective",
+                              compile=compiled, fsdp=False, seed=0, init_from=None)  # fmt: skip
+        model, fwd = build_model(args, cfg, device, 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cuda)
+        losses[name] = []
+        for step in range(steps):
+            x, y = idx[step, :, :-1], idx[step, :, 1:]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = fwd(x, targets=y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses[name].append(float(loss.detach()))
+        del model, fwd, opt
+        _free()
+    breaks = sum(counters["graph_break"].values())
+    reasons = [str(k).splitlines()[0][:160] for k in counters["graph_break"]][:4]
+    graphs = counters["stats"]["unique_graphs"]
+    diff = max(abs(a - b) for a, b in zip(losses["torch eager"], losses["triton + compile"]))
+    tol = 5e-2 if cuda else 1e-4
+    r.data[what] = {"graphs": graphs, "breaks": breaks, "reasons": reasons, "losses": losses,
+                    "max_loss_diff": diff, "seconds": time.monotonic() - t0}  # fmt: skip
+    if breaks:
+        r.fail(f"{what}: {breaks} graph break(s): {'; '.join(reasons[:2])}")
+    if not diff <= tol:
+        r.fail(f"{what}: losses differ from torch eager by {diff:.2e} (limit {tol:g})")
+    rows = [[name, " ".join(f"{v:.4f}" for v in vals)] for name, vals in losses.items()]
+    r.add(f"**{what}** -- `build_model` (backend triton, compile=true, activation_checkpoint="
+          f"selective), `{size}` width, 2 layers, batch {batch} x {seq}, {steps} AdamW steps"
+          f"{', bf16 autocast' if cuda else ', fp32'}: Dynamo compiled {graphs} graph(s) with "
+          f"**{breaks} graph break(s)**; max loss difference vs torch eager {diff:.1e} "
+          f"(limit {tol:g}); {time.monotonic() - t0:.0f} s, compiling included.\n\n"
+          + md_table(["run", "loss per step"], rows, "ll"))  # fmt: skip
+    r.headline += f"; triton + compile training: {breaks} break(s), dloss {diff:.1e}"
     r.save()
 
 

@@ -6,7 +6,10 @@ rows are processed in chunks: for each chunk the logits are computed with one ma
 kernel turns them *in place* into ``d loss / d logits`` (softmax minus one-hot, scaled) while
 emitting each row's loss, and two more matmuls fold that into ``d h`` and ``d W``. Only one
 chunk of logits exists at a time, and the gradients are finished during the forward, so the
-backward just scales them by the incoming gradient (as Liger-Kernel does).
+backward just scales them by the incoming gradient (as Liger-Kernel does). The forward is a
+``torch.library`` op (:func:`kernel_op`: a ``triton_op`` on a GPU) returning the loss and both
+gradients, with a fake implementation and an autograd formula: no host sync in it, so
+``torch.compile(fullgraph=True)`` traces it.
 
 The chunk size follows Liger: about ``tokens / ceil(vocab / dim)`` rows, so a chunk of logits is
 no bigger than ``h`` itself. At JPEG-LM's own vocabulary (323, below the width of every preset
@@ -20,8 +23,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from ._utils import MAX_FUSED_SIZE
+from ._utils import MAX_FUSED_SIZE, kernel_op, tracing
 
 # ----------------------------------------------------------------------------------- kernels
 
@@ -34,13 +38,16 @@ def _cross_entropy_kernel(
     LOSS,
     n_cols,
     ignore_index,
-    scale,
+    SCALE,
     BLOCK: tl.constexpr,
 ):
-    """Per row: loss = logsumexp(x) - x[y]; x <- scale * (softmax(x) - onehot(y)) in place."""
+    """Per row: loss = scale * (logsumexp(x) - x[y]); x <- scale * (softmax(x) - onehot(y)) in
+    place. ``SCALE`` points at one float32 (1 / the count of non-ignored targets for a mean):
+    a tensor, not a Python float, so no host sync decides it and the launch traces."""
     row = tl.program_id(0).to(tl.int64)
     ptr = LOGITS + row * logits_row_stride
     y = tl.load(TARGETS + row)
+    scale = tl.load(SCALE)
     if y == ignore_index:
         for start in range(0, n_cols, BLOCK):
             cols = start + tl.arange(0, BLOCK)
@@ -106,87 +113,91 @@ def chunk_rows(n_rows: int, vocab: int, dim: int) -> int:
     return triton.next_power_of_2(triton.cdiv(n_rows, triton.cdiv(vocab, dim)))
 
 
-def _count_and_check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> int:
-    """The number of non-ignored targets; :class:`TargetOutOfRangeError` if any is outside
+def check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """:class:`TargetOutOfRangeError` if a target is neither ``ignore_index`` nor in
     ``0..vocab-1``. A kernel cannot raise, and an unchecked id would index outside its row of
-    logits, so the ids are checked here, on any device: both counts come back in one transfer,
-    the one host sync the mean reduction needs anyway (the loss is computed once per
-    micro-batch, so it costs nothing measurable)."""
+    logits, so the ids are checked on any device -- one host transfer per call (the loss is
+    computed once per micro-batch, so it costs nothing measurable). Eager only: under
+    ``torch.compile`` a host sync would break the graph, and the kernel itself then masks the
+    read (such a row's loss is NaN, so the loss is too)."""
     valid = targets != ignore_index
     bad = valid & ((targets < 0) | (targets >= vocab))
-    n_valid, n_bad = torch.stack([valid.sum(), bad.sum()]).tolist()
+    n_bad = int(bad.sum())
     if n_bad:
         first = int(targets[bad][0])
         raise TargetOutOfRangeError(
             f"target {first} is out of range for vocab {vocab} ({n_bad} such target(s); "
             f"ignore_index is {ignore_index})"
         )
-    return int(n_valid)
 
 
+# ----------------------------------------------------------------------- ops and autograd
+
+
+@kernel_op("jpeglm::fused_linear_cross_entropy")
 def fused_linear_cross_entropy_forward(
     h: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    grad_h: bool = True,
-    grad_weight: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Returns ``(loss, d loss / d h, d loss / d weight)`` (the gradients ``None`` if not asked)."""
+    ignore_index: int,
+    reduction: str,
+    grad_h: bool,
+    grad_weight: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, d loss / d h, d loss / d weight)``; a gradient not asked for is an empty
+    tensor. The targets are not checked here (:func:`check_targets`)."""
     _check(h, weight, targets, reduction)
     n_rows, dim = h.shape
     vocab = weight.shape[0]
     targets = targets.contiguous()
-    n_valid = _count_and_check_targets(targets, vocab, ignore_index)
-    scale = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
+    if reduction == "mean":  # 1 / n on the device, rounded as the float 1 / n would be
+        scale = 1.0 / (targets != ignore_index).sum().clamp(min=1)
+    else:
+        scale = torch.ones((), dtype=torch.float32, device=h.device)
+    scale = scale.to(torch.float32)
     chunk = chunk_rows(n_rows, vocab, dim)
     block = min(triton.next_power_of_2(vocab), MAX_FUSED_SIZE // 2)
 
-    dh = torch.empty_like(h) if grad_h else None
-    dw = torch.zeros_like(weight) if grad_weight else None
-    loss_rows = torch.empty(n_rows, dtype=torch.float32, device=h.device)
+    dh = torch.empty(h.shape if grad_h else 0, dtype=h.dtype, device=h.device)
+    dw = torch.zeros(weight.shape if grad_weight else 0, dtype=weight.dtype, device=h.device)
+    losses = []
     for start in range(0, n_rows, chunk):
         end = min(start + chunk, n_rows)
         h_chunk = h[start:end]
         logits = h_chunk @ weight.t()  # (rows, vocab), becomes d loss / d logits below
-        _cross_entropy_kernel[(end - start,)](
-            logits, logits.stride(0), targets[start:end], loss_rows[start:end], vocab,
-            ignore_index, scale, BLOCK=block, num_warps=32 if block >= 32768 else 8,
-        )  # fmt: skip
-        if dh is not None:
+        loss_rows = torch.empty(end - start, dtype=torch.float32, device=h.device)
+        if not tracing(h):
+            wrap_triton(_cross_entropy_kernel)[(end - start,)](
+                logits, logits.stride(0), targets[start:end], loss_rows, vocab,
+                ignore_index, scale, BLOCK=block, num_warps=32 if block >= 32768 else 8,
+            )  # fmt: skip
+        losses.append(loss_rows)
+        if grad_h:
             torch.mm(logits, weight, out=dh[start:end])
-        if dw is not None:
+        if grad_weight:
             dw.addmm_(logits.t(), h_chunk)
-    return loss_rows.sum(), dh, dw
+    loss = torch.cat(losses).sum() if losses else scale.new_zeros(())
+    return loss, dh, dw
 
 
-# ---------------------------------------------------------------------------------- autograd
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library's signature
+    _, dh, dw = output
+    ctx.save_for_backward(dh, dw)
+    ctx.mark_non_differentiable(dh, dw)
+    ctx.grads = inputs[5], inputs[6]
 
 
-class FusedLinearCrossEntropyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, weight, targets, ignore_index: int, reduction: str) -> torch.Tensor:
-        loss, dh, dw = fused_linear_cross_entropy_forward(
-            h, weight, targets, ignore_index, reduction,
-            grad_h=ctx.needs_input_grad[0], grad_weight=ctx.needs_input_grad[1],
-        )  # fmt: skip
-        ctx.save_for_backward(dh, dw)
-        ctx.backward_done = False
-        return loss
+def _backward(ctx, grad_loss: torch.Tensor, _ddh, _ddw):  # noqa: ANN001
+    # The gradients were finished in the forward; scaled by the incoming gradient out of place
+    # (a traced backward may not write into its saved tensors; a second backward stays right).
+    dh, dw = ctx.saved_tensors
+    grad_h, grad_weight = ctx.grads
+    dh = dh * grad_loss.to(dh.dtype) if grad_h else None
+    dw = dw * grad_loss.to(dw.dtype) if grad_weight else None
+    return dh, dw, None, None, None, None, None
 
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        if ctx.backward_done:
-            raise RuntimeError("fused_linear_cross_entropy supports a single backward pass")
-        ctx.backward_done = True
-        dh, dw = ctx.saved_tensors
-        # The gradients were finished in the forward; they are ours, so scale them in place.
-        if dh is not None:
-            dh = dh.mul_(grad_loss.to(dh.dtype))
-        if dw is not None:
-            dw = dw.mul_(grad_loss.to(dw.dtype))
-        return dh, dw, None, None, None
+
+fused_linear_cross_entropy_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_linear_cross_entropy(
@@ -201,7 +212,7 @@ def fused_linear_cross_entropy(
     Differentiable in ``h`` and ``weight``; the softmax is in float32, the logit chunks in
     ``h.dtype``. With ``reduction="mean"`` the loss is averaged over non-ignored rows (0 when
     every row is ignored). Under autocast the matmuls run in the autocast dtype, as
-    ``h @ weight.T`` would.
+    ``h @ weight.T`` would. The op is ``torch.ops.jpeglm.fused_linear_cross_entropy``.
     """
     device_type = h.device.type
     if torch.is_autocast_enabled(device_type):
@@ -210,9 +221,11 @@ def fused_linear_cross_entropy(
             return fused_linear_cross_entropy(
                 h.to(dtype), weight.to(dtype), targets, ignore_index, reduction
             )
-    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return FusedLinearCrossEntropyFunction.apply(h, weight, targets, ignore_index, reduction)
-    loss, _, _ = fused_linear_cross_entropy_forward(
-        h, weight, targets, ignore_index, reduction, grad_h=False, grad_weight=False
-    )
-    return loss
+    _check(h, weight, targets, reduction)
+    if not torch.compiler.is_compiling():
+        check_targets(targets, weight.shape[0], ignore_index)
+    grad = torch.is_grad_enabled()
+    return fused_linear_cross_entropy_forward(
+        h, weight, targets, ignore_index, reduction,
+        grad and h.requires_grad, grad and weight.requires_grad,
+    )[0]  # fmt: skip

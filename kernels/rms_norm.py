@@ -4,6 +4,9 @@
 Hugging Face compute it. The forward saves one float32 ``rstd`` per row; the backward
 recomputes ``x_hat`` from it and accumulates ``dweight`` in float32 partial sums, one per
 program, that are added up at the end.
+
+Both directions are ``torch.library`` ops (:func:`kernel_op`: a ``triton_op`` on a GPU) with
+fake implementations and an autograd formula, so ``torch.compile(fullgraph=True)`` traces them.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from ._utils import check_last_dim_contiguous, num_programs, row_block
+from ._utils import check_last_dim_contiguous, kernel_op, num_programs, row_block, tracing
 
 # ----------------------------------------------------------------------------------- kernels
 
@@ -78,72 +82,73 @@ def _rms_norm_bwd_kernel(
     tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=mask)
 
 
-# --------------------------------------------------------------------------------- launchers
+# ----------------------------------------------------------------------- ops and autograd
 
 
+@kernel_op("jpeglm::rms_norm")
 def rms_norm_forward(
     x: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(y, x2d, rstd)``; ``x2d`` and ``rstd`` are what the backward needs."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, rstd)``: ``y`` shaped like ``x`` (a fresh contiguous tensor), ``rstd`` one float32
+    per row, what the backward needs beside ``x`` and ``weight``."""
     n_cols = x.shape[-1]
     if weight.shape != (n_cols,):
         raise ValueError(f"weight shape {tuple(weight.shape)} does not match x's last dim {n_cols}")
     x2 = x.reshape(-1, n_cols)
     check_last_dim_contiguous("x", x2)
     n_rows = x2.shape[0]
-    y = torch.empty(
-        (n_rows, n_cols), dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device
-    )
+    dtype = torch.promote_types(x.dtype, weight.dtype)
+    y = torch.empty(x.shape, dtype=dtype, device=x.device)  # contiguous: rows n_cols apart
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     block, num_warps = row_block(n_cols)
-    if n_rows > 0:
-        _rms_norm_fwd_kernel[(n_rows,)](
-            y, y.stride(0), x2, x2.stride(0), weight, rstd, n_cols, eps,
+    if n_rows > 0 and not tracing(x):
+        wrap_triton(_rms_norm_fwd_kernel)[(n_rows,)](
+            y, n_cols, x2, x2.stride(0), weight, rstd, n_cols, eps,
             BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
-    return y.view(*x.shape[:-1], n_cols), x2, rstd
+    return y, rstd
 
 
+@kernel_op("jpeglm::rms_norm_backward")
 def rms_norm_backward(
-    dy: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``(dx, dweight)``; ``dx`` has the 2-D shape of ``x2``."""
-    n_rows, n_cols = x2.shape
+    """``(dx, dweight)``, ``dx`` shaped like ``x``."""
+    n_cols = x.shape[-1]
+    x2 = x.reshape(-1, n_cols)
+    n_rows = x2.shape[0]
     dy2 = dy.reshape(-1, n_cols)
     if dy2.stride(-1) != 1:
         dy2 = dy2.contiguous()
-    dx = torch.empty_like(x2)
-    programs = num_programs(x2.device, n_rows)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    programs = num_programs(x.device, n_rows)
     rows_per_program = triton.cdiv(n_rows, programs)
-    dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
+    dw_partial = torch.zeros((programs, n_cols), dtype=torch.float32, device=x.device)
     block, num_warps = row_block(n_cols)
-    if n_rows > 0:
-        _rms_norm_bwd_kernel[(programs,)](
-            dx, dx.stride(0), dy2, dy2.stride(0), x2, x2.stride(0), weight, rstd, dw_partial,
+    if n_rows > 0 and not tracing(x):
+        wrap_triton(_rms_norm_bwd_kernel)[(programs,)](
+            dx, n_cols, dy2, dy2.stride(0), x2, x2.stride(0), weight, rstd, dw_partial,
             n_rows, n_cols, rows_per_program, BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
-    else:
-        dw_partial.zero_()
     return dx, dw_partial.sum(0).to(weight.dtype)
 
 
-# ---------------------------------------------------------------------------------- autograd
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library's signature
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.mark_non_differentiable(output[1])
 
 
-class RMSNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        y, x2, rstd = rms_norm_forward(x, weight, eps)
-        ctx.save_for_backward(x2, weight, rstd)
-        return y
+def _backward(ctx, dy: torch.Tensor, _drstd: torch.Tensor | None):  # noqa: ANN001
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = rms_norm_backward(dy, x, weight, rstd)
+    return dx, dw, None
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x2, weight, rstd = ctx.saved_tensors
-        dx, dw = rms_norm_backward(dy, x2, weight, rstd)
-        return dx.view(dy.shape), dw, None
+
+rms_norm_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """RMSNorm over the last dimension of ``x`` (any leading shape), differentiable."""
-    return RMSNormFunction.apply(x, weight, eps)
+    """RMSNorm over the last dimension of ``x`` (any leading shape), differentiable: the op
+    ``torch.ops.jpeglm.rms_norm`` (its backward ``jpeglm::rms_norm_backward``)."""
+    return rms_norm_forward(x, weight, eps)[0]

@@ -8,8 +8,9 @@ dimension ``i`` rotates with ``i + head_dim / 2``, so HF Llama weights load unch
 One program handles one (batch, position) pair, all heads at once. The backward is the same
 rotation by the opposite angle (a rotation's transpose), written to a fresh gradient tensor.
 
-:func:`rope` is the ``torch.library`` custom op ``torch.ops.jpeglm.rope`` with a fake
-implementation and an autograd formula (the backward is the op ``jpeglm::rope_backward``):
+:func:`rope` is the ``torch.library`` op ``torch.ops.jpeglm.rope`` (:func:`kernel_op`: a
+``triton_op`` on a GPU) with a fake implementation and an autograd formula (the backward is
+the op ``jpeglm::rope_backward``):
 ``torch.compile(fullgraph=True)`` traces it, and selective activation checkpointing sees it as
 an op of its own to recompute. It never writes into its input: the input is the q / k matmul's
 output, which selective checkpointing keeps for the backward pass, and a rotation in place
@@ -22,6 +23,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
+
+from ._utils import kernel_op, tracing
 
 # ----------------------------------------------------------------------------------- kernels
 
@@ -86,10 +90,10 @@ def _check(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
 
 def _launch(x_in: torch.Tensor, x_out: torch.Tensor, cos, sin, backward: bool) -> None:
     batch, seq, n_heads, head_dim = x_in.shape
-    if batch * seq * n_heads == 0:
+    if batch * seq * n_heads == 0 or tracing(x_in):
         return
     half = head_dim // 2
-    _rope_kernel[(batch * seq,)](
+    wrap_triton(_rope_kernel)[(batch * seq,)](
         x_in, x_out, x_in.stride(0), x_in.stride(1), x_in.stride(2), x_out.stride(0),
         x_out.stride(1), x_out.stride(2), cos, sin, cos.stride(0),
         seq, N_HEADS=n_heads, HALF=half, BLOCK_H=triton.next_power_of_2(n_heads),
@@ -100,7 +104,7 @@ def _launch(x_in: torch.Tensor, x_out: torch.Tensor, cos, sin, backward: bool) -
 # ----------------------------------------------------------------------- custom ops, autograd
 
 
-@torch.library.custom_op("jpeglm::rope", mutates_args=())
+@kernel_op("jpeglm::rope")
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embeddings out of place (a fresh contiguous tensor; ``x`` untouched),
     differentiable in ``x``."""
@@ -110,23 +114,13 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@rope.register_fake
-def _(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@torch.library.custom_op("jpeglm::rope_backward", mutates_args=())
+@kernel_op("jpeglm::rope_backward")
 def rope_backward(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Gradient w.r.t. the unrotated input: ``dy`` rotated back (a fresh tensor)."""
     _check(dy, cos, sin)
     dx = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device)
     _launch(dy, dx, cos, sin, backward=True)
     return dx
-
-
-@rope_backward.register_fake
-def _(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return torch.empty(dy.shape, dtype=dy.dtype, device=dy.device)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library's signature

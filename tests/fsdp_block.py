@@ -5,7 +5,8 @@ in Triton's interpreter. Rank 0 writes one JSON file (the path is the only argum
   RoPE tables), sharded per block then root as the trainer does with bf16 parameters, under
   :func:`jpeglm.train.parallel.mixed_precision` and under FSDP2's default policy (which casts every
   floating-point forward input to the parameter dtype);
-* ``grads``: for activation checkpointing none / selective / full, the relative error
+* ``grads``: for activation checkpointing none / selective / full, eager and with each block
+  compiled (keys ``"<mode> compiled"``), the relative error
   ||g - g_ref|| / ||g_ref|| of every parameter's gradient, the model sharded and on the Triton
   backend, against the PyTorch backend unsharded without checkpointing on the union of the
   ranks' batches (fp32 throughout).
@@ -29,11 +30,18 @@ MODES = ("none", "selective", "full")
 ROWS, SEQ = 2, 12  # per rank
 
 
-def build(args: ModelArgs, backend: str, param_dtype=None, policy=None, sharded=True):
-    """The model as ``build_model`` makes it: on meta, sharded (block, then root), then
-    materialised and initialised (the same weights on any sharding for the same seed)."""
+def build(args: ModelArgs, backend: str, param_dtype=None, policy=None, sharded=True,
+          ac: str = "none", compiled: bool = False):  # fmt: skip
+    """The model as ``build_model`` makes it: on meta, activation checkpointing set, each block
+    compiled (``compiled``: fullgraph, AOT autograd without Inductor -- quick on CPU), sharded
+    (block, then root), then materialised and initialised (the same weights on any sharding
+    for the same seed)."""
     with torch.device("meta"):
         model = Transformer(args, backend=backend)
+    model.set_activation_checkpointing(ac)
+    if compiled:
+        for layer in model.layers:
+            layer.compile(backend="aot_eager", fullgraph=True)
     if sharded and policy is None:
         shard(model, param_dtype)
     elif sharded:  # another policy, the trainer's order
@@ -93,15 +101,15 @@ def main(path: str) -> None:
     ref = build(args, "torch", sharded=False)
     ref(idx_all, targets=targets_all).backward()
     g_ref = {n: p.grad.detach().clone() for n, p in ref.named_parameters()}
-    for mode in MODES:
-        model = build(args, "triton")
-        model.set_activation_checkpointing(mode)
-        model(idx, targets=targets).backward()
-        got = full_grads(model)
-        result["grads"][mode] = {
-            n: ((got[n].double() - g.double()).norm() / g.double().norm()).item()
-            for n, g in g_ref.items()
-        }
+    for compiled in (False, True):
+        for mode in MODES:
+            model = build(args, "triton", ac=mode, compiled=compiled)
+            model(idx, targets=targets).backward()
+            got = full_grads(model)
+            result["grads"][f"{mode} compiled" if compiled else mode] = {
+                n: ((got[n].double() - g.double()).norm() / g.double().norm()).item()
+                for n, g in g_ref.items()
+            }
     if rank == 0:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)

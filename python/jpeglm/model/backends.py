@@ -2,11 +2,11 @@
 
 Two backends exist:
 
-* ``"triton"`` -- the Triton kernels of :mod:`jpeglm.kernels` (RMSNorm, RoPE -- a
-  ``torch.library`` custom op, out of place, with gradients -- fused SwiGLU, chunked
-  linear + cross-entropy) and flash-attn 2 for causal attention when it is
-  importable (else ``scaled_dot_product_attention``). Chosen automatically on CUDA when Triton
-  imports.
+* ``"triton"`` -- the Triton kernels of :mod:`jpeglm.kernels` (RMSNorm, RoPE -- out of
+  place -- fused SwiGLU, chunked linear + cross-entropy), each a ``torch.library`` op with
+  its gradient (``torch.library.triton_op`` on a GPU: ``torch.compile`` traces them whole)
+  -- and flash-attn 2 for causal attention when it is importable (else
+  ``scaled_dot_product_attention``). Chosen automatically on CUDA when Triton imports.
 * ``"torch"`` -- the plain PyTorch reference ops of :mod:`jpeglm.reference.kernels` and
   ``scaled_dot_product_attention``. Chosen everywhere else; what ``torch.compile`` sees best.
 

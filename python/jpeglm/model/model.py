@@ -157,10 +157,25 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(args, ops)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps, ops)
         self.feed_forward = FeedForward(args, ops)
+        # activation checkpointing: None when off, else torch.utils.checkpoint's extra keywords
+        # (selective: its context_fn; full: none -- Dynamo takes no explicit no-op context_fn)
+        self.recompute: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *cache: Any) -> Any:
         """``cache``: :meth:`Attention.forward`'s generation arguments (input_pos, mask,
-        kv_len), passed through."""
+        kv_len), passed through.
+
+        With activation checkpointing on, a training forward (no cache, gradients on) runs the
+        block under ``torch.utils.checkpoint`` from *inside* the block's own forward, so
+        ``compile=true`` (each block compiled) traces the checkpoint into the block's graph:
+        torchtitan's order -- AC wraps the block, then the AC-wrapped block is compiled."""
+        if self.recompute is not None and not cache and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(
+                self._forward, x, cos, sin, use_reentrant=False, **self.recompute
+            )
+        return self._forward(x, cos, sin, *cache)
+
+    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *cache: Any) -> Any:
         h = x + self.attention(self.attention_norm(x), cos, sin, *cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -216,6 +231,13 @@ class Transformer(nn.Module):
         :mod:`jpeglm.model.activation_checkpoint`)."""
         check_mode(mode)
         self.activation_checkpoint = mode
+        recompute = None  # built here, outside any compiled region
+        if mode == "selective":
+            recompute = {"context_fn": context_fn(mode)}
+        elif mode == "full":
+            recompute = {}
+        for layer in self.layers:
+            layer.recompute = recompute
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -406,17 +428,12 @@ class Transformer(nn.Module):
                 slots = torch.arange(kv_len, device=idx.device)  # 0 .. input_pos[i]
                 mask = slots[None, :] <= input_pos[:, None]
         x = self.tok_embeddings(idx) if inf is None else F.embedding(idx, inf["embedding"])
-        recompute = (
-            self.activation_checkpoint != "none" and input_pos is None and torch.is_grad_enabled()
-        )
-        for layer in self.layers:
-            if recompute:
-                recompute_fn = context_fn(self.activation_checkpoint)
-                x = torch.utils.checkpoint.checkpoint(
-                    layer, x, cos, sin, use_reentrant=False, context_fn=recompute_fn
-                )
-            else:
-                x = layer(x, cos, sin, input_pos, mask, kv_len)
+        for layer in self.layers:  # training: no cache arguments (checkpointed if set)
+            x = (
+                layer(x, cos, sin)
+                if input_pos is None
+                else layer(x, cos, sin, input_pos, mask, kv_len)
+            )
         return self.norm(x)
 
     # -- accounting

@@ -167,12 +167,10 @@ def train(cfg: TrainConfig) -> dict:
 
 def _leave_process_group() -> None:
     """End a torchrun run on every rank together: a barrier (rank 0 has written the plot),
-    then the group is destroyed. The barrier is also the last collective before the
-    interpreter exits, on purpose: gloo's worker threads release a finished collective's
-    tensors a moment after it completes, and releasing Python-owned tensors (those of
-    ``all_gather_object``, the final export's collective) needs the GIL -- during interpreter
-    finalisation that aborts the process ("terminate called without an active exception").
-    A barrier holds no Python tensors, and its wait releases the GIL for that release."""
+    then the group is destroyed. gloo's worker threads release a finished collective's work
+    a moment after it completes, and releasing Python-owned tensors (``all_gather_object``'s)
+    needs the GIL; during interpreter finalisation that aborts the process, so
+    ``python -m jpeglm.train`` under torchrun leaves with ``os._exit`` (``train/__main__``)."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

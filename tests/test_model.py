@@ -464,8 +464,11 @@ def test_unsupported_and_missing_files(checkpoint, tmp_path_factory):
     (empty / "config.json").write_text((checkpoint / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         load_pretrained(empty)
-    (empty / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    (empty / "model.pt").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(ValueError, match="only pickle weights .*not loaded"):
+        load_pretrained(empty)
+    (empty / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")  # the Hub's name
+    with pytest.raises(ValueError, match="pytorch_model.bin is refused: not a weights-only"):
         load_pretrained(empty)
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "CHECKPOINT_STATE",
     "DEFAULT_SHARD_SIZE",
     "HF_METADATA",
+    "SP_TOKENIZER",
     "TOKENIZER_FILE",
     "first_names",
     "fsync_dir",
@@ -27,6 +28,7 @@ __all__ = [
 CHECKPOINT_STATE = "train_state.json"  #: the trainer state file of a step_N folder
 HF_METADATA = "jpeglm.json"  #: jpeglm's metadata file in an HF folder
 TOKENIZER_FILE = "tokenizer.jpeglm"  #: the tokenizer copy in both kinds of folder
+SP_TOKENIZER = "tokenizer.model"  #: the official (sentencepiece) tokenizer of a Hub folder
 DEFAULT_SHARD_SIZE = 5 * 2**30  #: bytes per safetensors file of an HF folder, by default
 
 

@@ -8,9 +8,11 @@ An HF folder is ``config.json`` + ``model.safetensors`` (or shards of at most
 ``max_shard_size`` bytes listed in ``model.safetensors.index.json``), and, when written by
 jpeglm, the tokenizer (``tokenizer.jpeglm``) and ``jpeglm.json`` (image size, quality,
 sequence length, BOS/EOS ids, tokenizer fingerprint, recommended sampling settings). Every
-layout is read, sharded ones included; pickle files never are. The official JPEG-LM
-checkpoint is such a folder (a plain ``LlamaForCausalLM``). The rotary layout is HF's
-``rotate_half`` one, so weights move across without any permutation.
+layout is read, sharded ones included, and the Hub's pickle weights (``pytorch_model.bin`` or
+its shards) through torch's restricted unpickler only (:mod:`jpeglm.checkpoint.torch_bin`).
+The official JPEG-LM checkpoint is such a folder (a plain ``LlamaForCausalLM``); ``jpeglm
+convert`` (:mod:`jpeglm.checkpoint.convert`) makes a safetensors copy of it. The rotary layout
+is HF's ``rotate_half`` one, so weights move across without any permutation.
 
 Here: our parameter names <-> HF's, reading (checked before any tensor is read) and writing the
 safetensors weights, a model loaded or saved, and a whole folder written atomically
@@ -36,6 +38,7 @@ from jpeglm.checkpoint.files import (
     CHECKPOINT_STATE,
     DEFAULT_SHARD_SIZE,
     HF_METADATA,
+    SP_TOKENIZER,
     TOKENIZER_FILE,
     first_names,
     fsync_dir,
@@ -43,6 +46,7 @@ from jpeglm.checkpoint.files import (
     swap_into_place,
 )
 from jpeglm.checkpoint.hf_config import args_from_config, config_from_args
+from jpeglm.checkpoint.torch_bin import BIN_INDEX, BIN_SINGLE, bin_files, bin_headers, read_bin
 from jpeglm.model import ModelArgs, Transformer
 from jpeglm.model.backends import Backend
 from jpeglm.model.dtensor import copy_full_
@@ -95,7 +99,9 @@ def _param_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
 
 
 def safetensors_files(folder: Path) -> list[Path]:
-    """The weight files of an HF folder: the single file, or the shards its index lists.
+    """The weight files of an HF folder: the single file, or the shards its index lists; for a
+    folder without safetensors, the Hub's pickle weights (:func:`~jpeglm.checkpoint.torch_bin.
+    bin_files`: ``pytorch_model.bin`` or its shards, read weights-only).
 
     The index is untrusted: its ``weight_map`` must be a non-empty object of tensor name ->
     file name strings, and every file name a plain ``*.safetensors`` name inside the folder (no
@@ -132,11 +138,14 @@ def safetensors_files(folder: Path) -> list[Path]:
                 f"{index} lists shards that do not exist: {first_names(absent)}"
             )
         return files
+    hub = bin_files(folder)  # the Hub's pickle layout: read weights-only (checkpoint.torch_bin)
+    if hub:
+        return hub
     pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
     if pickles:
         raise ValueError(
-            f"{folder} has only pickle weights ({first_names(pickles)}); they are not loaded (a "
-            "pickle can run code). Convert the checkpoint to safetensors first."
+            f"{folder} has only pickle weights ({first_names(pickles)}) under names that are "
+            f"not the Hub's ({BIN_SINGLE}, or shards listed in {BIN_INDEX}); they are not loaded"
         )
     if (folder / ".metadata").is_file():
         raise ValueError(
@@ -159,8 +168,6 @@ def _hf_index(
     :func:`args_from_config` before any shape is built from it, the index by
     :func:`safetensors_files`, and a truncated, garbage or inconsistent safetensors file (or
     one whose header claims more data than the file holds) is one ``ValueError`` naming it."""
-    from safetensors import safe_open
-
     config_path = folder / "config.json"
     if not config_path.is_file():
         if (folder / CHECKPOINT_STATE).is_file():
@@ -178,40 +185,32 @@ def _hf_index(
     unexpected: list[str] = []
     head: tuple[Path, str] | None = None  # lm_head.weight of a config that ties it
     for file in safetensors_files(folder):
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    tied_head = key == "lm_head.weight" and args.tie_embeddings
-                    if key not in expected and not tied_head:
-                        if key.endswith("rotary_emb.inv_freq"):
-                            continue  # recomputed: HF ignores it too
-                        unexpected.append(key)
-                        continue
-                    ours = "output.weight" if tied_head else expected[key]
-                    tensor = f.get_slice(key)
-                    if tensor.get_dtype() not in _WEIGHT_DTYPES:
-                        raise ValueError(
-                            f"{file.name}: tensor {key} has dtype {tensor.get_dtype()}; weights "
-                            f"must be floating point ({', '.join(_WEIGHT_DTYPES)})"
-                        )
-                    shape = tuple(tensor.get_shape())
-                    want = shapes["tok_embeddings.weight" if tied_head else ours]
-                    if shape != want:
-                        hint = ""
-                        if key in ("model.embed_tokens.weight", "lm_head.weight"):
-                            hint = f" (vocab mismatch: config.json vocab_size={args.vocab_size})"
-                        raise ValueError(
-                            f"{file.name}: tensor {key} has shape {shape}, expected "
-                            f"{want} from config.json{hint}"
-                        )
-                    if tied_head:
-                        head = (file, key)
-                    else:
-                        where[ours] = (file, key)
-        except (ValueError, FileNotFoundError):
-            raise
-        except Exception as e:  # noqa: BLE001 - safetensors' own errors: one clear message
-            raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
+        for key, dtype, shape in _headers(file):
+            tied_head = key == "lm_head.weight" and args.tie_embeddings
+            if key not in expected and not tied_head:
+                if key.endswith("rotary_emb.inv_freq"):
+                    continue  # recomputed: HF ignores it too
+                unexpected.append(key)
+                continue
+            ours = "output.weight" if tied_head else expected[key]
+            if dtype not in _WEIGHT_DTYPES:
+                raise ValueError(
+                    f"{file.name}: tensor {key} has dtype {dtype}; weights "
+                    f"must be floating point ({', '.join(_WEIGHT_DTYPES)})"
+                )
+            want = shapes["tok_embeddings.weight" if tied_head else ours]
+            if shape != want:
+                hint = ""
+                if key in ("model.embed_tokens.weight", "lm_head.weight"):
+                    hint = f" (vocab mismatch: config.json vocab_size={args.vocab_size})"
+                raise ValueError(
+                    f"{file.name}: tensor {key} has shape {shape}, expected "
+                    f"{want} from config.json{hint}"
+                )
+            if tied_head:
+                head = (file, key)
+            else:
+                where[ours] = (file, key)
     if unexpected:
         raise ValueError(
             f"checkpoint {folder} has tensors this Llama does not: {first_names(unexpected)}"
@@ -228,6 +227,23 @@ def _hf_index(
     return args, where
 
 
+def _headers(file: Path) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(key, safetensors dtype name, shape) of each tensor in a weights file, none read."""
+    if file.suffix == ".bin":
+        return list(bin_headers(file))
+    from safetensors import safe_open
+
+    out = []
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                tensor = f.get_slice(key)
+                out.append((key, tensor.get_dtype(), tuple(tensor.get_shape())))
+    except Exception as e:  # noqa: BLE001 - safetensors' own errors: one clear message
+        raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
+    return out
+
+
 def _read_tensors(
     where: dict[str, tuple[Path, str]], device: str = "cpu"
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -238,6 +254,10 @@ def _read_tensors(
     for ours, (file, key) in where.items():
         by_file.setdefault(file, []).append((ours, key))
     for file, items in by_file.items():
+        if file.suffix == ".bin":  # weights-only, copied out of the mapped file one at a time
+            for ours, tensor in read_bin(file, items):
+                yield ours, tensor.to(device)
+            continue
         try:
             with safe_open(str(file), framework="pt", device=device) as f:
                 for ours, key in items:
@@ -391,7 +411,7 @@ def save_pretrained(
 def _hf_file(name: str) -> bool:
     """Whether ``name`` is a file :func:`save_hf` writes (or the output manifest)."""
     return name in ("config.json", "model.safetensors", "model.safetensors.index.json",
-                    TOKENIZER_FILE, HF_METADATA, _io.OUTPUTS_MANIFEST) or bool(
+                    TOKENIZER_FILE, SP_TOKENIZER, HF_METADATA, _io.OUTPUTS_MANIFEST) or bool(
         re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name))  # fmt: skip
 
 
@@ -407,7 +427,8 @@ def save_hf(
 ) -> Path:
     """Write a whole HF folder atomically: built as a hidden sibling, then renamed into place.
 
-    ``tokenizer`` (a tokenizer file) is copied in as ``tokenizer.jpeglm``; ``metadata`` is
+    ``tokenizer`` (a tokenizer file) is copied in as ``tokenizer.jpeglm`` (a sentencepiece
+    ``.model`` as ``tokenizer.model``, the name it is loaded by); ``metadata`` is
     written as ``jpeglm.json`` and its ``bos_id`` / ``eos_id`` go into ``config.json``. An
     existing ``folder`` is refused unless ``replace`` (then it must be an HF folder holding only
     the files this function writes: a user's file in it is never removed).
@@ -434,7 +455,8 @@ def save_hf(
             extra = {k: metadata[k] for k in ("bos_token_id", "eos_token_id") if k in metadata}
         save_hf_files(tmp, args, state, extra_config=extra, **files)
         if tokenizer is not None:
-            _io.atomic_write_bytes(tmp / TOKENIZER_FILE, Path(tokenizer).read_bytes())
+            name = SP_TOKENIZER if Path(tokenizer).suffix == ".model" else TOKENIZER_FILE
+            _io.atomic_write_bytes(tmp / name, Path(tokenizer).read_bytes())
         if metadata is not None:
             _io.atomic_write_text(tmp / HF_METADATA, json.dumps(metadata, indent=1) + "\n")
         fsync_dir(tmp)

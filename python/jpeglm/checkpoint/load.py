@@ -21,7 +21,13 @@ from jpeglm.checkpoint.dcp import (
     model_args_from_state,
     read_train_state,
 )
-from jpeglm.checkpoint.files import CHECKPOINT_STATE, HF_METADATA, TOKENIZER_FILE, read_json
+from jpeglm.checkpoint.files import (
+    CHECKPOINT_STATE,
+    HF_METADATA,
+    SP_TOKENIZER,
+    TOKENIZER_FILE,
+    read_json,
+)
 from jpeglm.checkpoint.hf import load_pretrained
 from jpeglm.inference.settings import SamplingSettings
 from jpeglm.inference.settings import show as shown
@@ -192,7 +198,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 def find_tokenizer(folder: Path) -> Path | None:
     """The tokenizer file inside a model folder: jpeglm's own, else a sentencepiece one."""
-    for name in (TOKENIZER_FILE, "tokenizer.model"):
+    for name in (TOKENIZER_FILE, SP_TOKENIZER):
         if (folder / name).is_file():
             return folder / name
     return None

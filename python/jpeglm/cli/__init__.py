@@ -9,9 +9,9 @@ inputs with equal names get distinct ones (``x.jlm``, ``x-1.jlm``, ..., in input
 
 Each group of commands is in its own module with its parsers: :mod:`jpeglm.cli.codec`
 (encode / decode / bench / explain), :mod:`jpeglm.cli.data` (train-tokenizer / tokenize /
-prepare) and :mod:`jpeglm.cli.model` (sample / complete / eval); train / plan / export and demo
-are in :mod:`jpeglm.cli.common`, with what every command shares. The work is in the library
-(:mod:`jpeglm.cli.demo`, :mod:`jpeglm.cli.bench`, ...).
+prepare) and :mod:`jpeglm.cli.model` (sample / complete / eval); train / plan / export /
+convert and demo are in :mod:`jpeglm.cli.common`, with what every command shares. The work
+is in the library (:mod:`jpeglm.cli.demo`, :mod:`jpeglm.cli.bench`, ...).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from jpeglm.cli import codec as codec_commands
 from jpeglm.cli import data as data_commands
 from jpeglm.cli import model as model_commands
-from jpeglm.cli.common import UserError, cmd_demo, cmd_export, cmd_plan, cmd_train
+from jpeglm.cli.common import UserError, cmd_convert, cmd_demo, cmd_export, cmd_plan, cmd_train
 
 __all__ = ["build_parser", "main"]
 
@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ex.add_argument("--max-shard-size", type=int, default=5 * 2**30, help="bytes per file")
     ex.set_defaults(func=cmd_export)
+
+    cv = sub.add_parser(
+        "convert", help="HF folder (the Hub's pytorch_model.bin too) -> safetensors HF folder"
+    )
+    cv.add_argument("src", help="HF folder: config.json + safetensors or pytorch_model*.bin")
+    cv.add_argument("dest", help="new folder (refused if it exists, unless --replace)")
+    cv.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                    help="weights dtype (default: the stored one)")  # fmt: skip
+    cv.add_argument("--max-shard-size", type=int, default=5 * 2**30, help="bytes per file")
+    cv.add_argument("--replace", action="store_true",
+                    help="replace DEST when it is a folder jpeglm wrote")  # fmt: skip
+    cv.set_defaults(func=cmd_convert)
 
     model_commands.add_parsers(sub)  # sample, complete, eval
 

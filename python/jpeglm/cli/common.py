@@ -1,4 +1,5 @@
-"""What the ``jpeglm`` subcommands share, and the commands train / plan / export and demo.
+"""What the ``jpeglm`` subcommands share, and the commands train / plan / export / convert and
+demo.
 
 Each ``cmd_*`` takes the parsed arguments, checks them, works out its outputs, then calls the
 library and prints what it did. :mod:`jpeglm.cli` parses the command line and runs one; the
@@ -159,6 +160,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError("--max-shard-size must be positive")
     dest = checkpoint.export(args.checkpoint, args.out, dtype=dtypes[args.dtype],
                              max_shard_size=args.max_shard_size)  # fmt: skip
+    print(f"{dest}: HF folder (config.json, safetensors, tokenizer, jpeglm.json)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """An HF folder (the Hub's ``pytorch_model*.bin`` included) -> jpeglm's safetensors folder."""
+    try:
+        import torch
+    except ImportError as e:
+        raise UserError("convert needs torch: pip install 'jpeglm[train]'") from e
+    from jpeglm.checkpoint.convert import convert
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if args.max_shard_size <= 0:
+        raise UserError("--max-shard-size must be positive")
+    dest = convert(args.src, args.dest, dtype=dtypes.get(args.dtype),
+                   max_shard_size=args.max_shard_size, replace=args.replace)  # fmt: skip
     print(f"{dest}: HF folder (config.json, safetensors, tokenizer, jpeglm.json)")
     return 0
 

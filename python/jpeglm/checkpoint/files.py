@@ -14,6 +14,7 @@ from pathlib import Path
 from jpeglm._io import parse_json
 
 __all__ = [
+    "index_shards",
     "CHECKPOINT_STATE",
     "DEFAULT_SHARD_SIZE",
     "HF_METADATA",
@@ -72,3 +73,29 @@ def swap_into_place(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def index_shards(index: Path, suffix: str) -> list[Path]:
+    """The shard files a sharded folder's index (``*.index.json``, untrusted) lists: its
+    ``weight_map`` must be a non-empty object of tensor name -> file name strings, every file
+    name a plain ``*{suffix}`` name inside the index's folder (no directories, ``..`` or
+    absolute paths) and every file present; anything else is refused before any is opened."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index} has no weight_map (an object of tensor name -> file name)")
+    odd = [repr(k) for k, v in weight_map.items() if not isinstance(v, str)]
+    if odd:
+        raise ValueError(f"{index}: weight_map file names must be strings (see {first_names(odd)})")
+    names = sorted(set(weight_map.values()))
+    bad = [repr(n)[:80] for n in names
+           if Path(n).name != n or n.startswith(".") or not n.endswith(suffix)]  # fmt: skip
+    if bad:
+        raise ValueError(
+            f"{index} lists shard files that are not plain *{suffix} names in the folder: "
+            f"{first_names(bad)}"
+        )
+    files = [index.parent / n for n in names]
+    absent = [f.name for f in files if not f.is_file()]
+    if absent:
+        raise FileNotFoundError(f"{index} lists shards that do not exist: {first_names(absent)}")
+    return files

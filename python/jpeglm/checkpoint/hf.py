@@ -42,6 +42,7 @@ from jpeglm.checkpoint.files import (
     TOKENIZER_FILE,
     first_names,
     fsync_dir,
+    index_shards,
     read_json,
     swap_into_place,
 )
@@ -112,32 +113,7 @@ def safetensors_files(folder: Path) -> list[Path]:
     if single.is_file():
         return [single]
     if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} has no weight_map (an object of tensor name -> file name)")
-        odd = [repr(k) for k, v in weight_map.items() if not isinstance(v, str)]
-        if odd:
-            raise ValueError(
-                f"{index}: weight_map file names must be strings (see {first_names(odd)})"
-            )
-        names = sorted(set(weight_map.values()))
-        bad = [
-            repr(n)[:80]
-            for n in names
-            if Path(n).name != n or n.startswith(".") or not n.endswith(".safetensors")
-        ]
-        if bad:
-            raise ValueError(
-                f"{index} lists shard files that are not plain *.safetensors names in the "
-                f"folder: {first_names(bad)}"
-            )
-        files = [folder / n for n in names]
-        absent = [f.name for f in files if not f.is_file()]
-        if absent:
-            raise FileNotFoundError(
-                f"{index} lists shards that do not exist: {first_names(absent)}"
-            )
-        return files
+        return index_shards(index, ".safetensors")
     hub = bin_files(folder)  # the Hub's pickle layout: read weights-only (checkpoint.torch_bin)
     if hub:
         return hub

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from jpeglm.checkpoint.files import first_names, read_json
+from jpeglm.checkpoint.files import first_names, index_shards
 
 __all__ = ["BIN_INDEX", "BIN_SINGLE", "bin_files", "bin_headers", "read_bin"]
 
@@ -43,24 +43,7 @@ def bin_files(folder: Path) -> list[Path] | None:
         return [single]
     if not index.is_file():
         return None
-    weight_map = read_json(index).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index} has no weight_map (an object of tensor name -> file name)")
-    if not all(isinstance(v, str) for v in weight_map.values()):
-        raise ValueError(f"{index}: weight_map file names must be strings")
-    names = sorted(set(weight_map.values()))
-    bad = [repr(n)[:80] for n in names
-           if Path(n).name != n or n.startswith(".") or not n.endswith(".bin")]  # fmt: skip
-    if bad:
-        raise ValueError(
-            f"{index} lists shard files that are not plain *.bin names in the folder: "
-            f"{first_names(bad)}"
-        )
-    files = [folder / n for n in names]
-    absent = [f.name for f in files if not f.is_file()]
-    if absent:
-        raise FileNotFoundError(f"{index} lists shards that do not exist: {first_names(absent)}")
-    return files
+    return index_shards(index, ".bin")
 
 
 def _why(e: Exception) -> str:

@@ -147,18 +147,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main(list(args.args))
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    """A trainer checkpoint (DCP, any number of ranks) -> an HF folder with the tokenizer."""
+def _weights_dtype(args: argparse.Namespace, command: str):  # noqa: ANN202 - torch.dtype
+    """``export`` / ``convert``: torch present, ``--max-shard-size`` positive; the torch dtype
+    ``--dtype`` names (None when not given: the source's own)."""
     try:
         import torch
     except ImportError as e:
-        raise UserError("export needs torch: pip install 'jpeglm[train]'") from e
-    from jpeglm.checkpoint import dcp as checkpoint
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        raise UserError(f"{command} needs torch: pip install 'jpeglm[train]'") from e
     if args.max_shard_size <= 0:
         raise UserError("--max-shard-size must be positive")
-    dest = checkpoint.export(args.checkpoint, args.out, dtype=dtypes[args.dtype],
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return dtypes.get(args.dtype)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A trainer checkpoint (DCP, any number of ranks) -> an HF folder with the tokenizer."""
+    dtype = _weights_dtype(args, "export")
+    from jpeglm.checkpoint import dcp as checkpoint
+
+    dest = checkpoint.export(args.checkpoint, args.out, dtype=dtype,
                              max_shard_size=args.max_shard_size)  # fmt: skip
     print(f"{dest}: HF folder (config.json, safetensors, tokenizer, jpeglm.json)")
     return 0
@@ -166,16 +173,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """An HF folder (the Hub's ``pytorch_model*.bin`` included) -> jpeglm's safetensors folder."""
-    try:
-        import torch
-    except ImportError as e:
-        raise UserError("convert needs torch: pip install 'jpeglm[train]'") from e
+    dtype = _weights_dtype(args, "convert")
     from jpeglm.checkpoint.convert import convert
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if args.max_shard_size <= 0:
-        raise UserError("--max-shard-size must be positive")
-    dest = convert(args.src, args.dest, dtype=dtypes.get(args.dtype),
+    dest = convert(args.src, args.dest, dtype=dtype,
                    max_shard_size=args.max_shard_size, replace=args.replace)  # fmt: skip
     print(f"{dest}: HF folder (config.json, safetensors, tokenizer, jpeglm.json)")
     return 0

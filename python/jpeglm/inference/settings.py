@@ -6,7 +6,7 @@ batching, grammar, compile, weight format, jump-forward), checked once with one
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -73,11 +73,6 @@ class SamplingSettings:
     def record(self) -> dict[str, Any]:
         """The settings a model's ``jpeglm.json`` records (``sampling``)."""
         return {k: getattr(self, k) for k in RECORDED}
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        """The option names, in order."""
-        return tuple(f.name for f in fields(cls))
 
     def __post_init__(self) -> None:
         """Refuse a bad option with one ``ValueError`` line naming it, before any work."""

@@ -279,7 +279,7 @@ def test_complete_exif_transpose_and_default_rows(model, tmp_path, capsys):
 
 @pytest.mark.parametrize("size,rows", [(16, 0), (32, 1), (48, 1), (64, 2), (256, 8)])
 def test_default_rows(size, rows):
-    from jpeglm.cli.model import default_rows
+    from jpeglm.inference.sample import default_rows
 
     assert default_rows(size) == rows
 

@@ -68,8 +68,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     for sp in (co, ev):  # both complete prompts: the first rows of images / frames of clips
         sampling(sp)
         sp.add_argument("images", nargs="+")
-        sp.add_argument("--rows", type=int, default=None,
-                        help="prompt rows of MCUs (default: half the image's)")  # fmt: skip
+        cut = sp.add_mutually_exclusive_group()
+        cut.add_argument("--rows", type=int, default=None,
+                         help="prompt rows of MCUs (default: half the image's)")  # fmt: skip
+        cut.add_argument("--fraction", type=float, default=None, metavar="R",
+                         help="the paper's protocol: the prompt is the stream cut after its "
+                         "int(32*R)-th FFD7 marker at 256 px, as the official code does "
+                         "(0.25 / 0.5 / 0.75 = --rows 4 / 8 / 12), sampled with the "
+                         "official settings (temperature 1.0, top-k 50, top-p 0.9) unless "
+                         "given")  # fmt: skip
         sp.add_argument("--frames", type=int, default=None,
                         help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
     co.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
@@ -140,9 +147,17 @@ def _check_sampling(args: argparse.Namespace) -> None:
     rows = getattr(args, "rows", None)
     if rows is not None and args.size is not None and not 0 <= rows < args.size // 16:
         raise UserError(f"--rows must be in 0..{args.size // 16 - 1} for --size {args.size}")
-    if rows is None and args.size is not None and hasattr(args, "rows"):
-        args.rows = default_rows(args.size)
     args.device = _check_device(args.device)
+    if hasattr(args, "rows") and args.size is not None:
+        from jpeglm.inference.sample import default_rows, fraction_rows
+
+        if args.fraction is not None:
+            try:
+                args.rows = fraction_rows(args.fraction, args.size)
+            except ValueError as e:
+                raise UserError(f"--fraction: {e}") from None
+        elif rows is None:
+            args.rows = default_rows(args.size)
     args.settings = _settings(args, getattr(args, "record", None))
 
 
@@ -171,13 +186,6 @@ def _settings(args: argparse.Namespace, record: dict | None) -> SamplingSettings
     except ValueError as e:
         name, _, rest = str(e).partition(" ")
         raise UserError(f"{_FLAGS.get(name, name)} {rest}") from None
-
-
-def default_rows(size: int) -> int:
-    """``--rows`` when not given: half the image's rows of MCUs, at least 1 (0 for a one-row
-    16 px image: a prompt of the header alone)."""
-    mcu_rows = size // 16
-    return min(max(1, mcu_rows // 2), mcu_rows - 1)
 
 
 def _model_files(args: argparse.Namespace) -> tuple[Path, Path, dict]:
@@ -246,12 +254,17 @@ def _apply_model_defaults(args: argparse.Namespace, info: dict) -> None:
     if info.get("kind") == "video":  # clips: their settings are the record's "video"
         if args.size is not None:
             raise UserError("--size is for image models; a video model's clip size is fixed")
+        if getattr(args, "fraction", None) is not None:
+            raise UserError("--fraction is for image models; give a video model --frames")
     else:
         if args.size is None:
             args.size = int(info["image_size"])
         if args.quality is None:
             args.quality = int(info["quality"])
-    args.record = info.get("sampling")  # options not given: the record's (see _settings)
+    # options not given: the record's (see _settings); the paper's protocol: the defaults,
+    # which are the official inference settings
+    official = getattr(args, "fraction", None) is not None
+    args.record = None if official else info.get("sampling")
 
 
 def _plan_model_outputs(
@@ -458,6 +471,8 @@ def _eval_images(args: argparse.Namespace, folder: Path, tok_path: Path, paths: 
     streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
     res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
                               write_results=False, **kw)  # fmt: skip
+    if args.fraction is not None:
+        res["fraction"] = args.fraction
     res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
     n_fid = args.fid_samples if fid_net is not None else 0
     if args.judge or n_fid:  # one set of unconditional samples for both

@@ -22,7 +22,10 @@ from jpeglm import codec
 from jpeglm.inference.loop import _run_batches, repeat_prompt
 from jpeglm.inference.settings import SamplingSettings, is_int, positive_int, show
 
-__all__ = ["Sample", "clean_stream", "complete", "generate", "prompt_stream"]
+__all__ = [
+    "Sample", "clean_stream", "complete", "default_rows", "fraction_rows", "generate",
+    "prompt_stream",
+]  # fmt: skip
 
 
 @dataclass
@@ -56,6 +59,43 @@ def prompt_stream(stream: bytes, rows: int, size: int = 256) -> bytes:
         else:
             i += 1
     raise ValueError("stream has fewer restart markers than the requested rows")
+
+
+def default_rows(size: int) -> int:
+    """The prompt rows when none are given: half the image's rows of MCUs, at least 1 (0 for a
+    one-row 16 px image: a prompt of the header alone); 8 at 256 px."""
+    mcu_rows = codec.check_size(size) // 16
+    return min(max(1, mcu_rows // 2), mcu_rows - 1)
+
+
+def fraction_rows(fraction: float, size: int = 256) -> int:
+    """The prompt rows of the paper's protocol at ``fraction`` (0.25, 0.5, 0.75; FFHQ 0.375,
+    0.4375): the official inference code cuts the stream after its ``int(32 * fraction)``-th
+    ``FFD7`` marker at 256 px (``TOTAL_PATCH_ROWS = 32``: a restart marker after every MCU, so
+    an ``FFD7`` after every 8 MCUs), here ``int(total_mcus / 8 * fraction)`` at any size. At
+    256 px that is ``--rows 4 / 8 / 12`` for 0.25 / 0.5 / 0.75. A cut that does not fall at
+    the end of a row of MCUs (``0.3`` at 256 px: 72 MCUs, 4.5 rows), or that keeps no marker
+    at all (``0.25`` at 64 px), is refused (ValueError) rather than moved."""
+    size = codec.check_size(size)
+    real = (int, float, np.integer, np.floating)
+    if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, real):
+        raise ValueError(f"fraction must be a number in (0, 1), got {show(fraction)}")
+    if not 0 < fraction < 1:  # NaN fails too
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    per_row = size // 16
+    markers = int(per_row * per_row / 8 * float(fraction))  # the official int(32 * ratio)
+    if markers == 0:
+        raise ValueError(
+            f"fraction {fraction} keeps no FFD7 marker at {size} px ({per_row * per_row} MCUs, "
+            "one FFD7 after every 8): give rows instead"
+        )
+    mcus = 8 * markers
+    if mcus % per_row:
+        raise ValueError(
+            f"fraction {fraction} at {size} px cuts after {mcus} MCUs, inside row "
+            f"{mcus // per_row + 1} of {per_row} MCUs: give rows instead"
+        )
+    return mcus // per_row
 
 
 def clean_stream(data: bytes) -> bytes:
@@ -145,21 +185,31 @@ def complete(
     model,
     tokenizer,
     images: Sequence[codec.ImageLike],
-    rows: int = 8,
+    rows: int | None = None,
     size: int = 256,
     quality: int = 25,
     *,
+    fraction: float | None = None,
     settings: SamplingSettings | None = None,
     stats: dict | None = None,
     on_sample: Callable[[int, Sample], None] | None = None,
     exif_transpose: bool = False,
     **options: Any,
 ) -> list[Sample]:
-    """Complete each image from its first ``rows`` rows of MCUs (sampling ``options`` /
-    ``settings``, ``stats`` and ``on_sample`` as :func:`generate`'s; ``exif_transpose`` as
-    :func:`jpeglm.codec.prepare`'s)."""
+    """Complete each image from its first ``rows`` rows of MCUs (default:
+    :func:`default_rows`, 8 at 256 px), or from the paper's ``fraction`` of them
+    (:func:`fraction_rows`: the official prompt; not both). Sampling ``options`` /
+    ``settings``, ``stats`` and ``on_sample`` as :func:`generate`'s (the defaults are the
+    official inference settings: temperature 1.0, top-k 50, top-p 0.9); ``exif_transpose`` as
+    :func:`jpeglm.codec.prepare`'s."""
     opts = SamplingSettings.of(settings, **options)
     size, quality = codec.check_size(size), codec.check_quality(quality)
+    if fraction is not None:
+        if rows is not None:
+            raise ValueError("give rows or fraction, not both")
+        rows = fraction_rows(fraction, size)
+    elif rows is None:
+        rows = default_rows(size)
     if not is_int(rows) or not 0 <= rows < size // 16:
         raise ValueError(f"rows must be an integer in 0..{size // 16 - 1}, got {show(rows)}")
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):

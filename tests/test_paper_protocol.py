@@ -131,6 +131,17 @@ def test_complete_cli_fraction_on_the_hub_layout(tmp_path, capsys):
     assert jpg.startswith(prompt_stream(codec.encode(photo, size=64), 2, 64)[:2])
     assert codec.decode(jpg).shape == (64, 64, 3)  # constrained: decodes strictly
     capsys.readouterr()
+    # the Python API on the same folder: load_model, then complete at the fraction and sample
+    from jpeglm.checkpoint.load import load_model
+    from jpeglm.inference.sample import complete, generate
+
+    loaded = load_model(hub)
+    model, tok = loaded.model, loaded.tokenizer
+    done = complete(model, tok, [photo], size=64, fraction=0.5, max_tokens=3000, seed=1)
+    assert done[0].clean  # the CLI's completion (written with its tables), from the API
+    assert (codec.decode(done[0].data) == codec.decode(jpg)).all()
+    (s,) = generate(model, tok, size=16, max_tokens=1200, seed=2)
+    assert s.clean and codec.decode(s.data).shape == (16, 16, 3)
     ev = tmp_path / "e"
     args = ["eval", "--model", str(hub), "-o", str(ev), "--size", "64", "--fraction", "0.5",
             "--max-tokens", "200", str(photo)]  # fmt: skip

@@ -409,3 +409,21 @@ def test_vllm_adapter_bookkeeping(fake_vllm, tok, tmp_path):
     step()
     check()
     assert set(proc.req_info) == {0, 3}
+
+
+def test_official_recipe_prompt(tok):
+    """A prompt as the official code builds it (BOS + sentencepiece ids of the braille text)
+    over a sentencepiece tokenizer: accepted, with TokenConstraint's mask for the same bytes."""
+    spm = pytest.importorskip("sentencepiece")
+    from jpeglm.tokenizer import bytes_to_braille
+    from jpeglm.tokenizer.sentencepiece import train_sentencepiece
+
+    docs = [codec.encode(p, quality=25, size=32) for p in bundled.photo_paths()]
+    model = train_sentencepiece(docs, 320, max_sentence_length=1 << 16)
+    sp, sp_tok = spm.SentencePieceProcessor(model_proto=model), Tokenizer.from_sentencepiece(model)
+    prefix = prompt_stream(docs[1], 1, 32)
+    ids = [sp.bos_id()] + sp.encode(bytes_to_braille(prefix))
+    tc = TokenConstraint.from_tokenizer(sp_tok, 32)
+    tc.start(1, prompts=[prefix])
+    got = ScanLogitsMask(sp_tok, 32)(ids, [], torch.zeros(sp.vocab_size())) == 0
+    assert np.array_equal(got.numpy(), tc.mask()[0]) and got.sum() > 1

@@ -54,9 +54,15 @@ _SUBPACKAGES = frozenset({
 })  # fmt: skip
 
 
+#: classes loaded on first attribute access, with the module that holds them
+_LAZY_NAMES = {"JpegLogitsProcessor": "jpeglm.inference.processors"}
+
+
 def __getattr__(name: str):  # lazy submodules: `jpeglm.codec` without importing torch
     import importlib
 
     if name in _SUBPACKAGES:
         return importlib.import_module(f"jpeglm.{name}")
+    if name in _LAZY_NAMES:  # `jpeglm.JpegLogitsProcessor`: torch only when asked for
+        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
     raise AttributeError(f"module 'jpeglm' has no attribute {name!r}")

@@ -215,7 +215,7 @@ def _from_pieces(
             "this tokenizer encodes the raw bytes only",
             stacklevel=stacklevel,
         )
-    if mark is not None and not prefix:
+    if mark is not None and all(pieces[i][0] != mark for i in prefix):
         raise ValueError(f"{where}: the model adds a dummy prefix {mark!r} but has no piece for it")
     return cls.from_parts(
         tokens,

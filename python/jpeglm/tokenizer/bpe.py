@@ -465,8 +465,8 @@ class Tokenizer:
     def from_sentencepiece(cls, model: PathLike | bytes) -> Tokenizer:
         """Load a sentencepiece BPE ``.model`` (a path or the file's bytes) whose pieces are
         braille-mapped bytes, as the official JPEG-LM tokenizer; it encodes as sentencepiece
-        does on :func:`bytes_to_braille` of the input, without sentencepiece installed. What is
-        kept and what is refused: :func:`jpeglm.tokenizer.sentencepiece.load_sentencepiece`."""
+        does on :func:`bytes_to_braille` of the input (dummy prefix, byte fallback included),
+        without sentencepiece. Emulated and refused: :mod:`jpeglm.tokenizer.sentencepiece`."""
         return load_sentencepiece(model, cls, stacklevel=3)
 
 

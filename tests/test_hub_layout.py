@@ -20,12 +20,14 @@ import copy
 import json
 import os
 import pickle
+import warnings
 
 import pytest
 
 from jpeglm import codec
 from jpeglm.cli import main
 from jpeglm.data import bundled as samples
+from jpeglm.tokenizer import bytes_to_braille
 from jpeglm.tokenizer.sentencepiece import train_sentencepiece
 
 torch = pytest.importorskip("torch")
@@ -133,6 +135,37 @@ def test_sample_from_hub_layout(hub_dir, tmp_path, capsys):
     for i in range(2):
         jpg = (out / f"sample_{i:03d}.jpg").read_bytes()
         assert codec.decode(jpg).shape == (16, 16, 3)
+
+
+@pytest.fixture(scope="module")
+def official_hub_dir(tmp_path_factory, hf_model):
+    """The Hub layout with a tokenizer trained the official way (sentencepiece's defaults:
+    dummy prefix "▁", nmt_nfkc, ...)."""
+    docs = [codec.encode(p, quality=q, size=s) for p in samples.photo_paths() for q in (20, 25)
+            for s in (16, 32)]  # fmt: skip
+    d = tmp_path_factory.mktemp("hub-official")
+    save_hub(hf_model, d)
+    (d / "tokenizer.model").write_bytes(train_sentencepiece(docs, 320, official=True))
+    return d, docs
+
+
+def test_official_tokenizer_in_hub_layout(official_hub_dir, tmp_path, capsys):
+    d, docs = official_hub_dir
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning anywhere: loading, sampling
+        tok = load_model(d).tokenizer
+        assert tok.dummy_prefix == sp.piece_to_id("\u2581")
+        for x in docs[:4]:
+            assert tok.encode(x) == sp.encode(bytes_to_braille(x))
+        out = tmp_path / "s"
+        args = ["sample", "--model", str(d), "-o", str(out), "-n", "2", "--size", "16",
+                "--max-tokens", "1200", "--seed", "1"]  # fmt: skip
+        assert main(args) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "arning" not in captured.err and captured.out.count("clean") == 2
+    for i in range(2):
+        assert codec.decode((out / f"sample_{i:03d}.jpg").read_bytes()).shape == (16, 16, 3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

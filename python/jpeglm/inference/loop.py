@@ -404,12 +404,21 @@ def _run_batches(
     room = model.args.max_seq_len
     opts = replace(opts, max_tokens=opts.max_tokens or room, seed=opts.seed or 0)
     by_len: dict[int, Sequence[int]] = {}
+    # sentencepiece's dummy prefix ("▁"): the model saw it after BOS, before every image, so an
+    # empty prompt starts with it too (a non-empty one is encoded with it)
+    prefix = getattr(tokenizer, "dummy_prefix", None)
+
+    def start(p: bytes) -> list[int]:
+        if not len(p) and prefix is not None:
+            return [tokenizer.bos_id, prefix]
+        return [tokenizer.bos_id] + tokenizer.encode(p)
+
     if isinstance(prompt_bytes, _Repeat):
-        ids = [tokenizer.bos_id] + tokenizer.encode(prompt_bytes.item)
+        ids = start(prompt_bytes.item)
         prompts: Sequence[list[int]] = _Repeat(ids, len(prompt_bytes))
         by_len = {len(ids): range(len(prompt_bytes))} if len(prompt_bytes) else {}
     else:
-        prompts = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompt_bytes]
+        prompts = [start(p) for p in prompt_bytes]
         for i, p in enumerate(prompts):
             by_len.setdefault(len(p), []).append(i)  # type: ignore[union-attr]
     for n in by_len:

@@ -41,6 +41,7 @@ from jpeglm.tokenizer.base import (
     _as_bytes,
 )
 from jpeglm.tokenizer.sentencepiece import load_sentencepiece
+from jpeglm.tokenizer.sp_rules import SentencePieceRules
 
 __all__ = ["Tokenizer", "load_file"]
 
@@ -88,6 +89,9 @@ class Parts(NamedTuple):
     unk: int | None
     fuse_unk: bool  # a run of bytes without a token is one unk (sentencepiece)
     whole_token: bool  # an input equal to a token's bytes is that token (tiktoken)
+    # sentencepiece's dummy prefix: special id -> merge rank of each "▁" + braille piece
+    dummy_prefix: dict[int, int] | None = None
+    byte_pieces: tuple[int, ...] | None = None  # sentencepiece's byte fallback: <0x00>..<0xFF>
 
 
 class Tokenizer:
@@ -157,6 +161,8 @@ class Tokenizer:
         unk: int | None,
         fuse_unk: bool,
         whole_token: bool,
+        dummy_prefix: dict[int, int] | None = None,
+        byte_pieces: tuple[int, ...] | None = None,
     ) -> None:
         for role, i in (("bos", bos), ("eos", eos), ("pad", pad), ("unk", unk)):
             if i is not None and not (0 <= i < len(tokens) and tokens[i] is None):
@@ -167,6 +173,13 @@ class Tokenizer:
         self._bos, self._eos, self._pad, self._unk = bos, eos, pad, unk
         self._fuse_unk, self._whole_token = bool(fuse_unk), bool(whole_token)
         self._bpe = _core.BPE(tokens, ranks, -1 if unk is None else unk, fuse_unk, whole_token)
+        self._sp: SentencePieceRules | None = None  # sentencepiece's rules, emulated around it
+        self._dummy_prefix = None if dummy_prefix is None else dict(dummy_prefix)
+        self._byte_pieces = None if byte_pieces is None else tuple(byte_pieces)
+        if dummy_prefix is not None or byte_pieces is not None:
+            self._sp = SentencePieceRules(
+                tokens, self._ranks, names, unk, self._fuse_unk, dummy_prefix, byte_pieces
+            )
 
     @classmethod
     def from_parts(
@@ -277,6 +290,13 @@ class Tokenizer:
         return self._unk
 
     @property
+    def dummy_prefix(self) -> int | None:
+        """Id of sentencepiece's dummy-prefix piece (``"▁"``) that :meth:`encode` puts before
+        any non-empty input (or merged with its first bytes), None when there is none. A model
+        trained on such encodings expects it after BOS: start an empty prompt with it."""
+        return None if self._sp is None else self._sp.prefix_id
+
+    @property
     def special_tokens(self) -> dict[str, int]:
         """Special token names -> ids."""
         return {name: i for i, name in self._names.items()}
@@ -327,6 +347,8 @@ class Tokenizer:
             self._unk,
             self._fuse_unk,
             self._whole_token,
+            self._dummy_prefix,
+            self._byte_pieces,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -344,11 +366,18 @@ class Tokenizer:
 
     def encode(self, data: BytesLike) -> list[int]:
         """Token ids of ``data`` (bytes, bytearray, memoryview or a contiguous uint8 buffer)."""
+        if self._sp is not None:
+            return self._sp.encode(self._bpe, _as_bytes(data, "data"))
         return self._bpe.encode(_as_bytes(data, "data"))
 
     def encode_to_numpy(self, data: BytesLike) -> np.ndarray:
         """Token ids as a numpy array: uint16 when the vocabulary fits, else uint32."""
+        if self._sp is not None:
+            return np.asarray(self.encode(data), dtype=self._id_dtype())
         return self._bpe.encode_to_numpy(_as_bytes(data, "data"))
+
+    def _id_dtype(self) -> type:
+        return np.uint16 if len(self._tokens) <= 1 << 16 else np.uint32
 
     def _items(self, items: Iterable[BytesLike], what: str) -> list:
         if isinstance(items, (bytes, bytearray, memoryview, str)):
@@ -359,6 +388,9 @@ class Tokenizer:
         self, items: Iterable[BytesLike], threads: int | None = None
     ) -> list[list[int]]:
         """:meth:`encode` over many inputs, natively on ``threads`` threads (None: all cores)."""
+        if self._sp is not None:
+            check_threads(threads)
+            return [self.encode(x) for x in self._items(items, "encode_batch")]
         return self._bpe.encode_batch(self._items(items, "encode_batch"), check_threads(threads))
 
     def encode_batch_to_numpy(
@@ -366,6 +398,11 @@ class Tokenizer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """All inputs' ids in one flat array, and int64 ``offsets`` of length ``n + 1``:
         item ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``. No per-item Python objects."""
+        if self._sp is not None:
+            seqs = self.encode_batch(self._items(items, "encode_batch_to_numpy"), threads)
+            offsets = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
+            flat = np.fromiter((t for s in seqs for t in s), self._id_dtype(), int(offsets[-1]))
+            return flat, offsets
         return self._bpe.encode_batch_to_numpy(
             self._items(items, "encode_batch_to_numpy"), check_threads(threads)
         )
@@ -376,8 +413,11 @@ class Tokenizer:
         """The bytes of ``tokens`` (a sequence of ints or a 1-D integer numpy array).
 
         Special tokens (BOS, EOS, pad, unk) have no bytes: skipped, or a ValueError when
-        ``skip_special`` is False. An id outside the vocabulary is a ValueError.
+        ``skip_special`` is False. An id outside the vocabulary is a ValueError. sentencepiece's
+        dummy-prefix and byte pieces decode to their bytes (:mod:`jpeglm.tokenizer.sp_rules`).
         """
+        if self._sp is not None:
+            return self._sp.decode(self._bpe, _as_ids(tokens, "tokens"), bool(skip_special))
         return self._bpe.decode(_as_ids(tokens, "tokens"), bool(skip_special))
 
     def decode_batch(
@@ -387,6 +427,9 @@ class Tokenizer:
         if isinstance(batch, np.ndarray) and batch.ndim == 1:
             raise TypeError("decode_batch expects a sequence of id sequences; use decode()")
         seqs = [_as_ids(t, f"item {i}") for i, t in enumerate(batch)]
+        if self._sp is not None:
+            check_threads(threads)
+            return [self._sp.decode(self._bpe, t, bool(skip_special)) for t in seqs]
         return self._bpe.decode_batch(seqs, bool(skip_special), check_threads(threads))
 
     # -- files: jpeglm.tokenizer.files and jpeglm.tokenizer.sentencepiece ---------------------
@@ -422,8 +465,8 @@ class Tokenizer:
     def from_sentencepiece(cls, model: PathLike | bytes) -> Tokenizer:
         """Load a sentencepiece BPE ``.model`` (a path or the file's bytes) whose pieces are
         braille-mapped bytes, as the official JPEG-LM tokenizer; it encodes as sentencepiece
-        does on :func:`bytes_to_braille` of the input, without sentencepiece installed. What is
-        kept and what is refused: :func:`jpeglm.tokenizer.sentencepiece.load_sentencepiece`."""
+        does on :func:`bytes_to_braille` of the input (dummy prefix, byte fallback included),
+        without sentencepiece. Emulated and refused: :mod:`jpeglm.tokenizer.sentencepiece`."""
         return load_sentencepiece(model, cls, stacklevel=3)
 
 
@@ -440,6 +483,8 @@ def _from_state(state: tuple) -> Tokenizer:
         unk=st.unk,
         fuse_unk=st.fuse_unk,
         whole_token=st.whole_token,
+        dummy_prefix=st.dummy_prefix,
+        byte_pieces=st.byte_pieces,
     )
 
 

@@ -59,13 +59,27 @@ _FORMAT = "jpeglm-bpe"
 _FORMAT_VERSION = 1
 
 
+def _expressible(st: Any, what: str) -> None:
+    """ValueError when ``st`` (a tokenizer's parts) has sentencepiece rules ``what`` cannot
+    write (the dummy prefix, byte fallback): a file without them would encode differently."""
+    rules = [n for n, v in (("dummy prefix", st.dummy_prefix), ("byte fallback", st.byte_pieces))
+             if v is not None]  # fmt: skip
+    if rules:
+        raise ValueError(
+            f"this tokenizer has sentencepiece's {' and '.join(rules)}, which {what} cannot "
+            "express; keep its sentencepiece .model file instead"
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # jpeglm's own format
 
 
 def save_jpeglm(tok: TokenizerLike, path: PathLike) -> None:
-    """Write ``tok`` in the text format of this module's docstring, atomically."""
+    """Write ``tok`` in the text format of this module's docstring, atomically (ValueError for
+    a sentencepiece model's dummy prefix or byte fallback, which the format cannot express)."""
     st = tok.parts()
+    _expressible(st, "jpeglm's tokenizer format")
 
     def opt(i: int | None) -> str:
         return "none" if i is None else str(i)
@@ -186,6 +200,7 @@ def _parse_jpeglm(text: str, cls: type[TokenizerT]) -> TokenizerT:
 
 def _check_tiktoken(tok: TokenizerLike) -> None:
     st = tok.parts()
+    _expressible(st, "tiktoken")
     if len(st.tokens) < 256 or any(st.tokens[b] != bytes([b]) for b in range(256)):
         raise ValueError("not tiktoken-compatible: ids 0..255 must be the single bytes")
     previous = -1
@@ -239,9 +254,11 @@ def save_hf(tok: TokenizerLike, path: PathLike) -> None:
     with no normalizer or pre-tokenizer (the whole input is one word), ``ignore_merges`` for the
     whole-token rule, and a merge for every way two tokens concatenate to a token, ordered by
     the rank of the result. Its decoder fuses the pieces; map them back with
-    :func:`~jpeglm.tokenizer.base.braille_to_bytes`.
+    :func:`~jpeglm.tokenizer.base.braille_to_bytes`. ValueError for a sentencepiece model's
+    dummy prefix or byte fallback (not written: keep the ``.model`` file).
     """
     st = tok.parts()
+    _expressible(st, "this tokenizer.json writer")
     vocab: dict[str, int] = {}
     by_bytes: dict[bytes, int] = {}
     for i, b in enumerate(st.tokens):

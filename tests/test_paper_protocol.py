@@ -39,10 +39,14 @@ def official_prompt_ids(sp, stream: bytes, ratio: float) -> list[int]:
     return [sp.bos_id()] + sp.encode(cut)
 
 
-@pytest.fixture(scope="module")
-def sp_bytes():
+@pytest.fixture(scope="module", params=["plain", "official"])
+def sp_bytes(request):
+    """A sentencepiece model trained on braille bytes: with no dummy prefix or normalisation,
+    and with sentencepiece's defaults (the dummy prefix "▁", merged with the header's first
+    bytes; NFKC), as the released tokenizer may have been."""
     docs = [codec.encode(p, quality=25, size=s) for p in samples.photo_paths() for s in (32, 64)]
-    return train_sentencepiece(docs, 320, max_sentence_length=1 << 16)
+    official = request.param == "official"
+    return train_sentencepiece(docs, 320, max_sentence_length=1 << 16, official=official)
 
 
 @pytest.mark.parametrize(

@@ -329,3 +329,37 @@ def test_empty_prompt_starts_with_the_prefix(official, monkeypatch):
     seen.clear()
     loop._run_batches(model, plain, [b""], 16, opts)
     assert seen == [[[plain.bos_id]]]
+
+
+def test_unconditional_images_start_from_the_encoded_header(official, monkeypatch):
+    """``generate`` (images) starts a dummy-prefix tokenizer's samples from the canonical
+    header, encoded as training encoded every image: the "▁" piece the model learned after BOS
+    is there, merged with the header's first bytes as sentencepiece merges it."""
+    pytest.importorskip("torch")
+    from jpeglm.grammar import ScanAutomaton
+    from jpeglm.inference import loop, sample
+
+    t, sp = official
+    seen: list[tuple[list[int], bytes]] = []
+
+    def fake_run(model, tokenizer, prompts, prompt_bytes, *args, **kw):
+        seen.extend((list(p), bytes(b)) for p, b in zip(prompts, prompt_bytes))
+        return [[] for _ in prompts]
+
+    monkeypatch.setattr(loop, "_run", fake_run)
+    monkeypatch.setattr(loop, "prepare_for_sampling", lambda model, dtype: None)
+    monkeypatch.setattr(loop, "kernel_threads", lambda model: contextlib.nullcontext())
+    model = SimpleNamespace(args=SimpleNamespace(max_seq_len=4096), training=False,
+                            eval=lambda: None, train=lambda mode: None)  # fmt: skip
+    for size in (16, 64):
+        seen.clear()
+        header = ScanAutomaton(size).header
+        assert header == codec.encode(bundled.photo_paths()[0], size=size)[: len(header)]
+        sample.generate(model, t, n=2, size=size)
+        want = [t.bos_id] + sp.encode(bytes_to_braille(header))
+        assert sp.id_to_piece(want[1]).startswith(PREFIX)
+        assert seen == [(want, header)] * 2
+    seen.clear()
+    plain = _without_rules(t)  # no dummy prefix: BOS alone, as before
+    sample.generate(model, plain, n=1, size=16)
+    assert seen == [([plain.bos_id], b"")]

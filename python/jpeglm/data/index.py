@@ -44,6 +44,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     for b, i in sorted(tokenizer.mergeable_ranks.items(), key=lambda kv: kv[1]):
         h.update(i.to_bytes(4, "little") + len(b).to_bytes(2, "little") + b)
     h.update(repr((tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)).encode())
+    # sentencepiece's rules change the ids of the same vocabulary (plain tokenizers: unchanged)
+    parts = tokenizer.parts()
+    if parts.dummy_prefix is not None or parts.byte_pieces is not None:
+        h.update(repr((parts.dummy_prefix, parts.byte_pieces)).encode())
     return h.hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from jpeglm import codec
+from jpeglm.grammar import ScanAutomaton
 from jpeglm.inference.loop import _run_batches, repeat_prompt
 from jpeglm.inference.settings import SamplingSettings, is_int, positive_int, show
 
@@ -177,6 +178,11 @@ def generate(
     if prompt is not None and not isinstance(prompt, (bytes, bytearray, memoryview)):
         raise ValueError(f"prompt must be bytes or None, got {type(prompt).__name__}")
     prompt = bytes(prompt or b"")
+    if not prompt and tokenizer.dummy_prefix is not None:
+        # sentencepiece's dummy prefix merges with a stream's first bytes ("▁" + SOI APP0 ...
+        # in a model trained on JPEGs): start from the canonical header, encoded as every
+        # training image was, so the model sees the piece it learned after BOS
+        prompt = ScanAutomaton(codec.check_size(size)).header
     prompts = repeat_prompt(prompt, n)
     return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)
 

@@ -49,8 +49,8 @@ _source_checkout_kernels()
 
 #: loaded on first attribute access (``jpeglm.codec`` without importing torch)
 _SUBPACKAGES = frozenset({
-    "codec", "tokenizer", "grammar", "reference", "data", "model", "checkpoint", "inference",
-    "train", "eval", "video", "cli",
+    "codec", "tokenizer", "grammar", "conditioning", "reference", "data", "model", "checkpoint",
+    "inference", "train", "eval", "video", "cli",
 })  # fmt: skip
 
 

@@ -104,11 +104,11 @@ def _check_tar_units(units, want, labels):
 def test_webdataset_brace_glob_folder(wds):
     root, want, labels = wds
     names = []
-    for src in [f"{root}/shards-{{00000..00001}}.tar", f"{root}/*.tar", root]:
+    for src in [f"{root}/shards-{{00000..00001}}.tar", f"{root}/*.tar", f"{root}/**/s*.tar", root]:
         units, problems = find_units([src])
         assert problems == []  # the folder's img2dataset sidecar parquet is not a unit
         names.append(_check_tar_units(units, want, labels))
-    assert names[0] == names[1] == names[2]
+    assert names[0] == names[1] == names[2] == names[3]
     assert not any(n.endswith(".seg.png") for n in names[0])  # the plain extension won
     # the same file named twice is one unit
     units, _ = find_units([root, f"{root}/shards-{{00000..00001}}.tar", root / "shards-00001.tar"])

@@ -234,7 +234,8 @@ def unit_count(
     unit: Unit, suffixes: set[str] | None = None, image_column: str | None = None
 ) -> int:
     """How many sources :func:`unit_sources` gives for ``unit``, cheaply: 1 for a file, the
-    header listing of a tar (labels not read), the footer's row count of a parquet file."""
+    header listing of a tar (labels not read), the footer's row count of a parquet file (a
+    file damaged part way through gives fewer: then the problem says so)."""
     if unit.kind == "file":
         return 1
     if unit.kind == "tar":

@@ -143,7 +143,12 @@ def read_index(folder: str | os.PathLike) -> dict:
     p = Path(folder) / INDEX
     if not p.is_file():
         raise FileNotFoundError(f"{folder} has no {INDEX}: run `jpeglm prepare` first")
-    index = _read_index_file(p)
+    return check_ready(folder, _read_index_file(p))
+
+
+def check_ready(folder: str | os.PathLike, index: dict) -> dict:
+    """``index`` (of ``folder``) if training can read it: ``complete`` (the marker of a
+    finished ``prepare``) and at least one sequence; ValueError otherwise."""
     if not index.get("complete"):
         raise ValueError(f"{folder}: preparation did not finish (run `jpeglm prepare` again)")
     if index["sequences"] == 0:

@@ -86,8 +86,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--size", type=int, default=256, help="image side in pixels")
     pr.add_argument("--quality", type=int, default=25, help="JPEG quality")
     pr.add_argument("--seq-len", type=int, default=12288, help="tokens per sequence")
-    pr.add_argument("--images-per-shard", type=int, default=1024,
-                    help="images read per output shard (memory: this many prepared images)")
+    pr.add_argument(
+        "--images-per-shard",
+        type=int,
+        default=1024,
+        help="images read per output shard (memory: this many prepared images)",
+    )
     pr.add_argument("--workers", type=int, default=None,
                     help="threads decoding images (default: the machine's cores)")  # fmt: skip
     pr.add_argument("--fast", action="store_true",
@@ -103,8 +107,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
     video_options(pr, "SRC holds clips (video files or .npy frames) made canonical H.264 "
                   "streams (jpeglm.video.codec)")  # fmt: skip
-    pr.add_argument("--quiet", action="store_true",
-                    help="no progress (a bar on a terminal, a line every 30 s in a log)")  # fmt: skip
+    pr.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (else a bar on a terminal, a line every 30 s in a log)",
+    )
     pr.set_defaults(func=cmd_prepare)
 
 

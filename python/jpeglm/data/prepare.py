@@ -2,12 +2,13 @@
 
 ``prepare(src, out, tokenizer)`` streams the images of its sources -- folders, ``.txt`` /
 ``.jsonl`` lists, tar archives and webdataset shards (brace patterns, globs), parquet files
-(:func:`jpeglm.data.sources.find_units`), one source file at a time
-(:class:`jpeglm.data.stream.Stream`), optionally only a deterministic part of them
-(``part``, :mod:`jpeglm.data.parts`: many machines each prepare one part); decodes each with Pillow (libjpeg-turbo), prepares it (center crop + resize), encodes
-it canonically and tokenizes it natively, in batches; joins the token streams of all images as
-one stream ``BOS tokens EOS BOS tokens EOS ...`` and cuts it into sequences of ``seq_len``
-tokens, stored as one uint16 ``.npy`` shard of shape ``(sequences, seq_len)`` per chunk of
+(:func:`jpeglm.data.units.find_units`), one source file at a time
+(:class:`jpeglm.data.stream.Stream`), optionally only a deterministic part of them (``part``,
+:mod:`jpeglm.data.parts`: many machines each prepare one part). It decodes each image with
+Pillow (libjpeg-turbo), prepares it (center crop + resize), encodes it canonically and
+tokenizes it natively, in batches; joins the token streams of all images as one stream
+``BOS tokens EOS BOS tokens EOS ...`` and cuts it into sequences of ``seq_len`` tokens, stored
+as one uint16 ``.npy`` shard of shape ``(sequences, seq_len)`` per chunk of
 ``images_per_shard`` images. No token is dropped: the tokens of a chunk after its last whole
 sequence (its *carry*) start the next chunk's first sequence, so a sequence may span two
 shards' images; only the last sequence of the whole dataset is short, and it is padded to
@@ -69,10 +70,10 @@ from jpeglm.data.sources import (
     _pool,
     _read_clip,
     _read_image,
-    find_units,
     video_settings,
 )
 from jpeglm.data.stream import Stream
+from jpeglm.data.units import find_units
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 
-from jpeglm.data.sources import Source, Unit, unit_count, unit_sources
+from jpeglm.data.sources import Source
+from jpeglm.data.units import Unit, unit_count, unit_sources
 
 __all__ = ["Stream"]
 

@@ -114,7 +114,8 @@ def _parts_run(src: str, out: Path, tokenizer_path: Path, parts: int, fast: bool
         "--quiet",
     ] + (["--fast"] if fast else [])
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([*cmd, "--part", f"{i}/{parts}"]) for i in range(parts)]
+    procs = [subprocess.Popen([*cmd, "--part", f"{i}/{parts}"], stdout=subprocess.DEVNULL)
+             for i in range(parts)]  # fmt: skip
     if any(p.wait() for p in procs):
         raise RuntimeError("a part failed")
     return time.perf_counter() - t0
@@ -215,14 +216,18 @@ def _estimate(per_core: dict[str, float], speedup_2: float) -> str:
     (an estimate: it assumes the rate scales with cores and machines, as 2 parts vs 1 did)."""
     lines = [f"**Estimate for the paper's 23M images** (2048 px JPEG sources, from the measured "
              f"per-core rate: exact {per_core['exact']:.1f}, fast {per_core['fast']:.1f} "
-             f"images/s per core; 2 parts at once ran {speedup_2:.2f}x one part, so parts "
-             "scale; disk and network not counted):", "",
+             f"images/s per core; 2 parts at once, one process each, ran {speedup_2:.2f}x the "
+             "rate of one part (2x is ideal on 2 free cores); it assumes the rate scales with "
+             "cores and machines; disk and network not counted):", "",
              "| machines x cores | exact | fast |", "|---|---:|---:|"]  # fmt: skip
     for n, m in ((1, 2), (1, 32), (8, 32), (32, 64), (100, 64)):
         cells = []
         for mode in ("exact", "fast"):
             hours = 23e6 / (per_core[mode] * n * m) / 3600
-            cells.append(f"{hours:,.1f} h" if hours < 48 else f"{hours / 24:,.1f} days")
+            if hours < 1:
+                cells.append(f"{hours * 60:.0f} min")
+            else:
+                cells.append(f"{hours:,.1f} h" if hours < 48 else f"{hours / 24:,.1f} days")
         lines.append(f"| {n} x {m} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 

@@ -260,3 +260,18 @@ def test_brace_patterns():
     assert sample_key("dir/0001.seg.png") == ("dir/0001", "seg.png")
     assert sample_key("a.b/c.jpg") == ("a.b/c", "jpg")
     assert sample_key("README") is None and sample_key("d/.hidden.jpg") is None
+
+
+def test_untrusted_json_is_bounded(tmp_path):
+    """A ``.jsonl`` line or a parquet file's ``huggingface`` metadata nested a million deep is a
+    problem line or ignored metadata, never a RecursionError."""
+    deep = "[" * 1_000_000 + "]" * 1_000_000
+    img = tmp_path / "a.png"
+    img.write_bytes(_digit_png(0))
+    (tmp_path / "list.jsonl").write_text(deep + "\n" + json.dumps({"path": "a.png"}) + "\n")
+    units, problems = find_units([tmp_path / "list.jsonl"])
+    assert [u.name for u in units] == ["a.png"]
+    assert len(problems) == 1 and "line 1" in problems[0]["source"]
+    _write_table(tmp_path / "x.parquet", {"jpg": [_digit_png(1)]}, {b"huggingface": deep.encode()})
+    (unit,), _ = find_units([tmp_path / "x.parquet"])
+    assert [s.read() for s in unit_sources(unit, [])] == [_digit_png(1)]

@@ -9,11 +9,10 @@ column). Any other binary column, or a struct with a ``bytes`` field, can be nam
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from jpeglm._io import show
+from jpeglm._io import parse_json, show
 from jpeglm.data.sources import Source
 
 __all__ = ["MAGIC", "BYTE_COLUMNS", "is_parquet", "image_column", "parquet_count",
@@ -53,7 +52,7 @@ def _features(schema) -> dict:
     """The ``datasets`` features in the schema's ``huggingface`` metadata ({} if none)."""
     raw = (schema.metadata or {}).get(b"huggingface")
     try:
-        features = json.loads(raw)["info"]["features"] if raw else {}
+        features = parse_json(raw, "parquet metadata")["info"]["features"] if raw else {}
     except (ValueError, KeyError, TypeError):
         return {}
     return features if isinstance(features, dict) else {}

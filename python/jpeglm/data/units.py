@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jpeglm._io import show
+from jpeglm._io import parse_json, show
 from jpeglm.data import parquet
 from jpeglm.data.sources import IMAGE_SUFFIXES, TAR_SUFFIXES, Source
 from jpeglm.data.webdataset import (
@@ -81,10 +81,10 @@ def _list_units(p: Path, problems: list[dict]) -> list[Unit]:
             continue
         label = None
         if p.suffix.lower() == ".jsonl":
-            try:
-                row = json.loads(line)
+            try:  # untrusted: nesting bounded, never a RecursionError
+                row = parse_json(line, f"{show(p)} line {i}")
             except ValueError as e:
-                problems.append({"source": f"{show(p)} line {i}", "error": f"not JSON ({e})"})
+                problems.append({"source": f"{show(p)} line {i}", "error": str(e)})
                 continue
             path = row.get("path") if isinstance(row, dict) else None
             label = row.get("label") if isinstance(row, dict) else None

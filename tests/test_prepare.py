@@ -20,7 +20,7 @@ from jpeglm import codec
 from jpeglm.data import bundled as samples
 from jpeglm.data import index as shard_index
 from jpeglm.data import prepare as data
-from jpeglm.data.index import read_index
+from jpeglm.data.index import RUN, read_index
 from jpeglm.data.sources import list_images, list_sources, load_images
 from jpeglm.tokenizer import Tokenizer
 
@@ -56,10 +56,15 @@ def _flat(out: Path, index: dict) -> np.ndarray:
 
 def _files(out: Path) -> dict[str, bytes]:
     """The folder's files; of the output manifest (whose lines record the history of the
-    writes), which names it lists."""
+    writes), which names it lists; of ``run.json`` (the run's own times and counts: a resumed
+    run read fewer sources), that it is there."""
     from jpeglm._io import OUTPUTS_MANIFEST, owned_outputs
 
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    if RUN in files:
+        run = json.loads(files[RUN])
+        assert run["read"] + run["resumed"] == run["sources"]
+        files[RUN] = b"present"
     if OUTPUTS_MANIFEST in files:
         files[OUTPUTS_MANIFEST] = "\n".join(sorted(owned_outputs(out))).encode()
     return files

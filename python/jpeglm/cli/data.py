@@ -64,20 +64,54 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--ids", action="store_true", help="print the token ids")
     k.set_defaults(func=cmd_tokenize)
 
-    pr = sub.add_parser("prepare", help="images -> packed uint16 token shards (resumable)")
-    pr.add_argument("src", help="image folder, .txt list of paths, or tar archive")
-    pr.add_argument("out", help="output folder")
-    pr.add_argument("--tokenizer", required=True)
-    pr.add_argument("--size", type=int, default=256)
-    pr.add_argument("--quality", type=int, default=25)
-    pr.add_argument("--seq-len", type=int, default=12288)
-    pr.add_argument("--images-per-shard", type=int, default=1024)
-    pr.add_argument("--workers", type=int, default=None)
-    pr.add_argument("--fast", action="store_true", help="libjpeg DCT scaling for big JPEGs")
+    pr = sub.add_parser(
+        "prepare", help="images -> packed uint16 token shards (resumable, in parts)",
+        description="Turn images into packed uint16 token shards for the trainer: each image "
+        "made canonical (center crop, resize, JPEG), tokenized, wrapped in BOS/EOS, the streams "
+        "joined and cut into sequences. Resumable: run the same command again after a stop. "
+        "Many machines: each runs the same command with its own --part I/N.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    pr.add_argument("src", nargs="+", metavar="SRC",
+                    help="image sources, any number: a folder (its images, tar shards and "
+                    ".parquet files, recursively), a .txt list of paths, a .jsonl list "
+                    '({"path": ..., "label": ...} per line), a tar archive or webdataset '
+                    "shard, a brace pattern or glob of shards ('shards-{00000..02299}.tar', "
+                    "'data/*.parquet'), or a .parquet file")  # fmt: skip
+    pr.add_argument("out", metavar="OUT",
+                    help="output folder (with --part: OUT/part-0000I-of-0000N/)")  # fmt: skip
+    pr.add_argument("--tokenizer", required=True,
+                    help="tokenizer file (train-tokenizer's, tokenizer.json, .tiktoken or a "
+                    "sentencepiece .model)")  # fmt: skip
+    pr.add_argument("--size", type=int, default=256, help="image side in pixels")
+    pr.add_argument("--quality", type=int, default=25, help="JPEG quality")
+    pr.add_argument("--seq-len", type=int, default=12288, help="tokens per sequence")
+    pr.add_argument(
+        "--images-per-shard",
+        type=int,
+        default=1024,
+        help="images read per output shard (memory: this many prepared images)",
+    )
+    pr.add_argument("--workers", type=int, default=None,
+                    help="threads decoding images (default: the machine's cores)")  # fmt: skip
+    pr.add_argument("--fast", action="store_true",
+                    help="decode big JPEGs with libjpeg's DCT scaling (much faster, slightly "
+                    "different pixels)")  # fmt: skip
+    pr.add_argument("--part", default=None, metavar="I/N",
+                    help="prepare only part I of N (a deterministic split by source file) into "
+                    "OUT/part-0000I-of-0000N/ (default: from SLURM_ARRAY_TASK_ID/COUNT or "
+                    "RANK/WORLD_SIZE when set, else everything into OUT)")  # fmt: skip
+    pr.add_argument("--image-column", default=None, metavar="NAME",
+                    help="parquet: the image column (default: found from the metadata: HF "
+                    "datasets' Image feature, or img2dataset's jpg/png/webp/image)")  # fmt: skip
     pr.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
     video_options(pr, "SRC holds clips (video files or .npy frames) made canonical H.264 "
                   "streams (jpeglm.video.codec)")  # fmt: skip
-    pr.add_argument("--quiet", action="store_true")
+    pr.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (else a bar on a terminal, a line every 30 s in a log)",
+    )
     pr.set_defaults(func=cmd_prepare)
 
 
@@ -191,6 +225,17 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _part(text: str | None):  # noqa: ANN202 - a jpeglm.data.parts.Part or None
+    """``--part I/N``, else the part the environment says (a slurm array task, a torchrun
+    rank), else None: everything in one run."""
+    from jpeglm.data.parts import parse_part, part_from_env
+
+    try:
+        return parse_part(text) if text is not None else part_from_env()
+    except ValueError as e:
+        raise UserError(f"--part: {e}" if text is not None else str(e)) from None
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from jpeglm.data import prepare as data
 
@@ -202,15 +247,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         check_memory(args.size, held=2 * max(1, args.images_per_shard),
                      working=args.workers or os.cpu_count() or 1,
                      hint="use a smaller --size, --images-per-shard or --workers")  # fmt: skip
+    part = _part(args.part)
     try:  # the tokenizer is an input too: never an output
         index = data.prepare(
             args.src, args.out, tok, size=args.size, quality=args.quality, seq_len=args.seq_len,
             images_per_shard=args.images_per_shard, workers=args.workers, fast=args.fast,
             progress=not args.quiet, video=video, inputs=[args.tokenizer],
-            exif_transpose=args.exif_transpose,
+            exif_transpose=args.exif_transpose, part=part, image_column=args.image_column,
         )  # fmt: skip
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ImportError) as e:
         raise UserError(str(e)) from e
+    if part is not None:
+        print(f"part {part}: {Path(args.out) / part.folder_name}")
     print(
         f"{index['images']} {'clips' if video else 'images'} -> {index['sequences']} sequences "
         f"of {args.seq_len} tokens "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from jpeglm.data.index import read_index
+from jpeglm.data.parts import read_data_folders
 
 __all__ = ["ShardDataset"]
 
@@ -52,7 +52,9 @@ class ShardDataset(IterableDataset):
     multiple of ``world`` so ranks see equal counts), and data-loader workers split a
     rank's share the same way. ``start`` skips that many of the rank's sequences (resume).
     ``indexes``: the folders' indexes when the caller has read them already (the trainer reads
-    each ``index.json`` once per start); otherwise each is read here, once.
+    each ``index.json`` once per start); otherwise ``folders`` are expanded (a folder of
+    ``prepare --part`` parts, a glob: :func:`jpeglm.data.parts.expand_data_folders`) and each
+    index is read here, once.
     """
 
     def __init__(
@@ -69,8 +71,8 @@ class ShardDataset(IterableDataset):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside world size {world}")
         self.folders = list(folders)
-        if indexes is None:
-            indexes = [read_index(f) for f in self.folders]
+        if indexes is None:  # folders of parts and globs too (the trainer expands them itself)
+            self.folders, indexes = read_data_folders(self.folders, "ShardDataset")
         elif len(indexes) != len(self.folders):
             raise ValueError(f"{len(indexes)} indexes for {len(self.folders)} folders")
         self.arrays, self.table = _sequence_table(self.folders, indexes)

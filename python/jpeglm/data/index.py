@@ -27,15 +27,18 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from jpeglm._io import atomic_write_text, show
-from jpeglm.data.sources import SOURCES, SOURCES_HEADER, Source
+from jpeglm._io import atomic_open, atomic_write_text, show
+from jpeglm.data.sources import SOURCES, SOURCES_HEADER
 
 INDEX = "index.json"
 REPORT = "report.json"
+#: this run's figures (rates, counts, seconds), written by ``prepare`` at its end
+RUN = "run.json"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -56,7 +59,7 @@ def shard_name(chunk: int) -> str:
     return f"shard_{chunk:06d}.npy"
 
 
-OWN_FILES = (INDEX, REPORT, "sources.txt")
+OWN_FILES = (INDEX, REPORT, "sources.txt", RUN)
 _SHARD = re.compile(r"shard_\d{6}\.npy")
 
 
@@ -66,8 +69,12 @@ def is_own_file(name: str) -> bool:
     return name in OWN_FILES or _SHARD.fullmatch(name) is not None
 
 
-def _write_index(out: Path, config: dict, shards: list, skipped: list, sources: list[Source],
-                 final: bool) -> dict:  # fmt: skip
+def _write_index(out: Path, config: dict, shards: list, skipped: list,
+                 names: Iterable[str] | None, final: bool, run: dict | None = None,
+                 ) -> dict:  # fmt: skip
+    """Write ``index.json`` (``"complete": final``); with ``final``, also ``sources.txt`` (the
+    source ``names`` in order, streamed), ``report.json`` (the skipped sources) and
+    ``run.json`` (the figures ``run`` of this run: rates, counts, seconds)."""
     index = {
         "config": config,
         "complete": final,
@@ -83,10 +90,14 @@ def _write_index(out: Path, config: dict, shards: list, skipped: list, sources: 
     index["skipped"] = skipped
     atomic_write_text(out / INDEX, json.dumps(index, indent=1) + "\n", record=True)
     if final:  # JSON strings: a name holding a newline is still one line
-        names = "".join(_json_name(s.name) + "\n" for s in sources)
-        atomic_write_text(out / SOURCES, SOURCES_HEADER + "\n" + names, record=True)
+        with atomic_open(out / SOURCES, "w", record=True) as f:
+            f.write(SOURCES_HEADER + "\n")
+            for name in names or ():
+                f.write(_json_name(name) + "\n")
         atomic_write_text(out / REPORT, json.dumps({"skipped": skipped}, indent=1) + "\n",
                           record=True)  # fmt: skip
+        if run is not None:  # this run's figures (times: the one file a resumed run changes)
+            atomic_write_text(out / RUN, json.dumps(run, indent=1) + "\n", record=True)
     return index
 
 
@@ -136,7 +147,12 @@ def read_index(folder: str | os.PathLike) -> dict:
     p = Path(folder) / INDEX
     if not p.is_file():
         raise FileNotFoundError(f"{folder} has no {INDEX}: run `jpeglm prepare` first")
-    index = _read_index_file(p)
+    return check_ready(folder, _read_index_file(p))
+
+
+def check_ready(folder: str | os.PathLike, index: dict) -> dict:
+    """``index`` (of ``folder``) if training can read it: ``complete`` (the marker of a
+    finished ``prepare``) and at least one sequence; ValueError otherwise."""
     if not index.get("complete"):
         raise ValueError(f"{folder}: preparation did not finish (run `jpeglm prepare` again)")
     if index["sequences"] == 0:

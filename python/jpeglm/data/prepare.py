@@ -1,10 +1,14 @@
 """Images -> packed token shards.
 
-``prepare(src, out, tokenizer)`` walks a folder, a list file (one path per line) or a tar of
-images; decodes each with Pillow (libjpeg-turbo), prepares it (center crop + resize), encodes
-it canonically and tokenizes it natively, in batches; joins the token streams of all images as
-one stream ``BOS tokens EOS BOS tokens EOS ...`` and cuts it into sequences of ``seq_len``
-tokens, stored as one uint16 ``.npy`` shard of shape ``(sequences, seq_len)`` per chunk of
+``prepare(src, out, tokenizer)`` streams the images of its sources -- folders, ``.txt`` /
+``.jsonl`` lists, tar archives and webdataset shards (brace patterns, globs), parquet files
+(:func:`jpeglm.data.units.find_units`), one source file at a time
+(:class:`jpeglm.data.stream.Stream`), optionally only a deterministic part of them (``part``,
+:mod:`jpeglm.data.parts`: many machines each prepare one part). It decodes each image with
+Pillow (libjpeg-turbo), prepares it (center crop + resize), encodes it canonically and
+tokenizes it natively, in batches; joins the token streams of all images as one stream
+``BOS tokens EOS BOS tokens EOS ...`` and cuts it into sequences of ``seq_len`` tokens, stored
+as one uint16 ``.npy`` shard of shape ``(sequences, seq_len)`` per chunk of
 ``images_per_shard`` images. No token is dropped: the tokens of a chunk after its last whole
 sequence (its *carry*) start the next chunk's first sequence, so a sequence may span two
 shards' images; only the last sequence of the whole dataset is short, and it is padded to
@@ -18,7 +22,8 @@ it stopped and ends with the same bytes as an uninterrupted run (the temporary f
 writes that a killed run left are removed; no other file in ``out`` is touched). Unreadable
 images, file names that are not UTF-8 and the unreadable rest of a truncated tar archive are
 skipped and listed in ``report.json``; a source with no usable image at all is an error
-(``ValueError``), as is an output that would replace one of the inputs.
+(``ValueError``), as is an output that would replace one of the inputs. ``run.json`` holds the
+run's figures (images/s, tokens/s, skipped, seconds: :mod:`jpeglm.data.progress`).
 
 The index and the shard files are described in :mod:`jpeglm.data.index`; the sources are listed
 and read by :mod:`jpeglm.data.sources` (``sources.txt`` is described there); ``ShardDataset``
@@ -57,15 +62,18 @@ from jpeglm.data.index import (
     shard_name,
     tokenizer_fingerprint,
 )
+from jpeglm.data.parts import Part, split
+from jpeglm.data.progress import Progress
 from jpeglm.data.sources import (
     VIDEO_SUFFIXES,
     Source,
     _pool,
     _read_clip,
     _read_image,
-    scan_sources,
     video_settings,
 )
+from jpeglm.data.stream import Stream
+from jpeglm.data.units import find_units
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
@@ -74,7 +82,7 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def prepare(
-    src: str | os.PathLike,
+    src: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     tokenizer,
     size: int = 256,
@@ -87,8 +95,22 @@ def prepare(
     video: dict | None = None,
     inputs: Sequence[str | os.PathLike] = (),
     exif_transpose: bool = False,
+    part: Part | None = None,
+    image_column: str | None = None,
 ) -> dict:
     """Turn the images of ``src`` into packed token shards in ``out``; returns the index.
+
+    ``src``: one source or a list of them, each a folder, a ``.txt`` or ``.jsonl`` list, a tar
+    archive, a ``.parquet`` file, or a brace pattern / glob of tar or parquet shards
+    (:func:`jpeglm.data.sources.find_units`). The images are streamed source file by source
+    file (a tar shard's member headers, a parquet file's record batches): only one file's
+    listing is held at a time. ``image_column``: the image column of parquet files (found
+    from their metadata when not given).
+
+    ``part``: prepare only that deterministic 1/N of the source files
+    (:func:`jpeglm.data.parts.split`: whole tar / parquet shards, single images of folders)
+    into ``out/part-0000I-of-0000N/``, resumable on its own; the N parts together are one
+    dataset for the trainer (``train_data = ["OUT"]``).
 
     ``video`` (AVC-LM): the sources are clips (:data:`VIDEO_SUFFIXES`), each made a canonical
     H.264 stream by :mod:`jpeglm.video.codec` with these settings (``width``, ``height``, ``fps``,
@@ -106,10 +128,10 @@ def prepare(
     Every token of every usable image lands in a sequence; the last sequence is padded with
     ``tokenizer.pad_id`` (see the module docstring). Resumable: shards already present (from
     an identical configuration) are kept and skipped, and the resumed run writes the same
-    bytes as an uninterrupted one.
+    bytes as an uninterrupted one. ``progress``: a bar on a terminal, a plain line every
+    :data:`LOG_EVERY` seconds otherwise (images/s, tokens/s, skipped, ETA); the figures of the
+    run are also in ``report.json``.
     """
-    from tqdm.auto import tqdm
-
     size = codec.check_size(size)
     codec.check_quality(quality)
     if seq_len < 2:
@@ -125,12 +147,22 @@ def prepare(
         pad_id = None  # padding must not look like a stream boundary
     if video is not None:
         video = video_settings(video)
-    sources, problems = scan_sources(src, VIDEO_SUFFIXES if video is not None else None)
+    srcs = [src] if isinstance(src, (str, os.PathLike)) else list(src)
+    if not srcs:
+        raise ValueError("no source given")
+    suffixes = VIDEO_SUFFIXES if video is not None else None
+    units, problems = find_units(srcs, suffixes)
     out = Path(out)
-    n_chunks = (len(sources) + images_per_shard - 1) // images_per_shard
+    if part is not None:
+        units = split(units, part)
+        out = out / part.folder_name
+    listing = Stream(units, suffixes, image_column)  # counts every unit's sources once
+    problems += listing.problems
+    total = listing.total
+    n_chunks = (total + images_per_shard - 1) // images_per_shard
     targets = [out / shard_name(c) for c in range(n_chunks)] + [out / n for n in OWN_FILES]
-    claim_outputs(out, [t.name for t in targets], {str(src), *map(str, inputs),
-                                                   *(s.path for s in sources)})  # fmt: skip
+    claim_outputs(out, [t.name for t in targets], {*map(str, srcs), *map(str, inputs),
+                                                   *(u.path for u in units)})  # fmt: skip
     config = {
         "size": size,
         "quality": quality,
@@ -142,13 +174,17 @@ def prepare(
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
         "pad_id": pad_id,
-        "sources": len(sources),
+        "sources": total,
     }
     if exif_transpose and video is None:  # only when set: older indexes stay resumable
         config["exif_transpose"] = True
     if video is not None:
         config.update({"kind": "video", "video": video, "size": None, "quality": None,
                        "fast": False})  # fmt: skip
+    if part is not None:
+        config["part"] = str(part)
+    if image_column is not None:
+        config["image_column"] = image_column
     remove_own_temps(out, is_own_file)  # temp files of a run killed mid-write (ours only)
     index_path = out / INDEX
     old = {}
@@ -159,16 +195,18 @@ def prepare(
                 f"{out} holds shards of a different configuration ({old.get('config')}); "
                 "use an empty folder"
             )
+    if total == 0:
+        if part is None:
+            raise ValueError(f"no images found in {', '.join(show(x) for x in srcs)}")
+        # a part with no source file (more parts than files): an empty, finished part
+        return index._write_index(out, config, [], problems, [], final=True)
     done = {s["file"]: s for s in old.get("shards", [])}
     # the listing's problems first, then the bad images in source order (as a run from scratch)
     listed = {p["source"] for p in problems}
     skipped = problems + [x for x in old.get("skipped", []) if x["source"] not in listed]
     shards: list[dict] = []
     workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(sources), desc="prepare", unit="img", disable=not progress)
-
-    def chunk_of(c: int) -> list[Source]:
-        return sources[c * images_per_shard : (c + 1) * images_per_shard]
+    meter = Progress(total, "clips" if video is not None else "images", part, enabled=progress)
 
     def pack(chunk: list[Source]) -> tuple[np.ndarray, int, list[dict], int]:
         """The chunk's images as ``BOS tokens EOS ...``; their count, the bad ones, bytes."""
@@ -206,12 +244,12 @@ def prepare(
         need = shards[c - 1]["carry_tokens"]
         parts, have, j = [], 0, c - 1
         while have < need and j >= 0:
-            packed = pack(chunk_of(j))[0]
+            packed = pack(listing.chunk(j, images_per_shard))[0]
             if len(packed) != shards[j]["tokens"]:
                 raise ValueError(
-                    f"{show(src)}: the images of {shard_name(j)} changed since it was prepared "
-                    f"into {show(out)} ({len(packed)} tokens now, {shards[j]['tokens']} then); "
-                    "use an empty folder"
+                    f"{show(srcs[0])}: the images of {shard_name(j)} changed since it was "
+                    f"prepared into {show(out)} ({len(packed)} tokens now, {shards[j]['tokens']} "
+                    "then); use an empty folder"
                 )
             parts.insert(0, packed)
             have += len(packed)
@@ -222,19 +260,20 @@ def prepare(
         return stream[len(stream) - need :]
 
     carry: np.ndarray | None = np.empty(0, np.uint16)  # None: not known (recomputed on need)
-    with _pool(workers) as pool:
+    with _pool(workers) as pool, meter:
         for c in range(n_chunks):
             name = shard_name(c)
-            chunk = chunk_of(c)
             last = c == n_chunks - 1
             entry = done.get(name)
+            n_in_chunk = min(images_per_shard, total - c * images_per_shard)
             if entry is not None and (entry["sequences"] == 0 or (out / name).exists()):
                 _append(shards, dict(entry))
                 carry = _stored_carry(entry)
-                bar.update(len(chunk))
+                meter.resumed(n_in_chunk, entry)
                 continue
             if carry is None:
                 carry = carry_before(c)
+            chunk = listing.chunk(c, images_per_shard)
             packed, n_images, bad, n_bytes = pack(chunk)
             skipped = _merge_skipped(skipped, bad)
             stream = np.concatenate([carry, packed])
@@ -263,27 +302,28 @@ def prepare(
             else:  # nothing whole yet: no file, everything carried on
                 (out / name).unlink(missing_ok=True)
             _append(shards, entry)
-            bar.update(len(chunk))
-            index._write_index(out, config, shards, skipped, sources, final=False)
-    bar.close()
+            meter.update(len(chunk), entry, len(bad))
+            index._write_index(out, config, shards, skipped, None, final=False)
     n_seq = sum(s["sequences"] for s in shards)
     if not any(s["images"] for s in shards) or not n_seq:  # nothing to keep: rerun afresh
         for f in [*(s["file"] for s in shards), INDEX]:
             (out / f).unlink(missing_ok=True)
         atomic_write_text(out / REPORT, json.dumps({"skipped": skipped}, indent=1) + "\n",
                           record=True)  # fmt: skip
+        what = show(srcs[0]) if len(srcs) == 1 else f"{len(srcs)} sources"
         if any(s["images"] for s in shards):
             n_tok = sum(s["tokens"] for s in shards)
             raise ValueError(
-                f"{show(src)}: {n_tok} tokens, less than one sequence of {seq_len}, and the "
+                f"{what}: {n_tok} tokens, less than one sequence of {seq_len}, and the "
                 "tokenizer has no pad token to fill it"
             )
         first = skipped[0] if skipped else {"source": "?", "error": "?"}
         raise ValueError(
-            f"no usable image in {show(src)} ({len(skipped)} skipped; first: "
+            f"no usable image in {what} ({len(skipped)} skipped; first: "
             f"{first['source']}: {first['error']}; see {show(out / REPORT)})"
         )
-    return index._write_index(out, config, shards, skipped, sources, final=True)
+    return index._write_index(out, config, shards, skipped, listing.names(), final=True,
+                              run=meter.report())  # fmt: skip
 
 
 def _append(shards: list[dict], entry: dict) -> None:

@@ -24,7 +24,7 @@ import io
 import os
 import tarfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,15 +62,22 @@ TAR_SUFFIXES = {".tar", ".tgz", ".gz", ".tbz", ".tbz2", ".bz2", ".txz", ".xz"}
 
 @dataclass(frozen=True)
 class Source:
-    """One image to read: a file path, or a member of a tar archive."""
+    """One image to read: a file path, a member of a tar archive, or bytes already read (a
+    parquet row: ``data``), with the label its source gives, if any (a webdataset ``.cls``
+    member, a parquet ``label`` column, a ``.jsonl`` list's ``label``)."""
 
     name: str  # how it is reported
     path: str
     member: str | None = None
     # where the member's data starts and how long it is (read without rescanning the archive)
     info: tarfile.TarInfo | None = field(default=None, compare=False, repr=False)
+    data: bytes | None = field(default=None, compare=False, repr=False)
+    label: str | None = None
 
     def read(self) -> bytes:
+        """The source's bytes: ``data`` when set, else the file or the archive member."""
+        if self.data is not None:
+            return self.data
         if self.member is None:
             with open(self.path, "rb") as f:
                 return f.read()
@@ -183,12 +190,41 @@ def list_images(items: Sequence[str | os.PathLike]) -> tuple[list[Path], list[di
 def _tar_sources(p: Path, problems: list[dict], suffixes: set[str] | None = None) -> list[Source]:
     """The image members of a tar archive, up to the first damage (reported in ``problems``)."""
     suffixes = IMAGE_SUFFIXES if suffixes is None else suffixes
-    members = []
+    keep = lambda m: Path(m.name).suffix.lower() in suffixes  # noqa: E731
+    members = tar_members(p, problems, keep, p.name, "image members")[0]
+    members.sort(key=lambda m: m.name)
+    return [Source(f"{p.name}:{m.name}", str(p), m.name, m) for m in members]
+
+
+#: a member :func:`tar_members` reads on its way (a ``.cls`` label) is read up to this size
+SMALL_MEMBER = 1 << 16
+
+
+def tar_members(
+    p: Path,
+    problems: list[dict],
+    keep: Callable[[tarfile.TarInfo], bool],
+    name: str,
+    what: str,
+    small: Callable[[tarfile.TarInfo], bool] | None = None,
+) -> tuple[list[tarfile.TarInfo], dict[str, bytes]]:
+    """The headers of the regular-file members of tar archive ``p`` that ``keep`` accepts, in
+    archive order, up to the first damage (reported in ``problems`` as ``name``'s, counting the
+    members kept as ``what``), and the data of those ``small`` accepts (read on the way, in
+    one pass, up to :data:`SMALL_MEMBER` bytes each). An archive whose very first header cannot
+    be read is a ValueError naming it."""
+    members: list[tarfile.TarInfo] = []
+    data: dict[str, bytes] = {}
     try:
         with tarfile.open(p) as tf:
             for m in tf:
-                if m.isfile() and Path(m.name).suffix.lower() in suffixes:
+                if not m.isfile():
+                    continue
+                if keep(m):
                     members.append(m)
+                if small is not None and small(m):
+                    f = tf.extractfile(m)
+                    data[m.name] = f.read(SMALL_MEMBER) if f is not None else b""
             # tarfile ends quietly at a cut header: what follows the last member must be the
             # zero blocks that end an archive, else the rest of it is lost
             tf.fileobj.seek(tf.offset)
@@ -199,12 +235,11 @@ def _tar_sources(p: Path, problems: list[dict], suffixes: set[str] | None = None
         if not members:
             raise ValueError(f"{show(p)}: cannot read the archive ({type(e).__name__}: {e})") from e
         problems.append({
-            "source": show(p.name),
+            "source": show(name),
             "error": f"{type(e).__name__}: archive truncated or corrupt after "
-                     f"{len(members)} image members ({e}); the rest is not read",
+                     f"{len(members)} {what} ({e}); the rest is not read",
         })  # fmt: skip
-    members.sort(key=lambda m: m.name)
-    return [Source(f"{p.name}:{m.name}", str(p), m.name, m) for m in members]
+    return members, data
 
 
 def load_image(

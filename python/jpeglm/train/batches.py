@@ -6,6 +6,7 @@ new world size (:func:`data_position`), so that a run resumes on the very next s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ __all__ = ["check_shards", "data_position", "epoch_sequences", "micro_batches", 
 
 
 def check_shards(
-    folders: list[str],
+    folders: Sequence[str | os.PathLike],
     fingerprint: str,
     tokenizer: str,
     key: str,

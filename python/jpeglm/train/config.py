@@ -33,7 +33,7 @@ class TrainConfig:
     backend: str | None = None  #: kernels: None (auto) | "torch" | "triton"
     compile: bool = False  #: torch.compile the model
     # data
-    train_data: list[str] = field(default_factory=list)  #: prepared shard folders
+    train_data: list[str] = field(default_factory=list)  #: shard folders, folders of parts, globs
     eval_data: list[str] = field(default_factory=list)
     tokenizer: str = ""  #: tokenizer file (checked against the shards)
     # optimisation
@@ -166,7 +166,10 @@ class TrainConfig:
                     raise ValueError(f"{f.name} must be a finite number, got {value!r}")
                 setattr(self, f.name, float(value))
         if not self.train_data:
-            raise ValueError("train_data: give at least one prepared shard folder")
+            raise ValueError(
+                "train_data: give at least one prepared shard folder (or a folder of parts, or "
+                "a glob)"
+            )
         if not self.tokenizer:
             raise ValueError("tokenizer: give the tokenizer file the shards were made with")
         for k in ("batch_size", "max_steps", "eval_every", "eval_batches", "ckpt_every", "keep",

@@ -48,7 +48,8 @@ import torch.distributed as dist
 
 from jpeglm._io import folder_lock, record_outputs, show, writable_folder
 from jpeglm.data.dataset import ShardDataset
-from jpeglm.data.index import read_index, tokenizer_fingerprint
+from jpeglm.data.index import tokenizer_fingerprint
+from jpeglm.data.parts import read_data_folders
 from jpeglm.model import ModelArgs
 from jpeglm.train import parallel, run_folder
 from jpeglm.train.batches import (
@@ -223,23 +224,24 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
     # -- check everything before any long work
     tok = Tokenizer.load(cfg.tokenizer)
     fingerprint = tokenizer_fingerprint(tok)
-    train_indexes = [read_index(f) for f in cfg.train_data]  # each index.json read once: the
-    eval_indexes = [read_index(f) for f in cfg.eval_data]  # checks and datasets are given them
+    # folders of parts and globs expanded once; each index.json read once, given to all below
+    train_data, train_indexes = read_data_folders(cfg.train_data, "train_data")
+    eval_data, eval_indexes = read_data_folders(cfg.eval_data, "eval_data")
     index = train_indexes[0]
-    seq_len = check_shards(cfg.train_data, fingerprint, cfg.tokenizer, "train_data",
+    seq_len = check_shards(train_data, fingerprint, cfg.tokenizer, "train_data",
                            tok.vocab_size, train_indexes)  # fmt: skip
-    if cfg.eval_data:
-        eval_len = check_shards(cfg.eval_data, fingerprint, cfg.tokenizer, "eval_data",
+    if eval_data:
+        eval_len = check_shards(eval_data, fingerprint, cfg.tokenizer, "eval_data",
                                 tok.vocab_size, eval_indexes)  # fmt: skip
         if eval_len > seq_len:
             raise ValueError(
                 f"eval_data has sequences of {eval_len} tokens, longer than the model's context "
                 f"({seq_len}, from train_data)"
             )
-    train_ds = ShardDataset(cfg.train_data, seed=cfg.seed, rank=rank, world=world,
+    train_ds = ShardDataset(train_data, seed=cfg.seed, rank=rank, world=world,
                             indexes=train_indexes)  # fmt: skip
-    eval_ds = ShardDataset(cfg.eval_data, shuffle=False, rank=rank, world=world,
-                           indexes=eval_indexes) if cfg.eval_data else None  # fmt: skip
+    eval_ds = ShardDataset(eval_data, shuffle=False, rank=rank, world=world,
+                           indexes=eval_indexes) if eval_data else None  # fmt: skip
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
     per_rank = cfg.batch_size // world

@@ -36,3 +36,19 @@ def test_untrusted_record():
     for bad in (None, [], {"names": "ab"}, {"names": ["a"], "base": "320"}):
         with pytest.raises(ValueError, match="^model/jpeglm.json: "):
             Conditioning.from_record(bad, "model/jpeglm.json")
+
+
+def test_a_model_record_with_conditioning(tmp_path):
+    pytest.importorskip("torch")
+    import json
+
+    from jpeglm.checkpoint.load import conditioning_of, read_info
+
+    c = Conditioning(("0", "1"), base=300, cfg=2.0)
+    (tmp_path / "jpeglm.json").write_text(json.dumps({"conditioning": c.record()}))
+    assert conditioning_of(read_info(tmp_path)) == c
+    (tmp_path / "jpeglm.json").write_text(json.dumps({}))
+    assert conditioning_of(read_info(tmp_path)) is None
+    (tmp_path / "jpeglm.json").write_text(json.dumps({"conditioning": {"names": ["a", "a"]}}))
+    with pytest.raises(ValueError, match=r"jpeglm.json: conditioning: class name 'a' given twice"):
+        read_info(tmp_path)

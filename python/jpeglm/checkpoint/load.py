@@ -29,6 +29,7 @@ from jpeglm.checkpoint.files import (
     read_json,
 )
 from jpeglm.checkpoint.hf import load_pretrained
+from jpeglm.conditioning import Conditioning
 from jpeglm.inference.settings import SamplingSettings
 from jpeglm.inference.settings import show as shown
 from jpeglm.model import Transformer
@@ -72,6 +73,12 @@ class LoadedModel:
     @property
     def image_size(self) -> int:
         return int(self.info["image_size"])
+
+    @property
+    def conditioning(self) -> Conditioning | None:
+        """The class layout of a class-conditional model (its record's ``conditioning``),
+        None for an unconditional one."""
+        return conditioning_of(self.info)
 
     @property
     def quality(self) -> int:
@@ -155,6 +162,12 @@ def read_info(folder: Path, state: dict | None = None) -> dict[str, Any]:
     return info
 
 
+def conditioning_of(info: dict[str, Any]) -> Conditioning | None:
+    """The ``conditioning`` of a model record (checked by :func:`check_info`), or None."""
+    rec = info.get("conditioning")
+    return None if rec is None else Conditioning.from_record(rec, "conditioning")
+
+
 def check_info(info: dict[str, Any], where: str | os.PathLike) -> None:
     """ValueError naming the file ``where`` and the key when a model record's value cannot be
     used: ``kind`` image / video; for images ``image_size`` and ``quality`` as the codec takes
@@ -181,6 +194,8 @@ def check_info(info: dict[str, Any], where: str | os.PathLike) -> None:
             codec.check_quality(quality)
         except (TypeError, ValueError):
             raise bad("quality", "an integer in 1..100", quality) from None
+    if info.get("conditioning") is not None:  # a class-conditional model (issue 33)
+        Conditioning.from_record(info["conditioning"], f"{where}: conditioning")
     rec = info["sampling"]
     try:
         SamplingSettings(temperature=rec.get("temperature"), top_k=rec.get("top_k"),

@@ -124,7 +124,7 @@ def test_complete_cli_fraction_on_the_hub_layout(tmp_path, capsys):
     docs = [codec.encode(p, quality=q, size=s) for p in samples.photo_paths() for q in (20, 25)
             for s in (16, 32)]  # fmt: skip
     (hub / "tokenizer.model").write_bytes(
-        train_sentencepiece(docs, 320, max_sentence_length=1 << 16)
+        train_sentencepiece(docs, 320, max_sentence_length=1 << 16, official=True)
     )
     photo = samples.photo_paths()[0]
     out = tmp_path / "c"

@@ -270,3 +270,14 @@ def test_refusals_are_one_line(labelled, world, tmp_path, capsys):
                                         train_data=[str(renamed)], eval_data=[]))  # fmt: skip
     assert "cannot resume" in err and "cat" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # nothing written
+
+
+def test_two_ranks_draw_the_same_dropout_as_one(labelled, tmp_path):
+    from trainutil import run
+
+    kw = {"max_steps": 3, "eval_every": 100, "ckpt_every": 100, "cond_dropout": 0.5}
+    one = run(_args(labelled, tmp_path / "one", **kw))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run(_args(labelled, tmp_path / "two", **kw), nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-4)

@@ -13,10 +13,13 @@ step / data position / RNG; see :mod:`jpeglm.checkpoint.dcp`) and only the last 
 kept; ``resume=true`` continues from the newest one exactly as if never stopped, on the same
 or (where the data position maps exactly) another number of ranks. At the end the weights
 are gathered into an HF folder ``OUT/final`` (with the tokenizer) that transformers and
-``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit (a second
-signal during that checkpoint's write is deferred until it is whole). One trainer
-per run folder: rank 0 holds ``OUT/.jpeglm-lock`` (``flock``; the kernel releases it if the
-process dies) for the whole run, and a second trainer is refused naming the holder's pid.
+``jpeglm sample`` load. Shards of ``prepare --labels`` make a class-conditional model (vocab
+V + C + 1, COND dropped to the null class with probability ``cond_dropout``, no loss on COND,
+the classes and ``guidance`` in its record: :mod:`jpeglm.train.conditioning`). SIGINT /
+SIGTERM finish the step, checkpoint and exit (a second signal during that checkpoint's write
+is deferred until it is whole). One trainer per run folder: rank 0 holds ``OUT/.jpeglm-lock``
+(``flock``; the kernel releases it if the process dies) for the whole run, and a second trainer
+is refused naming the holder's pid.
 
 Scale: ``fsdp=true`` shards with FSDP2 (per block, then the root; bf16 compute and fp32
 gradient reduction on CUDA; the model is built on the meta device and each rank materialises

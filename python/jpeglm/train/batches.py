@@ -1,7 +1,8 @@
 """What the trainer feeds the model: the prepared shard folders checked against the tokenizer
-(:func:`check_shards`), endless micro-batches of sequences (:func:`micro_batches`), their next-token
-targets (:func:`targets_of`), and where the stream stands after a step in terms that survive a
-new world size (:func:`data_position`), so that a run resumes on the very next sequence.
+(:func:`check_shards`), endless micro-batches of sequences (:func:`micro_batches`), their
+next-token targets (:func:`targets_of`: no loss on padding, nor on a labelled run's COND), and
+where the stream stands after a step in terms that survive a new world size
+(:func:`data_position`), so that a run resumes on the very next sequence.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from jpeglm.conditioning import Conditioning
 from jpeglm.data.dataset import ShardDataset
 from jpeglm.data.index import check_shard_files, read_index
 
@@ -72,12 +74,20 @@ def micro_batches(
         epoch, skip = epoch + 1, 0
 
 
-def targets_of(x: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+def targets_of(
+    x: torch.Tensor, pad_id: int | None, cond: Conditioning | tuple[int, int] | None = None
+) -> torch.Tensor:
     """Next-token targets of a batch of sequences; padding (the dataset's last, partial
-    sequence is padded by ``prepare``) is ignored by the loss (-100)."""
+    sequence is padded by ``prepare``) is ignored by the loss (-100). ``cond``: a labelled
+    run's :class:`~jpeglm.conditioning.Conditioning` (or the id range ``(first, last)``,
+    inclusive): COND -- a class or the null id -- is given, never predicted, so it carries no
+    loss either (-100)."""
     targets = x[:, 1:]
     if pad_id is not None:
         targets = targets.masked_fill(targets == pad_id, -100)
+    if cond is not None:
+        lo, hi = (cond.base, cond.null_id) if isinstance(cond, Conditioning) else cond
+        targets = targets.masked_fill((targets >= lo) & (targets <= hi), -100)
     return targets
 
 

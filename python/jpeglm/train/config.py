@@ -36,6 +36,8 @@ class TrainConfig:
     train_data: list[str] = field(default_factory=list)  #: shard folders, folders of parts, globs
     eval_data: list[str] = field(default_factory=list)
     tokenizer: str = ""  #: tokenizer file (checked against the shards)
+    cond_dropout: float = 0.1  #: labelled shards: P(COND -> the null class) per image, in [0, 1)
+    guidance: float = 1.0  #: labelled shards: the default guidance scale recorded (1: off)
     # optimisation
     batch_size: int = 8  #: global batch (sequences per optimizer step, over all ranks)
     micro_batch_size: int = 0  #: per rank per forward; 0: batch_size / world (no accumulation)
@@ -180,6 +182,8 @@ class TrainConfig:
                   "min_lr", "grad_clip", "peak_flops"):  # fmt: skip
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0 (1: no guidance), got {self.guidance}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.min_lr > self.lr:
@@ -188,7 +192,7 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps})"
             )
-        for k in ("beta1", "beta2"):
+        for k in ("beta1", "beta2", "cond_dropout"):
             if not 0 <= getattr(self, k) < 1:
                 raise ValueError(f"{k} must be in [0, 1), got {getattr(self, k)}")
         if self.micro_batch_size > self.batch_size:

@@ -13,10 +13,13 @@ step / data position / RNG; see :mod:`jpeglm.checkpoint.dcp`) and only the last 
 kept; ``resume=true`` continues from the newest one exactly as if never stopped, on the same
 or (where the data position maps exactly) another number of ranks. At the end the weights
 are gathered into an HF folder ``OUT/final`` (with the tokenizer) that transformers and
-``jpeglm sample`` load. SIGINT / SIGTERM finish the step, checkpoint and exit (a second
-signal during that checkpoint's write is deferred until it is whole). One trainer
-per run folder: rank 0 holds ``OUT/.jpeglm-lock`` (``flock``; the kernel releases it if the
-process dies) for the whole run, and a second trainer is refused naming the holder's pid.
+``jpeglm sample`` load. Shards of ``prepare --labels`` make a class-conditional model (vocab
+V + C + 1, COND dropped to the null class with probability ``cond_dropout``, no loss on COND,
+the classes and ``guidance`` in its record: :mod:`jpeglm.train.conditioning`). SIGINT /
+SIGTERM finish the step, checkpoint and exit (a second signal during that checkpoint's write
+is deferred until it is whole). One trainer per run folder: rank 0 holds ``OUT/.jpeglm-lock``
+(``flock``; the kernel releases it if the process dies) for the whole run, and a second trainer
+is refused naming the holder's pid.
 
 Scale: ``fsdp=true`` shards with FSDP2 (per block, then the root; bf16 compute and fp32
 gradient reduction on CUDA; the model is built on the meta device and each rank materialises
@@ -47,11 +50,12 @@ import torch
 import torch.distributed as dist
 
 from jpeglm._io import folder_lock, record_outputs, show, writable_folder
+from jpeglm.conditioning import Conditioning
 from jpeglm.data.dataset import ShardDataset
 from jpeglm.data.index import tokenizer_fingerprint
 from jpeglm.data.parts import read_data_folders
 from jpeglm.model import ModelArgs
-from jpeglm.train import parallel, run_folder
+from jpeglm.train import conditioning, parallel, run_folder
 from jpeglm.train.batches import (
     check_shards,
     data_position,
@@ -68,9 +72,10 @@ __all__ = ["Interrupted", "evaluate", "main", "train"]
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, ds: ShardDataset, micro: int, n_batches: int,
              device: torch.device, bytes_per_token: float, autocast: torch.autocast,
-             pad_id: int | None = None) -> dict:  # fmt: skip
+             pad_id: int | None = None, cond: Conditioning | None = None) -> dict:  # fmt: skip
     """Mean held-out loss over ``n_batches`` micro-batches per rank, averaged over ranks (every
-    rank runs the same number of forwards, as FSDP's collectives need)."""
+    rank runs the same number of forwards, as FSDP's collectives need). ``cond``: a labelled
+    run's classes (no loss on COND; ``bytes_per_token`` counts no COND either)."""
     model.eval()
     losses = []
     ds.set_epoch(0)
@@ -82,7 +87,7 @@ def evaluate(model: torch.nn.Module, ds: ShardDataset, micro: int, n_batches: in
             break
         x = torch.stack(seqs).to(device)
         with autocast:
-            losses.append(model(x[:, :-1], targets=targets_of(x, pad_id)).float())
+            losses.append(model(x[:, :-1], targets=targets_of(x, pad_id, cond)).float())
     model.train()
     t = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=device)
     if dist.is_initialized():
@@ -160,60 +165,17 @@ def train(cfg: TrainConfig) -> dict:
     holds ``OUT/.jpeglm-lock`` for the whole run (:func:`jpeglm._io.folder_lock`)."""
     with contextlib.ExitStack() as held:
         metrics, stopped = _train(cfg, held)
-    _leave_process_group()
+    parallel.leave_process_group()
     if stopped is not None:
         raise stopped
     return metrics
-
-
-def _leave_process_group() -> None:
-    """End a torchrun run on every rank together: a barrier (rank 0 has written the plot),
-    then the group is destroyed. gloo's worker threads release a finished collective's work
-    a moment after it completes, and releasing Python-owned tensors (``all_gather_object``'s)
-    needs the GIL; during interpreter finalisation that aborts the process, so
-    ``python -m jpeglm.train`` under torchrun leaves with ``os._exit`` (``train/__main__``)."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _leave_after_error() -> None:
-    """The same after a one-line error: the errors ``main`` reports are raised on every rank
-    together (the checks run on all ranks, rank 0's through ``_on_rank0``, checkpoint writes
-    through ``on_every_rank``), so the ranks meet -- but a bounded meeting (gloo's monitored
-    barrier, 10 s), never a hang where one rank failed alone."""
-    if not dist.is_initialized():
-        return
-    from datetime import timedelta
-
-    try:
-        if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=timedelta(seconds=10))
-    except RuntimeError:  # a rank that failed alone has left: nothing to wait for
-        pass
-    dist.destroy_process_group()
-
-
-def _on_rank0(fn) -> None:  # noqa: ANN001
-    """``fn()`` on rank 0 (a check of the run folder, which only rank 0 writes); its ValueError
-    is raised on every rank, so that all stop together."""
-    error = [None]
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        try:
-            fn()
-        except ValueError as e:
-            error = [str(e)]
-    if dist.is_initialized():
-        dist.broadcast_object_list(error, src=0)
-    if error[0]:
-        raise ValueError(error[0])
 
 
 def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrupted | None]:
     from tqdm.auto import tqdm
 
     from jpeglm.checkpoint import dcp as ckpt
-    from jpeglm.checkpoint.hf import hf_model_args, save_hf
+    from jpeglm.checkpoint.hf import save_hf
     from jpeglm.tokenizer import Tokenizer
 
     rank, world, device = parallel.setup_distributed()
@@ -228,11 +190,14 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
     train_data, train_indexes = read_data_folders(cfg.train_data, "train_data")
     eval_data, eval_indexes = read_data_folders(cfg.eval_data, "eval_data")
     index = train_indexes[0]
-    seq_len = check_shards(train_data, fingerprint, cfg.tokenizer, "train_data",
-                           tok.vocab_size, train_indexes)  # fmt: skip
+    folders = [("train_data", train_data, train_indexes), ("eval_data", eval_data, eval_indexes)]
+    cond = conditioning.data_conditioning(folders, tok.vocab_size)  # None: no labels
+    vocab = cond.vocab_size if cond is not None else tok.vocab_size  # V + C + 1 with labels
+    seq_len = check_shards(train_data, fingerprint, cfg.tokenizer, "train_data", vocab,
+                           train_indexes)  # fmt: skip
     if eval_data:
-        eval_len = check_shards(eval_data, fingerprint, cfg.tokenizer, "eval_data",
-                                tok.vocab_size, eval_indexes)  # fmt: skip
+        eval_len = check_shards(eval_data, fingerprint, cfg.tokenizer, "eval_data", vocab,
+                                eval_indexes)  # fmt: skip
         if eval_len > seq_len:
             raise ValueError(
                 f"eval_data has sequences of {eval_len} tokens, longer than the model's context "
@@ -255,14 +220,14 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
         )
     if cfg.init_from:
         run_folder._check_init_from(Path(cfg.init_from))
-        args = hf_model_args(cfg.init_from, vocab_size=tok.vocab_size)
+        args = conditioning.init_args(cfg.init_from, vocab, cond)
         args = dataclasses.replace(args, max_seq_len=max(seq_len, args.max_seq_len))
     else:
         args = ModelArgs.from_name(
-            cfg.model, vocab_size=tok.vocab_size, max_seq_len=seq_len, **cfg.model_args
+            cfg.model, vocab_size=vocab, max_seq_len=seq_len, **cfg.model_args
         )
     parallel.check_memory(args, cfg, device, world)
-    bytes_per_token = index["bytes"] / max(1, index["tokens"])
+    bytes_per_token = conditioning.bytes_per_token(index, cond)
     out = Path(cfg.out)
 
     # one trainer per run folder: taken before anything in it is looked at or written
@@ -270,7 +235,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
         writable_folder(out)
         held.enter_context(folder_lock(out, "another trainer"))  # held until the run ends
 
-    _on_rank0(lock)
+    parallel.on_rank0(lock)
     existing = ckpt.list_checkpoints(out)
     if existing and not cfg.resume:
         raise ValueError(
@@ -282,7 +247,8 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
             f"{out} already holds a run's metrics.jsonl: pass resume=true to continue it, or "
             "choose a new out"
         )
-    _on_rank0(lambda: run_folder._claim_run_files(out, legacy=cfg.resume and bool(existing)))
+    legacy = cfg.resume and bool(existing)
+    parallel.on_rank0(lambda: run_folder._claim_run_files(out, legacy=legacy))
     if cfg.resume and not existing and rank == 0:
         note = run_folder._nothing_to_resume(out)
         if note:
@@ -295,6 +261,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
     run_id = run_folder._run_id(rank)
     if cfg.resume and existing:
         state = run_folder.resume(existing, model, opt, args, rank)
+        conditioning.check_resumed(state, cond, show(existing[-1]))
         step, run_id = state["step"], state.get("run_id", run_id)
         pos = data_position(state, cfg, len(train_ds), micro, world)
         epoch, skip = pos["epoch"], pos["skip"]
@@ -305,7 +272,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
         device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and not sharded
     )  # FSDP casts parameters itself (MixedPrecisionPolicy)
 
-    meta = run_folder._metadata(index, tok, seq_len)
+    meta = conditioning.with_record(run_folder._metadata(index, tok, seq_len), cond, cfg)
     train_state = {
         "run_id": run_id, "batch_size": cfg.batch_size, "micro_batch_size": micro, "world": world,
         "epoch_sequences": epoch_sequences(len(train_ds), micro, world),
@@ -336,7 +303,9 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
             # micro-batch's mean is weighted by its share of the step's tokens.
             step_batches = [next(batches) for _ in range(accum)]
             epoch = step_batches[-1][0]
-            targets = [targets_of(x, tok.pad_id) for _, x in step_batches]
+            if cond is not None:  # classifier-free guidance: COND -> null at random
+                step_batches = conditioning.drop_in_step(step_batches, cond, cfg, step, world, rank)
+            targets = [targets_of(x, tok.pad_id, cond) for _, x in step_batches]
             counts = [int((t != -100).sum()) for t in targets]
             total = torch.tensor([float(sum(counts))], device=device)
             if world > 1:
@@ -383,7 +352,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> tuple[dict, Interrup
                 bar.update(1)
             if eval_ds is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 ev = evaluate(fwd, eval_ds, micro, cfg.eval_batches, device, bytes_per_token,
-                              autocast, tok.pad_id)  # fmt: skip
+                              autocast, tok.pad_id, cond)  # fmt: skip
                 metrics.update(ev)
                 t_last = time.perf_counter()  # evaluation is not training throughput
             if rank == 0:
@@ -482,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"jpeglm train: error: {e}", file=sys.stderr)
-        _leave_after_error()
+        parallel.leave_after_error()
         return 2
     except OSError as e:
         from jpeglm.checkpoint.dcp import disk_full

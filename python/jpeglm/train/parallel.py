@@ -1,13 +1,16 @@
 """The model under data parallelism: one process, DDP or FSDP2 -- the process group, the model
 built, sharded (:func:`shard`, under :func:`mixed_precision`) and initialised
 (:func:`build_model`), its optimizer, gradient clipping over sharded gradients, and the
-up-front check that the training state fits the device (:func:`check_memory`).
+up-front check that the training state fits the device (:func:`check_memory`), and how the
+ranks meet and leave together (:func:`on_rank0`, :func:`leave_process_group`,
+:func:`leave_after_error`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +29,10 @@ __all__ = [
     "build_optimizer",
     "check_memory",
     "clip_grad_norm_",
+    "leave_after_error",
+    "leave_process_group",
     "mixed_precision",
+    "on_rank0",
     "setup_distributed",
     "shard",
 ]
@@ -173,3 +179,49 @@ def check_memory(args: ModelArgs, cfg: TrainConfig, device: torch.device, world:
             f"({procs} process(es) here) but {what} is {have / gib:.1f} GiB: use fsdp=true over "
             "more GPUs or a smaller model (`jpeglm plan` shows what fits)"
         )
+
+
+# ------------------------------------------------------------------ ranks meeting and leaving
+
+
+def leave_process_group() -> None:
+    """End a torchrun run on every rank together: a barrier (rank 0 has written the plot),
+    then the group is destroyed. gloo's worker threads release a finished collective's work
+    a moment after it completes, and releasing Python-owned tensors (``all_gather_object``'s)
+    needs the GIL; during interpreter finalisation that aborts the process, so
+    ``python -m jpeglm.train`` under torchrun leaves with ``os._exit`` (``train/__main__``)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def leave_after_error() -> None:
+    """The same after a one-line error: the errors ``main`` reports are raised on every rank
+    together (the checks run on all ranks, rank 0's through :func:`on_rank0`, checkpoint writes
+    through ``on_every_rank``), so the ranks meet -- but a bounded meeting (gloo's monitored
+    barrier, 10 s), never a hang where one rank failed alone."""
+    if not dist.is_initialized():
+        return
+    from datetime import timedelta
+
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=10))
+    except RuntimeError:  # a rank that failed alone has left: nothing to wait for
+        pass
+    dist.destroy_process_group()
+
+
+def on_rank0(fn: Callable[[], object]) -> None:
+    """``fn()`` on rank 0 (a check of the run folder, which only rank 0 writes); its ValueError
+    is raised on every rank, so that all stop together."""
+    error = [None]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            fn()
+        except ValueError as e:
+            error = [str(e)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(error, src=0)
+    if error[0]:
+        raise ValueError(error[0])

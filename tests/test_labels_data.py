@@ -124,8 +124,11 @@ def sources(tmp_path_factory, images, labels) -> dict[str, tuple[list[str], dict
     struct = pa.array([{"bytes": images[k], "path": f"{k}.png"} for k in keys],
                       pa.struct([("bytes", pa.binary()), ("path", pa.string())]))  # fmt: skip
     cells = [None if labels[k] is None else hf_names.index(labels[k]) for k in keys]
-    _parquet(root / "hf.parquet", {"image": struct, "label": pa.array(cells, pa.int64())},
-             {"image": {"_type": "Image"}, "label": {"names": hf_names, "_type": "ClassLabel"}})
+    _parquet(
+        root / "hf.parquet",
+        {"image": struct, "label": pa.array(cells, pa.int64())},
+        {"image": {"_type": "Image"}, "label": {"names": hf_names, "_type": "ClassLabel"}},
+    )
     _parquet(root / "i2d.parquet", {"key": keys, "jpg": [images[k] for k in keys],
                                     "label": ["decoy"] * len(keys),
                                     "cls": [labels[k] for k in keys]})  # fmt: skip

@@ -293,6 +293,10 @@ def test_label_column_named_and_missing(sources, tok, tmp_path):
     with pytest.raises(ValueError, match="label column 'nope': no such column") as e:
         data.prepare(src, tmp_path / "o", tok, labels=True, label_column="nope", **KW)
     assert "\n" not in str(e.value) and "cls (string)" in str(e.value)
+    with pytest.raises(ValueError, match="label column 'nope'"):  # before any work
+        data.prepare(src, tmp_path / "n", tok, labels=True, label_names=["1"],
+                     label_column="nope", **KW)  # fmt: skip
+    assert not (tmp_path / "n").exists()
     with pytest.raises(ValueError, match="need labels=True"):
         data.prepare(src, tmp_path / "o", tok, label_column="cls", **KW)
 

@@ -111,13 +111,17 @@ def _open(path: str | Path, name: str, problems: list[dict]):
         return None
 
 
-def parquet_count(path: str | Path, name: str, column: str | None = None) -> int:
+def parquet_count(
+    path: str | Path, name: str, column: str | None = None, label_column: str | None = None
+) -> int:
     """How many sources :func:`parquet_sources` gives: the footer's row count (0 for a file
-    that is not a readable parquet file); a missing image column is its ValueError."""
+    that is not a readable parquet file); a missing image column, or a missing ``label_column``
+    when one is named, is its ValueError."""
     pf = _open(path, name, [])
     if pf is None:
         return 0
-    image_column(pf.schema_arrow, name, column)
+    col = image_column(pf.schema_arrow, name, column)
+    _label_column(pf.schema_arrow, name, col, label_column)
     return pf.metadata.num_rows
 
 

@@ -192,15 +192,15 @@ def prepare(
     # counts every unit's sources once (and gathers their labels)
     listing = Stream(units, suffixes, image_column, label_column, gather)
     problems += listing.problems
+    total = listing.total
     cond = None
-    if labels:
+    if labels and (total or part is not None):  # (no image at all: the error below)
         if label_names is None:  # from ALL units, so that every part has the same names
             mine = {id(u) for u in units}
             others = [u for u in every_unit if id(u) not in mine]
             found = listing.labels | distinct_labels(others, suffixes, image_column, label_column)
             label_names = sort_names(found)
         cond = shard_conditioning(label_names, tokenizer.vocab_size)
-    total = listing.total
     n_chunks = (total + images_per_shard - 1) // images_per_shard
     targets = [out / shard_name(c) for c in range(n_chunks)] + [out / n for n in OWN_FILES]
     claim_outputs(out, [t.name for t in targets], {*map(str, srcs), *map(str, inputs),

@@ -54,7 +54,7 @@ class Stream:
                     if labels and (name := clean_label(s.label)):
                         self.labels.add(name)
             else:
-                n = unit_count(u, suffixes, image_column)
+                n = unit_count(u, suffixes, image_column, label_column)
                 if labels:
                     self.labels |= distinct_labels([u], suffixes, image_column, label_column)
             self.counts.append(n)

@@ -250,17 +250,21 @@ def _labelled(s: Source, label: str) -> Source:
 
 
 def unit_count(
-    unit: Unit, suffixes: set[str] | None = None, image_column: str | None = None
+    unit: Unit,
+    suffixes: set[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> int:
     """How many sources :func:`unit_sources` gives for ``unit``, cheaply: 1 for a file, the
     header listing of a tar (labels not read), the footer's row count of a parquet file (a
-    file damaged part way through gives fewer: then the problem says so)."""
+    file damaged part way through gives fewer: then the problem says so; its image column and
+    a named ``label_column`` are checked)."""
     if unit.kind == "file":
         return 1
     if unit.kind == "tar":
         return len(shard_sources(unit.path, unit.name, [], suffixes, labels=False))
     if unit.kind == "parquet":
-        return parquet.parquet_count(unit.path, unit.name, image_column)
+        return parquet.parquet_count(unit.path, unit.name, image_column, label_column)
     raise ValueError(f"unknown unit kind {unit.kind!r} (expected one of {', '.join(KINDS)})")
 
 

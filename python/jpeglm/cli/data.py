@@ -104,6 +104,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--image-column", default=None, metavar="NAME",
                     help="parquet: the image column (default: found from the metadata: HF "
                     "datasets' Image feature, or img2dataset's jpg/png/webp/image)")  # fmt: skip
+    pr.add_argument("--labels", action="store_true",
+                    help="class conditioning: pack each image as BOS COND tokens EOS, COND its "
+                    "class (from root/<class>/x.jpg in a folder, a webdataset .cls member, a "
+                    "parquet label column, a .jsonl 'label'; the null class for an image without "
+                    "one); the class names and counts go into index.json")  # fmt: skip
+    pr.add_argument("--label-names", default=None, metavar="NAMES",
+                    help="with --labels: the class names, in id order, as a comma list "
+                    "(cat,dog) or @FILE (one per line); an image with another label is skipped "
+                    "and listed in report.json (default: every label found, sorted, "
+                    "numerically when all are integers)")  # fmt: skip
+    pr.add_argument("--label-column", default=None, metavar="NAME",
+                    help="with --labels, parquet: the label column (default: label, when a "
+                    "file has one; HF ClassLabel indices become their names)")  # fmt: skip
     pr.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
     video_options(pr, "SRC holds clips (video files or .npy frames) made canonical H.264 "
                   "streams (jpeglm.video.codec)")  # fmt: skip
@@ -236,11 +249,32 @@ def _part(text: str | None):  # noqa: ANN202 - a jpeglm.data.parts.Part or None
         raise UserError(f"--part: {e}" if text is not None else str(e)) from None
 
 
+def _label_options(args: argparse.Namespace) -> list[str] | None:
+    """``--label-names`` as a list (None when not given); one line for ``--label-names`` or
+    ``--label-column`` without ``--labels``, a missing @FILE, an empty column name."""
+    from jpeglm.data.labels import parse_label_names
+
+    for opt, value in (("--label-names", args.label_names), ("--label-column", args.label_column)):
+        if value is not None and not args.labels:
+            raise UserError(f"{opt} needs --labels")
+    if args.label_column is not None and not args.label_column.strip():
+        raise UserError("--label-column must name a column")
+    if args.label_names is None:
+        return None
+    try:
+        return parse_label_names(args.label_names)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--label-names: cannot read {args.label_names[1:]}: {e}") from None
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from jpeglm.data import prepare as data
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    label_names = _label_options(args)
     tok = _load_tokenizer(Path(args.tokenizer))
     video = video_settings(args)
     if video is None:  # a shard's images held prepared (and stacked), one read per worker
@@ -254,6 +288,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             images_per_shard=args.images_per_shard, workers=args.workers, fast=args.fast,
             progress=not args.quiet, video=video, inputs=[args.tokenizer],
             exif_transpose=args.exif_transpose, part=part, image_column=args.image_column,
+            labels=args.labels, label_names=label_names, label_column=args.label_column,
         )  # fmt: skip
     except (FileNotFoundError, ImportError) as e:
         raise UserError(str(e)) from e
@@ -265,4 +300,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         f"in {sum(1 for s in index['shards'] if s['sequences'])} shards "
         f"({len(index['skipped'])} skipped, see report.json)"
     )
+    if "label_counts" in index:
+        counts = dict(index["label_counts"])
+        none = counts.pop("(none)", 0)
+        print(f"{len(counts)} classes ({sum(1 for v in counts.values() if v)} with images), "
+              f"{none} images without a label (label_counts in index.json)")  # fmt: skip
     return 0

@@ -57,6 +57,33 @@ def mnist_split(held_per_digit: int = 50) -> tuple[np.ndarray, np.ndarray]:
     return train, held
 
 
+def mnist_folder(
+    root: str | Path, split: str = "train", held_per_digit: int = 50
+) -> tuple[Path, int]:
+    """Write bundled MNIST digits as an ImageFolder tree, ``root/<digit>/<index>.png``
+    (``index`` the digit's position in :func:`mnist`, 4 digits), so that ``jpeglm prepare root
+    OUT --labels`` reads their labels from the folder names. ``split``: ``"train"`` or
+    ``"held"`` -- :func:`mnist_split`'s stratified halves (the last ``held_per_digit`` of each
+    digit held out, as the demo scripts split them) -- or ``"all"``. ``root`` must be a new or
+    empty folder (ValueError otherwise: nothing of anyone else's is overwritten). Returns
+    ``(root, images written)``."""
+    if split not in ("train", "held", "all"):
+        raise ValueError(f"split must be 'train', 'held' or 'all', got {split!r}")
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(f"{root} is not an empty folder: give a new one for the MNIST tree")
+    x, labels = mnist()
+    if split == "all":
+        idx = np.arange(len(labels))
+    else:
+        idx = mnist_split(held_per_digit)[0 if split == "train" else 1]
+    for d in np.unique(labels[idx]):
+        (root / str(int(d))).mkdir(parents=True, exist_ok=True)
+    for i in idx:
+        Image.fromarray(x[i]).save(root / str(int(labels[i])) / f"{int(i):04d}.png")
+    return root, len(idx)
+
+
 def moving_mnist(
     n: int,
     frames: int = 15,

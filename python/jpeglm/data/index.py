@@ -19,6 +19,13 @@ records its largest token id, ``max_id`` (the trainer checks it against its toke
 :func:`check_shard_files`). Indexes of older versions (a ``dropped_tokens`` per shard: each
 chunk's tail was dropped; no ``max_id``: the shard is scanned) are still read, size and nesting
 bounded like every untrusted JSON file.
+
+Prepared with labels (``prepare --labels``, :mod:`jpeglm.data.labels`): ``config["labels"]``
+is the shards' :class:`~jpeglm.conditioning.Conditioning` record (each image packed
+``BOS COND tokens EOS``; ``tokens`` count COND too), each shard entry holds its images'
+``label_counts`` and the index the total, ``label_counts`` ({class: images packed, ...,
+``"(none)"``: images without a label}). Its ids reach ``Conditioning.vocab_size``, which is
+what :func:`check_shard_files` must be given for such shards.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from jpeglm._io import atomic_open, atomic_write_text, show
+from jpeglm.data.labels import add_counts
 from jpeglm.data.sources import SOURCES, SOURCES_HEADER
 
 INDEX = "index.json"
@@ -87,6 +95,8 @@ def _write_index(out: Path, config: dict, shards: list, skipped: list,
     }
     if config["pad_id"] is None:
         index["dropped_tokens"] = sum(s.get("dropped_tokens", 0) for s in shards)
+    if config.get("labels") is not None:  # prepare --labels: the images packed, per class
+        index["label_counts"] = add_counts(shards, config["labels"]["names"])
     index["skipped"] = skipped
     atomic_write_text(out / INDEX, json.dumps(index, indent=1) + "\n", record=True)
     if final:  # JSON strings: a name holding a newline is still one line
@@ -193,6 +203,13 @@ def check_shard_files(folder: str | os.PathLike, index: dict, vocab_size: int) -
         top = entry.get("max_id")
         if not _is_count(top):
             top = _max_id(path, offset, shape)
+        labels = index["config"].get("labels")
+        if top >= vocab_size and isinstance(labels, dict) and "names" in labels:
+            raise ValueError(
+                f"{show(path)} holds token id {top}, outside the {vocab_size} ids given: its "
+                f"folder was prepared with --labels ({len(labels['names'])} classes over "
+                f"{labels.get('base')} tokenizer ids): train a class-conditional model on it"
+            )
         if top >= vocab_size:
             raise ValueError(
                 f"{show(path)} holds token id {top}, outside the tokenizer's {vocab_size} ids: "

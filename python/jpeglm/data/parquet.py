@@ -15,13 +15,15 @@ from pathlib import Path
 from jpeglm._io import parse_json, show
 from jpeglm.data.sources import Source
 
-__all__ = ["MAGIC", "BYTE_COLUMNS", "is_parquet", "image_column", "parquet_count",
-           "parquet_sources"]  # fmt: skip
+__all__ = ["MAGIC", "BYTE_COLUMNS", "LABEL_COLUMN", "is_parquet", "image_column",
+           "parquet_count", "parquet_labels", "parquet_sources"]  # fmt: skip
 
 #: the 4 bytes a parquet file starts and ends with
 MAGIC = b"PAR1"
 #: img2dataset's image columns, in the order they are looked for
 BYTE_COLUMNS = ("jpg", "png", "webp", "image")
+#: the label column read when none is named (HF ``datasets``' ClassLabel, img2dataset's text)
+LABEL_COLUMN = "label"
 #: rows read at a time (a row is one image: a few MB at most at the paper's sizes)
 BATCH_ROWS = 64
 
@@ -109,25 +111,55 @@ def _open(path: str | Path, name: str, problems: list[dict]):
         return None
 
 
-def parquet_count(path: str | Path, name: str, column: str | None = None) -> int:
+def parquet_count(
+    path: str | Path, name: str, column: str | None = None, label_column: str | None = None
+) -> int:
     """How many sources :func:`parquet_sources` gives: the footer's row count (0 for a file
-    that is not a readable parquet file); a missing image column is its ValueError."""
+    that is not a readable parquet file); a missing image column, or a missing ``label_column``
+    when one is named, is its ValueError."""
     pf = _open(path, name, [])
     if pf is None:
         return 0
-    image_column(pf.schema_arrow, name, column)
+    col = image_column(pf.schema_arrow, name, column)
+    _label_column(pf.schema_arrow, name, col, label_column)
     return pf.metadata.num_rows
 
 
+def _label_column(schema, name: str, image_col: str, column: str | None) -> str | None:
+    """The label column of a file: ``column`` when named (a ValueError of one line listing the
+    columns when the file has none of that name), else :data:`LABEL_COLUMN` when there is one,
+    else None (its images are unlabelled). Never the image column."""
+    names = list(schema.names)
+    if column is None:
+        return LABEL_COLUMN if LABEL_COLUMN in names and image_col != LABEL_COLUMN else None
+    if column not in names or column == image_col:
+        why = "no such column" if column not in names else "it is the image column"
+        listed = ", ".join(f"{f.name} ({f.type})" for f in schema)
+        raise ValueError(f"{show(name)}: label column {column!r}: {why}; its columns: {listed}")
+    return column
+
+
+def _classes(schema, column: str | None) -> list | None:
+    """The names of a ``datasets`` ClassLabel column (its cells are indices into them)."""
+    feature = _features(schema).get(column or "", {})
+    names = feature.get("names") if isinstance(feature, dict) else None
+    return names if isinstance(names, list) else None
+
+
 def parquet_sources(
-    path: str | Path, name: str, problems: list[dict], column: str | None = None
+    path: str | Path,
+    name: str,
+    problems: list[dict],
+    column: str | None = None,
+    label_column: str | None = None,
 ) -> Iterator[Source]:
     """The rows of a parquet file (reported as ``name``) as :class:`Source` items holding their
     bytes (``data``; ``b""`` for a null image, which then fails to decode and is reported), in
     file order, read :data:`BATCH_ROWS` rows at a time: named ``f"{name}:{key}"``, ``key`` the
-    ``key`` column when there is one, else the row number; the label from a ``label`` column
-    (a ``ClassLabel``'s index as its name). A file that is not readable parquet is a problem
-    and gives nothing; damage part way through is a problem after the rows before it."""
+    ``key`` column when there is one, else the row number; the label from ``label_column``
+    (default: a ``label`` column, if any; a ``ClassLabel``'s index as its name). A file that is
+    not readable parquet is a problem and gives nothing; damage part way through is a problem
+    after the rows before it."""
     pa, _ = _pyarrow()
     pf = _open(path, name, problems)
     if pf is None:
@@ -136,10 +168,9 @@ def parquet_sources(
     col = image_column(schema, name, column)
     names = set(schema.names)
     key_col = "key" if "key" in names and col != "key" else None
-    label_col = "label" if "label" in names and col != "label" else None
-    classes = _features(schema).get(label_col or "", {})
-    classes = classes.get("names") if isinstance(classes, dict) else None
-    columns = [c for c in (col, key_col, label_col) if c is not None]
+    label_col = _label_column(schema, name, col, label_column)
+    classes = _classes(schema, label_col)
+    columns = list(dict.fromkeys(c for c in (col, key_col, label_col) if c is not None))
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
@@ -160,6 +191,29 @@ def parquet_sources(
         problems.append({"source": show(name),
                          "error": f"{type(e).__name__}: parquet file damaged after {row} rows "
                                   f"({e}); the rest is not read"})  # fmt: skip
+
+
+def parquet_labels(
+    path: str | Path, name: str, column: str | None = None, label_column: str | None = None
+) -> list[str | None]:
+    """The labels :func:`parquet_sources` gives the rows, reading the label column alone (the
+    labels pass of ``prepare --labels``: cheap beside the images). Damage part way through
+    ends the list there, as it ends the rows."""
+    pf = _open(path, name, [])
+    if pf is None:
+        return []
+    schema = pf.schema_arrow
+    label_col = _label_column(schema, name, image_column(schema, name, column), label_column)
+    if label_col is None:
+        return [None] * pf.metadata.num_rows
+    classes = _classes(schema, label_col)
+    out: list[str | None] = []
+    try:
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS * 64, columns=[label_col]):
+            out += [_label(v, classes) for v in batch.column(label_col).to_pylist()]
+    except (OSError, ValueError):  # reported when the rows are read
+        pass
+    return out
 
 
 def _label(value, classes) -> str | None:

@@ -32,6 +32,12 @@ and read by :mod:`jpeglm.data.sources` (``sources.txt`` is described there); ``S
 Fast mode (``fast=True``): JPEG sources much larger than the target are decoded with
 libjpeg's DCT-domain scaling (Pillow's ``draft``: 1/2, 1/4 or 1/8) before the resize -- much
 faster on big photos, slightly different pixels (the benchmark reports the PSNR).
+
+Labels (``labels=True``, class conditioning, :mod:`jpeglm.data.labels`): each image is packed
+``BOS COND tokens EOS``, COND the id of its class (or the null id for an image without a
+label) in the :class:`~jpeglm.conditioning.Conditioning` recorded as ``config["labels"]``; the
+index counts the images packed per class (``label_counts``). Without labels every byte is as
+before.
 """
 
 from __future__ import annotations
@@ -61,6 +67,13 @@ from jpeglm.data.index import (
     is_own_file,
     shard_name,
     tokenizer_fingerprint,
+)
+from jpeglm.data.labels import (
+    NO_LABEL,
+    clean_label,
+    distinct_labels,
+    shard_conditioning,
+    sort_names,
 )
 from jpeglm.data.parts import Part, split
 from jpeglm.data.progress import Progress
@@ -97,6 +110,9 @@ def prepare(
     exif_transpose: bool = False,
     part: Part | None = None,
     image_column: str | None = None,
+    labels: bool = False,
+    label_names: Sequence[str] | None = None,
+    label_column: str | None = None,
 ) -> dict:
     """Turn the images of ``src`` into packed token shards in ``out``; returns the index.
 
@@ -118,6 +134,17 @@ def prepare(
     the same way; ``images_per_shard`` then counts clips and ``size`` / ``quality`` are unused.
     ``exif_transpose``: each image turned upright by its EXIF orientation first (recorded in
     the index; the default, as the official pipeline, ignores EXIF).
+
+    ``labels`` (class conditioning, issue 33): each image is packed ``BOS COND tokens EOS``,
+    COND ``Conditioning(names, base=tokenizer.vocab_size).id_of(label)`` -- or its null id for
+    an image without a label -- with the label its source gives (:mod:`jpeglm.data.units`:
+    ``root/<class>/x.jpg`` in a folder, a webdataset ``.cls`` member, a parquet label column,
+    a ``.jsonl`` list's ``label``). The class names are ``label_names`` in that order, else the
+    distinct labels of all the run's source units (every part's: the parts agree) sorted,
+    numerically when all are integers; an image whose label is not one of ``label_names`` is
+    skipped (listed in ``report.json``). ``label_column``: the parquet label column (default
+    ``label``; a file without the named column is an error). The index records the
+    conditioning as ``config["labels"]`` and the images packed per class as ``label_counts``.
 
     ``out`` is an output folder like every command's (:func:`jpeglm._io.claim_outputs`): a file
     there that jpeglm did not write (a user's ``sources.txt``, ``report.json``, a shard) is
@@ -151,14 +178,29 @@ def prepare(
     if not srcs:
         raise ValueError("no source given")
     suffixes = VIDEO_SUFFIXES if video is not None else None
+    if not labels and (label_names is not None or label_column is not None):
+        raise ValueError("label_names and label_column need labels=True (--labels)")
+    if label_names is not None:  # checked before any work
+        shard_conditioning(label_names, tokenizer.vocab_size)
     units, problems = find_units(srcs, suffixes)
+    every_unit = units
     out = Path(out)
     if part is not None:
         units = split(units, part)
         out = out / part.folder_name
-    listing = Stream(units, suffixes, image_column)  # counts every unit's sources once
+    gather = labels and label_names is None  # the class names are the labels found
+    # counts every unit's sources once (and gathers their labels)
+    listing = Stream(units, suffixes, image_column, label_column, gather)
     problems += listing.problems
     total = listing.total
+    cond = None
+    if labels and (total or part is not None):  # (no image at all: the error below)
+        if label_names is None:  # from ALL units, so that every part has the same names
+            mine = {id(u) for u in units}
+            others = [u for u in every_unit if id(u) not in mine]
+            found = listing.labels | distinct_labels(others, suffixes, image_column, label_column)
+            label_names = sort_names(found)
+        cond = shard_conditioning(label_names, tokenizer.vocab_size)
     n_chunks = (total + images_per_shard - 1) // images_per_shard
     targets = [out / shard_name(c) for c in range(n_chunks)] + [out / n for n in OWN_FILES]
     claim_outputs(out, [t.name for t in targets], {*map(str, srcs), *map(str, inputs),
@@ -185,6 +227,10 @@ def prepare(
         config["part"] = str(part)
     if image_column is not None:
         config["image_column"] = image_column
+    if cond is not None:  # only with labels: indexes without them are as before
+        config["labels"] = cond.record()
+        if label_column is not None:
+            config["label_column"] = label_column
     remove_own_temps(out, is_own_file)  # temp files of a run killed mid-write (ours only)
     index_path = out / INDEX
     old = {}
@@ -208,20 +254,35 @@ def prepare(
     workers = workers or os.cpu_count() or 1
     meter = Progress(total, "clips" if video is not None else "images", part, enabled=progress)
 
-    def pack(chunk: list[Source]) -> tuple[np.ndarray, int, list[dict], int]:
-        """The chunk's images as ``BOS tokens EOS ...``; their count, the bad ones, bytes."""
-        images, bad = [], []
+    ids = {} if cond is None else {n: cond.id_of(n) for n in cond.names}
+
+    def pack(chunk: list[Source]) -> tuple[np.ndarray, int, list[dict], int, dict]:
+        """The chunk's images as ``BOS tokens EOS ...`` (``BOS COND tokens EOS`` with labels);
+        their count, the bad ones, bytes, the images packed per label."""
+        images, bad, conds, counts = [], [], [], {}
         if video is not None:
             read = lambda s: _read_clip(s.read, s.name, video)  # noqa: E731
         else:
             read = lambda s: _read_image(s.read, size, fast, exif_transpose)  # noqa: E731
-        for s, r in zip(chunk, pool.map(read, chunk)):
+        names = [clean_label(s.label) if cond is not None else None for s in chunk]
+        todo = [s for s, n in zip(chunk, names) if n is None or n in ids]
+        results = pool.map(read, todo)
+        for s, name in zip(chunk, names):
+            if name is not None and name not in ids:  # not one of the label names given
+                why = f"label {name!r} is not one of the label names; not prepared"
+                bad.append({"source": s.name, "error": why})
+                continue
+            r = next(results)
             if isinstance(r, str):
                 bad.append({"source": s.name, "error": r})
             else:
                 images.append(r)
+                if cond is not None:
+                    conds.append(cond.null_id if name is None else ids[name])
+                    key = NO_LABEL if name is None else name
+                    counts[key] = counts.get(key, 0) + 1
         if not images:
-            return np.empty(0, np.uint16), 0, bad, 0
+            return np.empty(0, np.uint16), 0, bad, 0, counts
         if video is not None:
             streams = images  # already canonical H.264 streams
         else:
@@ -229,13 +290,17 @@ def prepare(
         toks, offsets = tokenizer.encode_batch_to_numpy(streams)
         offsets = np.asarray(offsets, dtype=np.int64)
         lens = np.diff(offsets)
-        packed = np.empty(len(toks) + 2 * len(streams), dtype=np.uint16)
-        starts = offsets[:-1] + 2 * np.arange(len(streams))
+        head = 1 if cond is None else 2  # BOS, or BOS COND
+        packed = np.empty(len(toks) + (head + 1) * len(streams), dtype=np.uint16)
+        starts = offsets[:-1] + (head + 1) * np.arange(len(streams))
         packed[starts] = tokenizer.bos_id
-        packed[starts + lens + 1] = tokenizer.eos_id
+        if cond is not None:
+            packed[starts + 1] = conds
+        packed[starts + lens + head] = tokenizer.eos_id
         for i in range(len(streams)):
-            packed[starts[i] + 1 : starts[i] + 1 + lens[i]] = toks[offsets[i] : offsets[i + 1]]
-        return packed, len(images), bad, sum(map(len, streams))
+            at = starts[i] + head
+            packed[at : at + lens[i]] = toks[offsets[i] : offsets[i + 1]]
+        return packed, len(images), bad, sum(map(len, streams)), counts
 
     def carry_before(c: int) -> np.ndarray:
         """The tokens chunk ``c - 1`` carried on, when the index does not hold them (a shard
@@ -274,7 +339,7 @@ def prepare(
             if carry is None:
                 carry = carry_before(c)
             chunk = listing.chunk(c, images_per_shard)
-            packed, n_images, bad, n_bytes = pack(chunk)
+            packed, n_images, bad, n_bytes, counts = pack(chunk)
             skipped = _merge_skipped(skipped, bad)
             stream = np.concatenate([carry, packed])
             n_seq = len(stream) // seq_len
@@ -282,6 +347,8 @@ def prepare(
             carry = stream[n_seq * seq_len :]
             entry = {"file": name, "sequences": int(n_seq), "images": n_images,
                      "tokens": int(len(packed)), "bytes": int(n_bytes)}  # fmt: skip
+            if cond is not None:
+                entry["label_counts"] = counts
             if last:  # the end of the dataset: pad (or drop) the last partial sequence
                 entry["pad_tokens"] = 0
                 if len(carry) and pad_id is not None:

@@ -5,7 +5,14 @@ samples, read one unit at a time.
 ``.jsonl`` lists, tar archives (webdataset shards), parquet files, brace patterns and globs --
 as :class:`Unit` items (one per file: an image file, a tar shard, a parquet file) without
 opening the shards; :func:`unit_sources` gives one unit's samples as
-:class:`~jpeglm.data.sources.Source` items, lazily; :func:`unit_count` counts them cheaply.
+:class:`~jpeglm.data.sources.Source` items, lazily; :func:`unit_count` counts them cheaply and
+:func:`unit_labels` lists their labels cheaply (``prepare --labels``).
+
+Labels: a sample's label is what its source gives -- a webdataset ``.cls`` member, a parquet
+label column, a ``.jsonl`` list's ``label`` -- and, for an image file found under a folder SRC,
+the ImageFolder convention: the first path component below the folder (``root/<class>/x.jpg``
+-> ``"<class>"``; an image directly in the folder has none). Labels never change the units'
+names or order; only ``prepare --labels`` reads them.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from jpeglm.data.webdataset import (
     shard_sources,
 )
 
-__all__ = ["Unit", "find_units", "unit_sources", "unit_count"]
+__all__ = ["Unit", "find_units", "unit_sources", "unit_count", "unit_labels", "folder_label"]
 
 KINDS = ("file", "tar", "parquet")
 
@@ -41,7 +48,7 @@ class Unit:
     kind: str  # "file" (one image file) | "tar" | "parquet"
     path: str  # the file on disk
     name: str  # how its samples are named and reported (relative to the SRC folder)
-    label: str | None = None  # a .jsonl list's label, for a file unit
+    label: str | None = None  # a .jsonl list's label, or the class folder of a folder's image
 
 
 def _kind(name: str) -> str:
@@ -65,8 +72,17 @@ def _folder_units(folder: Path, suffixes: set[str]) -> list[Unit]:
             kind = "parquet"
         else:
             continue
-        out.append(Unit(kind, str(f), str(f.relative_to(folder))))
+        name = str(f.relative_to(folder))
+        out.append(Unit(kind, str(f), name, folder_label(name) if kind == "file" else None))
     return out
+
+
+def folder_label(name: str) -> str | None:
+    """The ImageFolder label of an image named ``name`` relative to its folder SRC: its first
+    path component (``cat/x.jpg`` -> ``"cat"``, ``cat/young/x.jpg`` -> ``"cat"``), None for an
+    image directly in the folder."""
+    parts = Path(name).parts
+    return parts[0] if len(parts) > 1 else None
 
 
 def _list_units(p: Path, problems: list[dict]) -> list[Unit]:
@@ -198,6 +214,7 @@ def unit_sources(
     problems: list[dict],
     suffixes: set[str] | None = None,
     image_column: str | None = None,
+    label_column: str | None = None,
 ) -> Iterator[Source]:
     """The samples of one unit, lazily, in a deterministic order; the problems met reading
     the unit are appended to ``problems`` as they are met.
@@ -209,7 +226,8 @@ def unit_sources(
     - parquet: the rows in file order, read in record batches, holding their bytes
       (:func:`~jpeglm.data.parquet.parquet_sources`: named ``f"{unit.name}:{key}"``); the
       image column from ``image_column``, the ``datasets`` Image feature or img2dataset's
-      byte columns, else a ValueError of one line listing the columns.
+      byte columns, else a ValueError of one line listing the columns; the label from
+      ``label_column`` (default: a ``label`` column, if any).
 
     A corrupt image is a Source that fails to decode (reported by whoever decodes it).
     """
@@ -219,7 +237,8 @@ def unit_sources(
         for s in shard_sources(unit.path, unit.name, problems, suffixes):
             yield s if s.label is not None or unit.label is None else _labelled(s, unit.label)
     elif unit.kind == "parquet":
-        for s in parquet.parquet_sources(unit.path, unit.name, problems, image_column):
+        rows = parquet.parquet_sources(unit.path, unit.name, problems, image_column, label_column)
+        for s in rows:
             yield s if s.label is not None or unit.label is None else _labelled(s, unit.label)
     else:
         raise ValueError(f"unknown unit kind {unit.kind!r} (expected one of {', '.join(KINDS)})")
@@ -231,15 +250,40 @@ def _labelled(s: Source, label: str) -> Source:
 
 
 def unit_count(
-    unit: Unit, suffixes: set[str] | None = None, image_column: str | None = None
+    unit: Unit,
+    suffixes: set[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> int:
     """How many sources :func:`unit_sources` gives for ``unit``, cheaply: 1 for a file, the
     header listing of a tar (labels not read), the footer's row count of a parquet file (a
-    file damaged part way through gives fewer: then the problem says so)."""
+    file damaged part way through gives fewer: then the problem says so; its image column and
+    a named ``label_column`` are checked)."""
     if unit.kind == "file":
         return 1
     if unit.kind == "tar":
         return len(shard_sources(unit.path, unit.name, [], suffixes, labels=False))
     if unit.kind == "parquet":
-        return parquet.parquet_count(unit.path, unit.name, image_column)
+        return parquet.parquet_count(unit.path, unit.name, image_column, label_column)
+    raise ValueError(f"unknown unit kind {unit.kind!r} (expected one of {', '.join(KINDS)})")
+
+
+def unit_labels(
+    unit: Unit,
+    suffixes: set[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> list[str | None]:
+    """The labels of :func:`unit_sources`' samples of ``unit``, cheaply: a file's own, a tar
+    shard's ``.cls`` members (small reads beside its headers), a parquet file's label column
+    alone (:func:`~jpeglm.data.parquet.parquet_labels`); a sample without a label of its own
+    takes its unit's (a ``.jsonl`` line's). Problems are not reported here (the samples'
+    reading reports them)."""
+    if unit.kind == "file":
+        return [unit.label]
+    if unit.kind == "tar":
+        return [s.label for s in unit_sources(unit, [], suffixes)]
+    if unit.kind == "parquet":
+        got = parquet.parquet_labels(unit.path, unit.name, image_column, label_column)
+        return [unit.label if lab is None else lab for lab in got]
     raise ValueError(f"unknown unit kind {unit.kind!r} (expected one of {', '.join(KINDS)})")

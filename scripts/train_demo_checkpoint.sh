@@ -13,7 +13,7 @@ python - <<'P'
 # would hold out 9s only).
 import numpy as np
 from PIL import Image
-from jpeglm import samples
+from jpeglm.data import bundled as samples
 x, _ = samples.mnist()
 train_idx, held_idx = samples.mnist_split(held_per_digit=50)
 rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ if [[ " $STAGES " == *" data "* ]]; then
 # 4,000 training clips from the 4,500 training digits, 100 held-out clips from the 500 held-out
 # digits (samples.mnist_split): two digits bouncing in 64x64, 15 frames (5 s at 3 fps).
 import numpy as np
-from jpeglm import samples
+from jpeglm.data import bundled as samples
 train_idx, held_idx = samples.mnist_split(held_per_digit=50)
 for name, idx, n, seed in (("train", train_idx, 4000, 0), ("held", held_idx, 100, 1)):
     clips = samples.moving_mnist(n, frames=15, size=64, seed=seed, indices=idx)

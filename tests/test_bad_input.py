@@ -628,8 +628,8 @@ def test_cli_prepare_no_usable_image(prep, tmp_path, capsys):
     assert _snapshot(src) == before
     (tmp_path / "empty").mkdir()
     for what, match in ((tmp_path / "empty", "no images found"),
-                        (tmp_path / "missing", "no such folder, list or archive"),
-                        (src / "b.png", "expected a folder, a .txt list")):  # fmt: skip
+                        (tmp_path / "missing", "no such folder, list, archive or file"),
+                        (src / "b.png", "no usable image")):  # fmt: skip
         rc, _, err = _prepare(capsys, prep, what, tmp_path / "o2")
         assert rc == 2
         _one_line(err, match)

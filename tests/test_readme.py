@@ -82,3 +82,31 @@ def test_readme_cites_tests_that_exist():
     assert not missing, missing
     for file in set(re.findall(r"`(test_\w+\.py)`", README)):
         assert (ROOT / "tests" / file).is_file(), file
+
+
+def _tool_imports() -> list[tuple[str, str, str]]:
+    """``(file, module, name)`` of every ``from jpeglm... import ...`` / ``import jpeglm...`` in
+    the scripts and benchmarks (Python files, and the Python inside the shell scripts)."""
+    out = []
+    files = sorted([*(ROOT / "scripts").glob("*.sh"), *(ROOT / "scripts").glob("*.py"),
+                    *(ROOT / "benchmarks").glob("*.py")])  # fmt: skip
+    for f in files:
+        for line in f.read_text().splitlines():
+            m = re.match(r"\s*from (jpeglm[\w.]*) import ([\w, ]+)", line)
+            if m:
+                out += [(f.name, m.group(1), n.strip().split(" as ")[0])
+                        for n in m.group(2).split(",") if n.strip()]  # fmt: skip
+            m = re.match(r"\s*import (jpeglm[\w.]*)", line)
+            if m:
+                out.append((f.name, m.group(1), ""))
+    return out
+
+
+@pytest.mark.parametrize("file,module,name", _tool_imports())
+def test_scripts_and_benchmarks_import_what_exists(file, module, name):
+    """A script's import of a moved module fails here, not in a user's hands (the demo
+    training scripts imported ``jpeglm.samples`` after it became ``jpeglm.data.bundled``)."""
+    pytest.importorskip("torch")
+    obj = importlib.import_module(module)
+    if name:
+        assert getattr(obj, name) is not None, f"{file}: {module}.{name}"

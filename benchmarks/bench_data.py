@@ -225,7 +225,7 @@ def _estimate(per_core: dict[str, float], speedup_2: float) -> str:
         for mode in ("exact", "fast"):
             hours = 23e6 / (per_core[mode] * n * m) / 3600
             if hours < 1:
-                cells.append(f"{hours * 60:.0f} min")
+                cells.append(f"{hours * 60:.0f} min" if hours * 60 >= 1 else "< 1 min")
             else:
                 cells.append(f"{hours:,.1f} h" if hours < 48 else f"{hours / 24:,.1f} days")
         lines.append(f"| {n} x {m} | {cells[0]} | {cells[1]} |")

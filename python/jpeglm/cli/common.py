@@ -141,6 +141,42 @@ def check_temperature(t: float) -> None:
 # training / export / plan
 
 
+def check_device_option(name: str) -> str:
+    """``--device`` names a device this machine has (checked before loading any model): the
+    library's check, :func:`jpeglm.inference.settings.check_device`, in the command line's words.
+    Returns the device's canonical name (``" cpu"`` -> ``"cpu"``)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise UserError("sampling needs torch: pip install 'jpeglm[train]'") from e
+    from jpeglm.inference.settings import check_device
+
+    try:
+        return str(check_device(name))
+    except ValueError as e:
+        raise UserError(_device_problem(name, str(e))) from e
+
+
+def _device_problem(name: str, reason: str) -> str:
+    """What is wrong with ``--device NAME``, which
+    :func:`jpeglm.inference.settings.check_device` refused for ``reason``."""
+    import torch
+
+    try:
+        dev = torch.device(name.strip())
+    except (RuntimeError, ValueError, TypeError):
+        return f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)"
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        have = f"{n} CUDA device(s): cuda:0..cuda:{n - 1}" if n else "no CUDA device"
+        return f"--device {name}: no such GPU (this machine has {have})"
+    if dev.type == "mps":
+        return f"--device {name}: MPS is not available on this machine"
+    if dev.type == "cpu":
+        return f"--device {name}: {reason}"
+    return f"--device {name}: unsupported device type (cpu, cuda, cuda:N, mps)"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from jpeglm.train.loop import main as train_main
 

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jpeglm._io import atomic_write_bytes, record_outputs, show, write_png
+from jpeglm.cli import labels as label_options
 from jpeglm.cli import video as video_commands
 from jpeglm.cli.common import (
     EXIF_HELP,
     UserError,
+    check_device_option,
     distinct_names,
     existing_files,
     image_paths,
@@ -58,8 +60,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         help="sampling weights (default: fp32 on CPU, bf16 on GPU; int8: "
                         "weight-only, one scale per output channel)")  # fmt: skip
 
-    sa = sub.add_parser("sample", help="unconditional samples from a model")
+    sa = sub.add_parser("sample", help="samples from a model (of classes: --label)")
     sampling(sa)
+    label_options.add_options(sa)
     sa.add_argument("-n", type=int, default=4)
     sa.set_defaults(func=cmd_sample)
 
@@ -80,6 +83,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         sp.add_argument("--frames", type=int, default=None,
                         help="video models: prompt frames (default 10 or all but one)")  # fmt: skip
     co.add_argument("--exif-transpose", action="store_true", help=EXIF_HELP)
+    label_options.add_options(co)
     co.set_defaults(func=cmd_complete)
     ev.add_argument("--judge", type=int, default=0, metavar="N",
                     help="also sample N images and judge them with the digit classifier "
@@ -92,42 +96,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--fid-samples", type=int, default=None, metavar="N",
                     help="samples for --fid-weights (default 64; at least 2)")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
-
-
-def _check_device(name: str) -> str:
-    """``--device`` names a device this machine has (checked before loading any model): the
-    library's check, :func:`jpeglm.inference.settings.check_device`, in the command line's words.
-    Returns the device's canonical name (``" cpu"`` -> ``"cpu"``)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise UserError("sampling needs torch: pip install 'jpeglm[train]'") from e
-    from jpeglm.inference.settings import check_device
-
-    try:
-        return str(check_device(name))
-    except ValueError as e:
-        raise UserError(_device_problem(name, str(e))) from e
-
-
-def _device_problem(name: str, reason: str) -> str:
-    """What is wrong with ``--device NAME``, which
-    :func:`jpeglm.inference.settings.check_device` refused for ``reason``."""
-    import torch
-
-    try:
-        dev = torch.device(name.strip())
-    except (RuntimeError, ValueError, TypeError):
-        return f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)"
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        have = f"{n} CUDA device(s): cuda:0..cuda:{n - 1}" if n else "no CUDA device"
-        return f"--device {name}: no such GPU (this machine has {have})"
-    if dev.type == "mps":
-        return f"--device {name}: MPS is not available on this machine"
-    if dev.type == "cpu":
-        return f"--device {name}: {reason}"
-    return f"--device {name}: unsupported device type (cpu, cuda, cuda:N, mps)"
 
 
 def _check_sampling(args: argparse.Namespace) -> None:
@@ -144,10 +112,11 @@ def _check_sampling(args: argparse.Namespace) -> None:
         raise UserError(str(e)) from e
     if getattr(args, "n", 1) < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
+    label_options.check_options(args)
     rows = getattr(args, "rows", None)
     if rows is not None and args.size is not None and not 0 <= rows < args.size // 16:
         raise UserError(f"--rows must be in 0..{args.size // 16 - 1} for --size {args.size}")
-    args.device = _check_device(args.device)
+    args.device = check_device_option(args.device)
     if hasattr(args, "rows") and args.size is not None:
         from jpeglm.inference.sample import default_rows, fraction_rows
 
@@ -244,9 +213,12 @@ def _new_folders(out: Path) -> list[Path]:
 
 def _model_info(args: argparse.Namespace) -> dict:
     """The model's record (jpeglm.json), the options checked first: what kind of model it is
-    decides the outputs' names."""
+    (and the classes asked for, :func:`jpeglm.cli.labels.resolve`) decides the outputs' names."""
     _check_sampling(args)
-    return _model_files(args)[2]
+    info = _model_files(args)[2]
+    if hasattr(args, "label"):
+        label_options.resolve(args, info)
+    return info
 
 
 def _apply_model_defaults(args: argparse.Namespace, info: dict) -> None:
@@ -357,8 +329,9 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """``sample_000.png`` + ``.jpg``, ... each written as its batch finishes; the names are
-    made as they are needed (``-n 10**9`` lists none)."""
+    """``sample_000.png`` + ``.jpg``, ... (``sample_<label>_000.png``, ... with ``--label``)
+    each written as its batch finishes; the names are made as they are needed (``-n 10**9``
+    lists none)."""
     from jpeglm.inference.sample import generate
 
     n = max(args.n, 0)
@@ -370,15 +343,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
         with _sampling(folder):
             video_commands.sample(args, *loaded, info, _sampling_kwargs(args))
         return 0
-    folder, tok_path = _plan_model_outputs(args, _is_sample_file("sample_", n, (".png", ".jpg")))
+    prefixes = [f"sample_{s}_" for s in label_options.stems(args)] or ["sample_"]
+    tests = [_is_sample_file(p, n, (".png", ".jpg")) for p in prefixes]
+    folder, tok_path = _plan_model_outputs(args, lambda name: any(t(name) for t in tests))
     model, tok = _load_model(folder, tok_path, args)
+    label_options.check_model(model, tok, args)
     out = Path(args.out)
 
     def write(i: int, s) -> None:  # noqa: ANN001 - a Sample, written as its batch finishes
-        _write_sample(out, f"sample_{i:03d}", s, args.quality)
+        _write_sample(out, f"{prefixes[i // n]}{i % n:03d}", s, args.quality)
 
     with _sampling(folder):
-        generate(model, tok, n=args.n, **_sampling_kwargs(args), on_sample=write)
+        generate(model, tok, n=args.n, **_sampling_kwargs(args), on_sample=write,
+                 **label_options.sampling_kwargs(args))  # fmt: skip
     return 0
 
 
@@ -399,12 +376,21 @@ def cmd_complete(args: argparse.Namespace) -> int:
         return 0
     images = image_paths(args.images)
     stems = [n.removesuffix(".png") for n in distinct_names(images, ".png")]
+    kw = label_options.sampling_kwargs(args)
+    if args.labels:  # each image once per label: photo_<label>.png
+        names = [(lab, f"{s}_{ls}") for lab, ls in zip(args.labels, label_options.stems(args))
+                 for s in stems]  # fmt: skip
+        images, stems = images * len(args.labels), [s for _, s in names]
+        kw["labels"] = [lab for lab, _ in names]
+        if len(set(stems)) < len(stems):
+            raise UserError("two completions would have the same name: rename the images")
     folder, tok_path = _plan_model_outputs(args, _files_of(stems), images)
     model, tok = _load_model(folder, tok_path, args)
+    label_options.check_model(model, tok, args)
     out = Path(args.out)
     with _sampling(folder):
         complete(model, tok, images, rows=args.rows, **_sampling_kwargs(args),
-                 exif_transpose=args.exif_transpose,
+                 exif_transpose=args.exif_transpose, **kw,
                  on_sample=lambda i, s: _write_sample(out, stems[i], s, args.quality))  # fmt: skip
     return 0
 

@@ -20,6 +20,8 @@ import torch
 
 from jpeglm.grammar import TokenConstraint
 from jpeglm.inference.decode_kernels import kernel_threads, kernels_apply
+from jpeglm.inference.draws import _position_seed, _sample, sample_logits
+from jpeglm.inference.guidance import Guidance
 from jpeglm.inference.settings import SamplingSettings
 
 __all__ = [
@@ -36,61 +38,6 @@ __all__ = [
 class NonFiniteLogits(ValueError):
     """The model produced NaN or infinite logits: sampling stops (nothing is written from that
     batch), since no token drawn from them means anything."""
-
-
-def _filter_probs(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
-) -> torch.Tensor:
-    """Probabilities after temperature, top-k and top-p (float32, on the logits' device)."""
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the first past top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.softmax(logits, dim=-1)
-
-
-def _sample(
-    logits: torch.Tensor,
-    noise: torch.Tensor | None,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-) -> torch.Tensor:
-    """One id per row, on the device, no host sync: ``argmax(probs / noise)`` with ``noise``
-    standard-exponential draws (the exponential race: an exact sample of ``probs``, as in
-    gpt-fast's ``multinomial_sample_one_no_sync``); ``temperature == 0`` is greedy."""
-    if temperature == 0 or noise is None:
-        return logits.argmax(dim=-1)
-    probs = _filter_probs(logits, temperature, top_k, top_p)
-    return torch.argmax(probs / noise, dim=-1)
-
-
-_DEFAULTS = SamplingSettings()
-
-
-def sample_logits(
-    logits: torch.Tensor,
-    temperature: float = _DEFAULTS.temperature,
-    top_k: int | None = _DEFAULTS.top_k,
-    top_p: float | None = _DEFAULTS.top_p,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Sample one id per row of ``logits`` (batch, vocab) after temperature, top-k, top-p.
-
-    ``temperature == 0`` is greedy. Masked entries should be ``-inf`` already. Sampling is
-    the exponential race (no host sync), with draws from ``generator``.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    noise.exponential_(1, generator=generator)
-    return _sample(logits, noise, temperature, top_k, top_p)
 
 
 def prepare_for_sampling(model, dtype: str = "fp32") -> None:
@@ -191,15 +138,6 @@ def _compile(fn: Callable, graphs: int, **kwargs: Any) -> Callable:
     return run
 
 
-def _position_seed(seed: int, chunk: int, pos: int) -> int:
-    """The generator seed of the draws for position ``pos`` of batch ``chunk``: draws depend
-    on (seed, chunk, position) only, so skipping forced positions changes nothing else."""
-    x = seed * 0x9E3779B97F4A7C15 + chunk * 0xBF58476D1CE4E5B9 + pos * 0x94D049BB133111EB
-    x &= (1 << 64) - 1
-    x ^= x >> 31
-    return x & ((1 << 63) - 1)
-
-
 @torch.no_grad()
 def _run(
     model,
@@ -211,6 +149,7 @@ def _run(
     chunk: int,
     stats: dict | None = None,
     stop_at_eoi: bool = True,
+    guidance: Guidance | None = None,
 ) -> list[list[int]]:
     """Generate for a batch of equal-length prompts; returns each sample's new tokens.
 
@@ -221,11 +160,13 @@ def _run(
     mask run while the GPU computes. Jump-forward: when every active row's next token is the
     only one the grammar allows, the forced run is appended in one multi-token forward (rows
     that are done ride along with padding); forced tokens consume no draws, so the samples
-    equal token-by-token decoding.
+    equal token-by-token decoding. ``guidance``: each row runs beside its null twin in one
+    forward of twice the rows, and draws from the mixed logits (:mod:`.guidance`).
     """
     temperature, top_k, top_p = opts.temperature, opts.top_k, opts.top_p
     max_tokens, seed, compile = opts.max_tokens, opts.seed, opts.compile
     b, plen = len(prompts), len(prompts[0])
+    rows = b if guidance is None else 2 * b  # the model's batch: a guided row has a null twin
     device = next(model.parameters()).device
     act = model.inference["act_dtype"] if model.inference is not None else None
     total = min(plen + max_tokens, model.args.max_seq_len)
@@ -233,8 +174,8 @@ def _run(
     cache_kernel = kernels_apply(act, device)
     step, cache_len = model.decode, total
     if compile:  # one static cache per model, kept between calls; a bounded set of graphs
-        step, cache_len = _compiled_step(model, b, total, cuda, cache_kernel)
-    model.setup_caches(b, cache_len, dtype=act, device=device, reuse=compile)
+        step, cache_len = _compiled_step(model, rows, total, cuda, cache_kernel)
+    model.setup_caches(rows, cache_len, dtype=act, device=device, reuse=compile)
     eos = tokenizer.eos_id
     fill = tokenizer.pad_id if tokenizer.pad_id is not None else eos
     vocab = tokenizer.vocab_size
@@ -248,10 +189,12 @@ def _run(
     ids_np = ids_host.numpy()
     generator = torch.Generator(device=device)
 
-    def forward(tokens: torch.Tensor, pos: int) -> torch.Tensor:
+    def forward(tokens: torch.Tensor, pos: int, prefill: bool = False) -> torch.Tensor:
+        if guidance is not None and not prefill:  # the drawn tokens go to both halves
+            tokens = torch.cat([tokens, tokens])
         n = tokens.shape[1]
         positions = torch.arange(pos, pos + n, device=device)
-        if n == 1 and compile and tokens.shape[0] == b:  # (a shared prefill is 1 row: eager)
+        if n == 1 and compile and tokens.shape[0] == rows:  # (a shared prefill is 1 row: eager)
             if cache_kernel:  # the kernel cuts the cache at the position tensor: one graph
                 return step(tokens, positions, None, True)
             return step(tokens, positions, _kv_len(pos + n, cache_len))  # buckets, masked
@@ -259,7 +202,8 @@ def _run(
         return model.decode(tokens, positions, pos + n, exact=True)
 
     def draw(logits: torch.Tensor, pos: int) -> torch.Tensor:
-        logits = logits[:, :vocab]
+        # the tokenizer's ids only (COND ids never drawn); guided: the mixed logits, masked
+        logits = logits[:, :vocab] if guidance is None else guidance.mix(logits, vocab)
         broken = ~torch.isfinite(logits).all(dim=-1)  # NaN / inf: no host sync, see accept()
         if constraint is not None:
             mask = mask_t.to(device, non_blocking=True) if cuda else mask_t
@@ -303,15 +247,21 @@ def _run(
                     finished[i] = True
                 tail[i] = piece[-1:]
 
-    idx = torch.tensor(prompts, dtype=torch.long, device=device)
+    rows_in = prompts if guidance is None else guidance.pair(prompts)
+    idx = torch.tensor(rows_in, dtype=torch.long, device=device)
     if constraint is not None:
         constraint.mask(mask_np)
     if SHARE_PROMPT and b > 1 and all(p == prompts[0] for p in prompts):
         # one prompt for every row (unconditional sampling): prefill it once, copy its cache
-        logits = forward(idx[:1], 0).expand(b, -1)
-        model.copy_cache_row(b, plen)
+        if guidance is None:
+            logits = forward(idx[:1], 0, prefill=True).expand(b, -1)
+            model.copy_cache_row(b, plen)
+        else:  # the prompt and its null twin into rows 0, 1; then to 0..b-1 and b..2b-1
+            logits = forward(idx[[0, b]], 0, prefill=True).repeat_interleave(b, dim=0)
+            model.copy_cache_row(rows, plen, src=1, start=b)
+            model.copy_cache_row(b, plen)
     else:
-        logits = forward(idx, 0)
+        logits = forward(idx, 0, prefill=True)
     forwards += 1
     pos = plen  # the position the next sampled token takes
     while True:
@@ -393,12 +343,15 @@ def _run_batches(
     stats: dict | None = None,
     stop_at_eoi: bool = True,
     on_result: Callable[[int, list[int]], None] | None = None,
+    conds: Sequence[int] | None = None,
+    guidance: Guidance | None = None,
 ) -> list[list[int]]:
     """Each prompt (after BOS) through :func:`_run`: prompts of equal token length share a
     batch (one KV cache position for all rows), ``opts.batch_size`` rows at a time; returns
     each prompt's new tokens, in order -- or, with ``on_result``, hands each prompt's index and
     new tokens to it as its batch finishes and returns ``[]`` (one prompt repeated,
-    :class:`_Repeat`, is encoded once and never listed)."""
+    :class:`_Repeat`, is encoded once and never listed). ``conds``: each prompt's COND id,
+    put after BOS (a class-conditional model); ``guidance``: see :mod:`.guidance`."""
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError("the tokenizer needs BOS and EOS tokens")
     room = model.args.max_seq_len
@@ -421,9 +374,15 @@ def _run_batches(
         prompts = [start(p) for p in prompt_bytes]
         for i, p in enumerate(prompts):
             by_len.setdefault(len(p), []).append(i)  # type: ignore[union-attr]
+    extra = 0 if conds is None else 1  # COND after BOS
+
+    def row(i: int) -> list[int]:
+        p = prompts[i]
+        return p if conds is None else [p[0], int(conds[i]), *p[1:]]
+
     for n in by_len:
-        if n >= room:
-            raise ValueError(f"prompt of {n} tokens leaves no room (max_seq_len {room})")
+        if n + extra >= room:
+            raise ValueError(f"prompt of {n + extra} tokens leaves no room (max_seq_len {room})")
     batch_size = opts.batch_size or len(prompts)
     results: list[list[int]] = [[] for _ in prompts] if on_result is None else []
     was_training = model.training
@@ -435,9 +394,9 @@ def _run_batches(
             for ids in by_len.values():
                 for s in range(0, len(ids), batch_size):
                     chunk = ids[s : s + batch_size]
-                    new = _run(model, tokenizer, [prompts[i] for i in chunk],
+                    new = _run(model, tokenizer, [row(i) for i in chunk],
                                [prompt_bytes[i] for i in chunk], size, opts, n_chunk, stats,
-                               stop_at_eoi)  # fmt: skip
+                               stop_at_eoi, guidance)  # fmt: skip
                     n_chunk += 1
                     for i, toks in zip(chunk, new):
                         if on_result is None:

@@ -5,9 +5,12 @@
 :class:`JpegLogitsProcessor` is a ``transformers.LogitsProcessor`` for ``model.generate`` that
 masks a whole batch with one native call. Both follow the canonical scan with the native
 automaton of :mod:`jpeglm.grammar`: the prompt's byte tokens first (leading special tokens such
-as BOS or left padding skipped), then every generated token; a token that would make the stream
-undecodable gets ``-inf``, and once the stream is complete (EOI) only EOS is left. Logits wider
-than the tokenizer (a model vocabulary padded to a multiple of 64, say) have the extra ids masked.
+as BOS or left padding skipped, and a class-conditional model's condition token: an id at or past
+the tokenizer's size after BOS, a prompt token, never stream bytes), then every generated token;
+a token that would make the stream undecodable gets ``-inf``, and once the stream is complete
+(EOI) only EOS is left. Logits wider than the tokenizer (a model vocabulary padded to a multiple
+of 64, or grown by the condition ids of :mod:`jpeglm.conditioning`) have the extra ids masked, so
+a condition id is never sampled.
 The native grammar is built once per (tokenizer, image size) and shared.
 
 If every allowed token already had ``-inf`` (a processor before this one masked them all), the
@@ -69,13 +72,14 @@ def vocab_for(tokenizer: Any, size: int = 256) -> _Vocab:
 
 
 def _prompt_bytes(vocab: _Vocab, ids: Sequence[int], what: str = "the prompt") -> bytes:
-    """The stream bytes of prompt ``ids``: leading special tokens (BOS, padding) skipped, then
-    byte tokens only (ValueError, one line, otherwise)."""
+    """The stream bytes of prompt ``ids``: leading special tokens (BOS, padding) and condition
+    tokens (ids ``>= n``, the tokenizer's size: ``[BOS, COND, ...]`` of a class-conditional
+    model) skipped, then byte tokens only (ValueError, one line, otherwise)."""
     n = len(vocab.tokens)
     ids = [int(i) for i in ids]
     k = 0
     while k < len(ids) and not (0 <= ids[k] < n and vocab.tokens[ids[k]]):
-        k += 1
+        k += 1  # not a byte token: padding, BOS or a condition id (>= n)
     for j in range(k, len(ids)):
         t = ids[j]
         if not 0 <= t < n:

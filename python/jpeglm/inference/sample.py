@@ -6,6 +6,9 @@ restart markers tell where rows end), as in the published inference code. The to
 from the sampling loop of :mod:`jpeglm.inference.loop`. With ``constrained=True`` (the
 default) every sample decodes; without it, samples are decoded tolerantly and may be partly
 grey.
+
+A class-conditional model (a :class:`~jpeglm.conditioning.Conditioning`) samples the classes
+named by ``labels``, guided by ``cfg`` (:mod:`jpeglm.inference.guidance`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import numpy as np
 from PIL import Image
 
 from jpeglm import codec
+from jpeglm.conditioning import Conditioning
 from jpeglm.grammar import ScanAutomaton
+from jpeglm.inference.guidance import Blocks, Guidance, plan_conditions
 from jpeglm.inference.loop import _run_batches, repeat_prompt
 from jpeglm.inference.settings import SamplingSettings, is_int, positive_int, show
 
@@ -39,6 +44,7 @@ class Sample:
     clean: bool  #: decoded with every MCU valid
     valid_mcus: int
     total_mcus: int
+    label: str | None = None  #: the class sampled (a class-conditional model's ``labels``)
 
 
 def prompt_stream(stream: bytes, rows: int, size: int = 256) -> bytes:
@@ -126,18 +132,26 @@ def _generate_prompts(
     opts: SamplingSettings,
     stats: dict | None = None,
     on_sample: Callable[[int, Sample], None] | None = None,
+    conds: Sequence[int] | None = None,
+    guidance: Guidance | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Sample]:
+    """``conds``: each prompt's COND id (a class-conditional model), ``names`` its label."""
     size = codec.check_size(size)
     quality = codec.check_quality(quality)
+
+    def finish(i: int, toks: list[int]) -> Sample:
+        s = _finish(tokenizer, prompt_bytes[i], toks, size, quality)
+        s.label = None if names is None else names[i]
+        return s
+
+    kw: dict[str, Any] = dict(conds=conds, guidance=guidance)
     if on_sample is not None:  # each sample handed on as its batch finishes; none kept
-
-        def done(i: int, toks: list[int]) -> None:
-            on_sample(i, _finish(tokenizer, prompt_bytes[i], toks, size, quality))
-
-        _run_batches(model, tokenizer, prompt_bytes, size, opts, stats, on_result=done)
+        _run_batches(model, tokenizer, prompt_bytes, size, opts, stats,
+                     on_result=lambda i, toks: on_sample(i, finish(i, toks)), **kw)  # fmt: skip
         return []
-    new = _run_batches(model, tokenizer, prompt_bytes, size, opts, stats)
-    return [_finish(tokenizer, p, toks, size, quality) for p, toks in zip(prompt_bytes, new)]
+    new = _run_batches(model, tokenizer, prompt_bytes, size, opts, stats, **kw)
+    return [finish(i, toks) for i, toks in enumerate(new)]
 
 
 def generate(
@@ -151,9 +165,20 @@ def generate(
     settings: SamplingSettings | None = None,
     stats: dict | None = None,
     on_sample: Callable[[int, Sample], None] | None = None,
+    labels: Sequence[str] | None = None,
+    cfg: float | None = None,
+    conditioning: Conditioning | None = None,
     **options: Any,
 ) -> list[Sample]:
     """``n`` unconditional samples (or continuations of the raw ``prompt`` bytes).
+
+    A class-conditional model (``conditioning``: its :class:`~jpeglm.conditioning.Conditioning`,
+    :attr:`jpeglm.checkpoint.load.LoadedModel.conditioning`): ``n`` samples of each class in
+    ``labels`` (``"all"``: every class), label after label, each :class:`Sample` naming its
+    ``label``; without ``labels``, ``n`` samples of the null class. ``cfg``: the guidance scale
+    (default the conditioning's recorded ``cfg``; 1 = none, no null rows run): the logits drawn
+    from are ``u + s * (c - u)`` of the class's and the null class's. Labels without a
+    conditioning, ``cfg`` without labels, ``cfg < 0`` or an unknown label: ``ValueError``.
 
     ``options``: the sampling options, keywords of :class:`SamplingSettings`
     (``temperature``, ``top_k``, ``top_p``, ``max_tokens``, ``seed``,
@@ -175,6 +200,7 @@ def generate(
     """
     n = positive_int("n", n)
     opts = SamplingSettings.of(settings, **options)
+    names, guidance = plan_conditions(model, tokenizer, conditioning, labels, cfg)
     if prompt is not None and not isinstance(prompt, (bytes, bytearray, memoryview)):
         raise ValueError(f"prompt must be bytes or None, got {type(prompt).__name__}")
     prompt = bytes(prompt or b"")
@@ -183,8 +209,14 @@ def generate(
         # in a model trained on JPEGs): start from the canonical header, encoded as every
         # training image was, so the model sees the piece it learned after BOS
         prompt = ScanAutomaton(codec.check_size(size)).header
-    prompts = repeat_prompt(prompt, n)
-    return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)
+    if conditioning is None:
+        prompts = repeat_prompt(prompt, n)
+        return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)
+    classes = names or [None]  # no labels: the null class
+    ids = [conditioning.null_id if c is None else conditioning.id_of(c) for c in classes]
+    return _generate_prompts(model, tokenizer, repeat_prompt(prompt, n * len(ids)), size,
+                             quality, opts, stats, on_sample, Blocks(ids, n), guidance,
+                             Blocks(classes, n))  # type: ignore[arg-type]  # fmt: skip
 
 
 def complete(
@@ -200,6 +232,9 @@ def complete(
     stats: dict | None = None,
     on_sample: Callable[[int, Sample], None] | None = None,
     exif_transpose: bool = False,
+    labels: Sequence[str] | None = None,
+    cfg: float | None = None,
+    conditioning: Conditioning | None = None,
     **options: Any,
 ) -> list[Sample]:
     """Complete each image from its first ``rows`` rows of MCUs (default:
@@ -207,8 +242,10 @@ def complete(
     (:func:`fraction_rows`: the official prompt; not both). Sampling ``options`` /
     ``settings``, ``stats`` and ``on_sample`` as :func:`generate`'s (the defaults are the
     official inference settings: temperature 1.0, top-k 50, top-p 0.9); ``exif_transpose`` as
-    :func:`jpeglm.codec.prepare`'s."""
+    :func:`jpeglm.codec.prepare`'s. ``labels``, ``cfg``, ``conditioning``: as :func:`generate`'s,
+    one label for every image or one per image."""
     opts = SamplingSettings.of(settings, **options)
+    names, guidance = plan_conditions(model, tokenizer, conditioning, labels, cfg)
     size, quality = codec.check_size(size), codec.check_quality(quality)
     if fraction is not None:
         if rows is not None:
@@ -223,4 +260,13 @@ def complete(
     streams = codec.encode_batch(list(images), quality=quality, size=size,
                                  exif_transpose=exif_transpose)  # fmt: skip
     prompts = [prompt_stream(s, rows, size) for s in streams]
-    return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)
+    if conditioning is None:
+        return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample)
+    per = names or [None]  # no labels: the null class
+    if len(per) not in (1, len(prompts)):
+        raise ValueError(f"give one label for every image or one per image: {len(prompts)} "
+                         f"images, {len(per)} labels")  # fmt: skip
+    per = per * len(prompts) if len(per) == 1 else per
+    ids = [conditioning.null_id if c is None else conditioning.id_of(c) for c in per]
+    return _generate_prompts(model, tokenizer, prompts, size, quality, opts, stats, on_sample,
+                             ids, guidance, per)  # type: ignore[arg-type]  # fmt: skip

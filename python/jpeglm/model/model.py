@@ -298,13 +298,13 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None
 
-    def copy_cache_row(self, rows: int, length: int) -> None:
-        """Copy row 0's first ``length`` cache slots into rows ``1 .. rows-1`` of every
-        layer's cache: a prompt the whole batch shares is prefilled once."""
+    def copy_cache_row(self, rows: int, length: int, src: int = 0, start: int = 1) -> None:
+        """Copy row ``src``'s first ``length`` cache slots into rows ``start .. rows-1`` of
+        every layer's cache: a prompt the whole batch shares is prefilled once."""
         for layer in self.layers:
             cache = layer.attention.kv_cache
-            cache.k_cache[1:rows, :, :length] = cache.k_cache[:1, :, :length]
-            cache.v_cache[1:rows, :, :length] = cache.v_cache[:1, :, :length]
+            cache.k_cache[start:rows, :, :length] = cache.k_cache[src : src + 1, :, :length]
+            cache.v_cache[start:rows, :, :length] = cache.v_cache[src : src + 1, :, :length]
 
     # -- inference weights (built in jpeglm.inference.weights)
 

@@ -256,10 +256,14 @@ def test_refusals_are_one_line(labelled, world, tmp_path, capsys):
     for bad in ("cond_dropout=1.0", "cond_dropout=-0.1", "guidance=-1"):
         err = _one_line_error(capsys, [*_args(labelled, tmp_path / "x"), bad])
         assert bad.split("=")[0] in err
-    # init_from an unconditional model: another vocabulary
-    plain = tmp_path / "plain"
-    _plain(root, plain, 1)
-    err = _one_line_error(capsys, _args(labelled, tmp_path / "y", init_from=str(plain / "final")))
+    # init_from an unconditional model of another vocabulary than the tokenizer's
+    from jpeglm.checkpoint.hf import save_pretrained
+    from jpeglm.model import ModelArgs, Transformer
+
+    odd = tmp_path / "odd"
+    save_pretrained(Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2,
+                                          vocab_size=cond.base + 7)), odd)  # fmt: skip
+    err = _one_line_error(capsys, _args(labelled, tmp_path / "y", init_from=str(odd)))
     assert f"needs {cond.vocab_size}" in err and "unconditional" in err
     # resume a labelled run on data of other classes (the same count: the same vocabulary)
     run = tmp_path / "z"
@@ -281,3 +285,26 @@ def test_two_ranks_draw_the_same_dropout_as_one(labelled, tmp_path):
     two = run(_args(labelled, tmp_path / "two", **kw), nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
     np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-4)
+
+
+def test_init_from_an_unconditional_model_grows_its_vocabulary(labelled, world, tmp_path):
+    """A conditional run initialised from an unconditional model of the same tokenizer (a
+    released model fine-tuned on labels): the vocabulary grows by the classes and the null id;
+    the model's own rows are kept and the new rows initialised afresh, the same on any world
+    size (they come from the seeded initialisation)."""
+    from jpeglm.checkpoint.load import load_model
+
+    root, tr, held, cond = labelled
+    plain = tmp_path / "plain"
+    _plain(root, plain, 1)
+    base = load_model(plain / "final").model
+    assert base.args.vocab_size == cond.base
+    run = tmp_path / "grown"
+    train(TrainConfig.load(None, _args(labelled, run, max_steps=1, lr=1e-9, min_lr=1e-10,
+                                       init_from=str(plain / "final"))))  # fmt: skip
+    grown = load_model(run / "final")
+    m = grown.model
+    assert m.args.vocab_size == cond.vocab_size and grown.conditioning.names == cond.names
+    emb, old = m.tok_embeddings.weight.detach(), base.tok_embeddings.weight.detach()
+    torch.testing.assert_close(emb[: cond.base], old.to(emb.dtype), rtol=0, atol=1e-6)
+    assert emb[cond.base :].abs().sum() > 0  # the class rows: initialised, not zero

@@ -267,14 +267,28 @@ def hf_model_args(path: str | os.PathLike, vocab_size: int | None = None) -> Mod
     return _hf_index(Path(path), vocab_size)[0]
 
 
-def load_hf_into(path: str | os.PathLike, model: Transformer) -> None:
+def load_hf_into(path: str | os.PathLike, model: Transformer, grow_vocab: bool = False) -> None:
     """Copy an HF folder's weights into ``model`` (sharded or not), one tensor at a time: each
-    rank holds at most one full tensor besides its shards. The architectures must agree."""
-    args, where = _hf_index(Path(path), model.args.vocab_size)
+    rank holds at most one full tensor besides its shards. The architectures must agree, but
+    for ``grow_vocab``: a model whose vocabulary extends the folder's (a class-conditional
+    model initialised from an unconditional one: the tokenizer's ids, then the class ids) gets
+    the folder's rows of the embedding and the output, and keeps its own initialisation of the
+    new rows."""
+    args, where = _hf_index(Path(path), None if grow_vocab else model.args.vocab_size)
+    if args.vocab_size > model.args.vocab_size:
+        raise ValueError(
+            f"{path}: vocab_size {args.vocab_size} is larger than the model's "
+            f"{model.args.vocab_size}"
+        )
     params = dict(model.named_parameters())
     for ours, tensor in _read_tensors(where):
-        if ours in params:  # a tied output weight is the embedding
-            copy_full_(params[ours], tensor)
+        if ours not in params:  # a tied output weight is the embedding
+            continue
+        p = params[ours]
+        if grow_vocab and tensor.shape[0] < p.shape[0]:  # the embedding / output: new rows
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
+            tensor = torch.cat([tensor.to(full.dtype).to(full.device), full[tensor.shape[0] :]])
+        copy_full_(p, tensor)
 
 
 def load_pretrained(

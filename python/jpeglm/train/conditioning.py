@@ -14,6 +14,7 @@ the trainer is exactly as before.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
@@ -86,7 +87,10 @@ def _names(cond: Conditioning | None) -> str:
 def init_args(path: str | os.PathLike, vocab_size: int, cond: Conditioning | None) -> ModelArgs:
     """The architecture of ``init_from``, checked against the run's vocabulary: the tokenizer's
     for an unconditional run, ``V + C + 1`` for a labelled one (whose classes must also be those
-    of the HF folder's record when it names any). ValueError, one line, otherwise."""
+    of the HF folder's record when it names any). An unconditional model of the tokenizer's
+    ``V`` ids initialises a labelled run too: its vocabulary grows by the classes and the null
+    id (fine-tuning a released model into a class-conditional one). ValueError, one line,
+    otherwise."""
     from jpeglm.checkpoint.hf import hf_model_args
 
     if cond is None:
@@ -94,6 +98,10 @@ def init_args(path: str | os.PathLike, vocab_size: int, cond: Conditioning | Non
     args = hf_model_args(path)
     record = _record_of(Path(path))
     theirs = record.get("conditioning") if isinstance(record, dict) else None
+    if theirs is None and args.vocab_size == cond.base:
+        # an unconditional model of the same tokenizer: grown by the classes and the null id
+        # (its embedding and output rows kept, the new rows initialised afresh)
+        return dataclasses.replace(args, vocab_size=vocab_size)
     if args.vocab_size != vocab_size:
         what = (f"a conditional model of {_names(Conditioning.from_record(theirs))}"
                 if theirs is not None else "an unconditional model")  # fmt: skip

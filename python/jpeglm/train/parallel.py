@@ -80,8 +80,8 @@ def build_model(
     model.to_empty(device=device)
     torch.manual_seed(cfg.seed)
     model.reset_parameters()
-    if cfg.init_from:
-        load_hf_into(cfg.init_from, model)
+    if cfg.init_from:  # (a grown vocabulary was checked by train.conditioning.init_args)
+        load_hf_into(cfg.init_from, model, grow_vocab=True)
     fwd = model
     if world > 1 and not sharded:
         fwd = torch.nn.parallel.DistributedDataParallel(

@@ -48,6 +48,7 @@ __all__ = [
     "find_tokenizer",
     "load_model",
     "load_tokenizer",
+    "model_folder",
     "read_info",
     "resolve",
     "resolve_model",
@@ -85,13 +86,31 @@ class LoadedModel:
         return int(self.info["quality"])
 
 
+def model_folder(path: str | os.PathLike) -> Path:
+    """The folder ``path`` names: the path itself when it exists (a folder ``./mnist32`` is
+    that folder), else the bundled model of that name (``"mnist32"``, ``"mnist32-cond"``,
+    ``"moving_mnist64"``: :func:`jpeglm.data.bundled.models`). FileNotFoundError listing the
+    bundled names when it is neither."""
+    from jpeglm.data import bundled
+
+    p = Path(path)
+    if os.path.lexists(p):
+        if not p.is_dir():
+            raise FileNotFoundError(f"no such model folder: {p} (not a folder)")
+        return p
+    named = bundled.models()
+    if isinstance(path, str) and path in named:
+        return named[path]
+    known = ", ".join(named) or "none installed"
+    raise FileNotFoundError(f"no such model folder: {p} (bundled models: {known})")
+
+
 def resolve_model(path: str | os.PathLike) -> tuple[str, Path]:
     """What ``path`` names: ``("hf", folder)`` for an HF folder or a run folder with an
     export (``final/``), ``("dcp", step_N)`` for a trainer checkpoint or a run folder without
-    one (its newest checkpoint)."""
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"no such model folder: {p}")
+    one (its newest checkpoint). A bundled model's name names its folder (:func:`model_folder`:
+    an existing path of that name wins)."""
+    p = model_folder(path)
     if (p / "config.json").is_file():
         return "hf", p
     if (p / CHECKPOINT_STATE).is_file():
@@ -228,7 +247,8 @@ def load_model(
     backend: str | None = None,
 ) -> LoadedModel:
     """Everything sampling needs from one path: an HF folder, a trainer checkpoint ``step_N``
-    or a run folder (its ``final/`` export, else its newest checkpoint). The tokenizer is the
+    or a run folder (its ``final/`` export, else its newest checkpoint), or a bundled model's
+    name (``"mnist32-cond"``: :func:`model_folder`). The tokenizer is the
     one inside unless ``tokenizer`` is given; the image format comes from ``jpeglm.json``
     (defaults for folders without one: 256 px, quality 25, the official checkpoint's).
     ``path`` may be a :class:`ModelRef` already resolved (:func:`resolve`)."""

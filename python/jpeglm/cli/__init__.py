@@ -9,7 +9,8 @@ inputs with equal names get distinct ones (``x.jlm``, ``x-1.jlm``, ..., in input
 
 Each group of commands is in its own module with its parsers: :mod:`jpeglm.cli.codec`
 (encode / decode / bench / explain), :mod:`jpeglm.cli.data` (train-tokenizer / tokenize /
-prepare) and :mod:`jpeglm.cli.model` (sample / complete / eval); train / plan / export /
+prepare), :mod:`jpeglm.cli.model` (sample / complete / eval) and :mod:`jpeglm.cli.models`
+(models: the bundled ones by name); train / plan / export /
 convert and demo are in :mod:`jpeglm.cli.common`, with what every command shares. The work
 is in the library (:mod:`jpeglm.cli.demo`, :mod:`jpeglm.cli.bench`, ...).
 """
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.set_defaults(func=cmd_convert)
 
     model_commands.add_parsers(sub)  # sample, complete, eval
+    from jpeglm.cli.models import add_parser as models_parser
+
+    models_parser(sub)  # models: the bundled ones, by name
 
     m = sub.add_parser("demo", help="encode + decode the bundled photos; side-by-side PNG")
     m.add_argument("--out", default="demo_out")

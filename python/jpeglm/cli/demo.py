@@ -5,9 +5,10 @@ shipped JPEG-LM sampling and completing digits.
 damaged generation would be), prints sizes, PSNR and timings, and writes the complete JPEG
 files and a side-by-side picture. Unless ``codec_only``, it then samples and completes 32x32
 MNIST digits with the checkpoint shipped in :data:`DEMO_CHECKPOINT` (trained by our own
-trainer on the bundled digits, see scripts/train_demo_checkpoint.sh) and writes a picture grid
-and a JSON report. It checks nothing: the command line checks the options and the outputs
-(:func:`output_names`, :func:`inputs`) before calling it.
+trainer on the bundled digits, see scripts/train_demo_checkpoint.sh), adds one row per digit
+from the class-conditional model when it is shipped (:mod:`jpeglm.cli.demo_cond`), and writes
+a picture grid and a JSON report. It checks nothing: the command line checks the options and
+the outputs (:func:`output_names`, :func:`inputs`) before calling it.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def output_names(codec_only: bool = False) -> list[str]:
 
 
 def inputs() -> list[Path]:
-    """The files :func:`run` reads: the bundled photos and the demo checkpoint's files."""
+    """The files :func:`run` reads: the bundled photos and the demo checkpoints' files."""
     from jpeglm.data import bundled as samples
 
     paths = [samples.photo_path(n) for n in samples.PHOTOS]
-    for folder in (DEMO_CHECKPOINT, VIDEO_CHECKPOINT):
+    for folder in (DEMO_CHECKPOINT, samples.COND_CHECKPOINT, VIDEO_CHECKPOINT):
         if folder.is_dir():
             paths += list(folder.iterdir())
     return paths
@@ -155,6 +156,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict
 
     from jpeglm import codec
     from jpeglm.checkpoint.load import load_model
+    from jpeglm.cli.demo_cond import cond_part
     from jpeglm.data import bundled as samples
     from jpeglm.eval.judge import default_judge
     from jpeglm.eval.metrics import bits_per_byte, completion_scores, judge_digits
@@ -187,6 +189,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict
     judged_u = default_judge().score([s.image for s in gen_u])  # the references once, above
     dt = time.perf_counter() - t0
 
+    cond_report, cond_rows, cond_text = cond_part(seed, temperature)  # one row per digit, or none
     k = min(8, n)
     prompts = [o.copy() for o in originals]
     for p in prompts:
@@ -197,11 +200,14 @@ def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict
         [_big(p) for p in prompts[:k]],
         [_big(c.image) for c in comp[:k]],
         [_big(o) for o in originals[:k]],
+        *([_big(im) for im in ims] for _, ims in cond_rows),
     ]
+    width = max(len(r) for r in rows)  # rows of fewer images padded with white
+    rows = [r + [np.full_like(r[0], 255)] * (width - len(r)) for r in rows]
     grid = image_grid(rows)
     # row labels on the left
     labels = ["samples (constrained)", "samples (unconstrained)", "prompts (1 MCU row)",
-              "completions", "originals"]  # fmt: skip
+              "completions", "originals", *(text for text, _ in cond_rows)]  # fmt: skip
     canvas = Image.new("RGB", (grid.shape[1] + 150, grid.shape[0]), "white")
     canvas.paste(Image.fromarray(grid), (150, 0))
     d = ImageDraw.Draw(canvas)
@@ -221,6 +227,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict
         "judge": judged,
         "judge_unconstrained": judged_u,
         "seconds": dt,
+        "conditional": cond_report,  # None: the conditional model is absent
     }
     print(
         f"JPEG-LM demo model ({model.num_params() / 1e6:.1f}M parameters, 32x32 MNIST digits):\n"
@@ -238,6 +245,7 @@ def _model_part(out: Path, n: int, seed: int, temperature: float | None) -> dict
         f"garbage {judged['non_digits_jpeg']['share']:.0%}\n"
         f"wrote {out / 'samples_grid.png'} ({dt:.1f} s)"
     )
+    print(cond_text)
     return report
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jpeglm._io import atomic_write_bytes, record_outputs, show, write_png
+from jpeglm.cli import cond_eval
 from jpeglm.cli import labels as label_options
 from jpeglm.cli import video as video_commands
 from jpeglm.cli.common import (
@@ -42,7 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     def sampling(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", required=True,
-                        help="HF folder, trainer checkpoint (step_N) or run folder")  # fmt: skip
+                        help="HF folder, trainer checkpoint (step_N), run folder, or a bundled "
+                        "model's name (jpeglm models)")  # fmt: skip
         sp.add_argument("--tokenizer", help="tokenizer file (default: inside --model)")
         sp.add_argument("-o", "--out", required=True, help="output folder")
         sp.add_argument("--size", type=int, default=None, help="default: the model's image size")
@@ -86,8 +88,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     label_options.add_options(co)
     co.set_defaults(func=cmd_complete)
     ev.add_argument("--judge", type=int, default=0, metavar="N",
-                    help="also sample N images and judge them with the digit classifier "
-                    "(32x32 digit models)")  # fmt: skip
+                    help="also sample N images (N of each class: a class-conditional model) "
+                    "and judge them with the digit classifier (32x32 digit models)")  # fmt: skip
+    cond_eval.add_options(ev)
     ev.add_argument("--fid-weights", metavar="PATH", default=None,
                     help="also compute FID of --fid-samples unconditional samples against the "
                     "images given, with pytorch-fid's Inception weights from PATH "
@@ -424,6 +427,7 @@ def _fid_network(args: argparse.Namespace, n_images: int):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     info = _model_info(args)
+    cond_eval.check(args, info)  # args.conditioning, --cfg
     if video_commands.is_video(info):
         if args.fid_weights is not None or args.fid_samples is not None:
             raise UserError("--fid-weights is for image models, not video models")
@@ -454,18 +458,27 @@ def _eval_images(args: argparse.Namespace, folder: Path, tok_path: Path, paths: 
 
     model, tok = _load_model(folder, tok_path, args)
     kw = _sampling_kwargs(args)
+    cond = args.conditioning  # a class-conditional model: completions and FID of its null class
+    ckw = {} if cond is None else {"conditioning": cond}
     streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
     res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
-                              write_results=False, **kw)  # fmt: skip
+                              write_results=False, **kw, **ckw)  # fmt: skip
     if args.fraction is not None:
         res["fraction"] = args.fraction
-    res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
+    if cond is None:
+        res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
+    else:  # without the label, and with it where the images' folders name their classes
+        labels = cond_eval.held_out_labels(args.images, paths, cond)
+        res.update(cond_eval.held_out(model, tok, streams, args.size, cond, labels))
+        if args.judge:  # N of every class, judged as the digit asked for
+            res["judge"] = cond_eval.judge(model, tok, cond, args.judge, args.judge_cfg, kw)
     n_fid = args.fid_samples if fid_net is not None else 0
-    if args.judge or n_fid:  # one set of unconditional samples for both
+    n_judge = args.judge if cond is None else 0
+    if n_judge or n_fid:  # one set of unconditional samples for both
         from jpeglm.inference.sample import generate
 
-        gen = [s.image for s in generate(model, tok, n=max(args.judge, n_fid), **kw)]
-        if args.judge:  # judged by the digit classifier
+        gen = [s.image for s in generate(model, tok, n=max(n_judge, n_fid), **kw, **ckw)]
+        if n_judge:  # judged by the digit classifier
             from jpeglm.eval.metrics import judge_digits
 
             res["judge"] = judge_digits(gen[: args.judge])

@@ -15,6 +15,25 @@ IMAGE_DIR = ASSETS / "images"
 DEMO_CHECKPOINT = ASSETS / "checkpoints" / "mnist32"
 #: the shipped AVC-LM demo model (64x64 Moving-MNIST H.264 clips; scripts/train_video_demo.sh)
 VIDEO_CHECKPOINT = ASSETS / "checkpoints" / "moving_mnist64"
+#: the shipped class-conditional demo model (32x32 digits, classes "0".."9", guidance scale and
+#: sampling settings in its record; scripts/train_cond_demo.sh)
+COND_CHECKPOINT = ASSETS / "checkpoints" / "mnist32-cond"
+
+
+def models() -> dict[str, Path]:
+    """The bundled models by name (``--model mnist32``): ``"mnist32"``, ``"mnist32-cond"`` and
+    ``"moving_mnist64"`` (:data:`DEMO_CHECKPOINT`, :data:`COND_CHECKPOINT`,
+    :data:`VIDEO_CHECKPOINT`), then any other folder under ``assets/checkpoints``; only those
+    whose folder exists."""
+    named = {"mnist32": DEMO_CHECKPOINT, "mnist32-cond": COND_CHECKPOINT,
+             "moving_mnist64": VIDEO_CHECKPOINT}  # fmt: skip
+    shelf = ASSETS / "checkpoints"
+    if shelf.is_dir():
+        for d in sorted(shelf.iterdir()):
+            if d.is_dir() and d.name not in named:
+                named[d.name] = d
+    return {name: folder for name, folder in named.items() if folder.is_dir()}
+
 
 #: Names of the bundled photographs (file stems), colour first, then grayscale.
 PHOTOS = (

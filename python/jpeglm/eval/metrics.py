@@ -8,7 +8,9 @@ the original and against a trivial baseline), and a picture grid.
   below the prompt) against the original, and the same for the baseline that repeats the last
   known row of MCUs downwards.
 * ``judge_digits``: for 32x32 digit models, the share of samples a digit classifier
-  recognises (:mod:`jpeglm.eval.judge`), beside real digits and garbage.
+  recognises (:mod:`jpeglm.eval.judge`), beside real digits and garbage;
+  ``judge_requested``: for a class-conditional digit model, the share recognised as the digit
+  asked for, per digit and on average.
 * FID: :mod:`jpeglm.eval.fid` (torchmetrics over a port of pytorch-fid's Inception; the weights
   are the user's own file, nothing is downloaded), ``jpeglm eval --fid-weights``.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "image_grid",
     "evaluate_completion",
     "judge_digits",
+    "judge_requested",
 ]
 
 
@@ -72,16 +75,36 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bits_per_byte(
-    model, tokenizer, streams: Sequence[bytes], constrained: bool = False, size: int = 256
+    model,
+    tokenizer,
+    streams: Sequence[bytes],
+    constrained: bool = False,
+    size: int = 256,
+    conds: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Cross-entropy of ``model`` on canonical ``streams`` (BOS + tokens + EOS), in bits per
-    byte of the streams and bits per token. ``constrained``: under the grammar mask."""
+    byte of the streams and bits per token. ``constrained``: under the grammar mask.
+
+    ``conds``: a class-conditional model's COND id for each stream (a class ``V + i`` or the
+    null id ``V + C``, :class:`jpeglm.conditioning.Conditioning`): each sequence is then
+    ``[BOS, COND, stream..., EOS]`` and the COND position is not scored (the trainer puts no
+    loss on it either); the scored positions are the same as without, over the tokenizer's
+    ``V`` ids as always."""
     import torch
 
     from jpeglm.grammar import TokenConstraint
 
     if not streams:
         raise ValueError("no streams to evaluate")
+    vocab = tokenizer.vocab_size
+    if conds is not None:
+        conds = [int(c) for c in conds]
+        if len(conds) != len(streams):
+            raise ValueError(f"{len(conds)} conds for {len(streams)} streams: give one each")
+        bad = [c for c in conds if not vocab <= c < model.args.vocab_size]
+        if bad:
+            raise ValueError(f"cond id {bad[0]} is not a condition id of this model "
+                             f"({vocab}..{model.args.vocab_size - 1})")  # fmt: skip
     device = next(model.parameters()).device
     total_bits, n_bytes, n_tokens = 0.0, 0, 0
     tc = TokenConstraint.from_tokenizer(tokenizer, size) if constrained else None
@@ -89,17 +112,20 @@ def bits_per_byte(
     model.eval()
     try:
         with torch.no_grad():
-            for stream in streams:
-                ids = [tokenizer.bos_id, *tokenizer.encode(stream), tokenizer.eos_id]
+            for k, stream in enumerate(streams):
+                head = [tokenizer.bos_id] if conds is None else [tokenizer.bos_id, conds[k]]
+                ids = [*head, *tokenizer.encode(stream), tokenizer.eos_id]
                 if len(ids) - 1 > model.args.max_seq_len:
                     raise ValueError(f"a stream of {len(ids)} tokens exceeds max_seq_len")
                 x = torch.tensor([ids[:-1]], device=device)
-                logits = model(x)[0, :, : tokenizer.vocab_size].float()
-                target = torch.tensor(ids[1:], device=device)
+                skip = len(head) - 1  # the COND position: predicted from BOS, never scored
+                logits = model(x)[0, skip:, :vocab].float()
+                scored = ids[len(head) :]
+                target = torch.tensor(scored, device=device)
                 if tc is not None:
                     tc.start(1)
                     masks = []
-                    for t in ids[1:]:
+                    for t in scored:
                         masks.append(tc.mask()[0].copy())
                         tc.advance([t])
                     mask = torch.from_numpy(np.stack(masks)).to(device)
@@ -184,6 +210,38 @@ def judge_digits(images: Sequence[np.ndarray], threshold: float = 0.9) -> dict:
 
     judge = default_judge()
     return {"samples": judge.score(images, threshold), **calibration(judge, threshold=threshold)}
+
+
+def judge_requested(
+    images: Sequence[np.ndarray], requested: Sequence[int], threshold: float = 0.9
+) -> dict:
+    """How often a class-conditional digit model draws the digit asked for: each of ``images``
+    (32x32, any judge input) counts when the judge (:func:`jpeglm.eval.judge.default_judge`)
+    gives its ``requested`` digit (0..9, one per image) probability >= ``threshold``.
+
+    Returns ``share`` (of all images), ``mean`` (of the per-digit shares), ``min`` (the worst
+    digit's), ``per_class`` (``{"0": share, ...}`` for the digits requested), ``counts`` (images
+    per digit), ``n`` and ``threshold``."""
+    from jpeglm.eval.judge import default_judge
+
+    want = np.asarray([int(d) for d in requested], dtype=np.int64)
+    if len(want) != len(images) or not len(want):
+        raise ValueError(f"{len(images)} images and {len(want)} requested digits: give one "
+                         "digit for each image (and at least one)")  # fmt: skip
+    if want.min() < 0 or want.max() > 9:
+        raise ValueError(f"requested digits must be 0..9, got {int(want.min())}..{int(want.max())}")
+    p = default_judge().proba(images)
+    ok = p[np.arange(len(want)), want] >= threshold
+    per = {str(d): float(ok[want == d].mean()) for d in sorted(set(want.tolist()))}
+    return {
+        "share": float(ok.mean()),
+        "mean": float(np.mean(list(per.values()))),
+        "min": float(min(per.values())),
+        "per_class": per,
+        "counts": {str(d): int((want == d).sum()) for d in sorted(set(want.tolist()))},
+        "n": len(want),
+        "threshold": threshold,
+    }
 
 
 def evaluate_completion(

@@ -113,7 +113,16 @@ def main() -> None:
     ap.add_argument("--ship", default=None)
     ap.add_argument("-o", "--out", default=None)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--scales", type=float, nargs="+", default=SCALES, help="--sweep's scales")
+    ap.add_argument("--settings", nargs="+", default=None, metavar="T,K,P",
+                    help="--sweep's temperature,top-k,top-p triples")  # fmt: skip
     args = ap.parse_args()
+    scales = args.scales
+    grid = (
+        SETTINGS
+        if args.settings is None
+        else [(float(t), int(k), float(p)) for t, k, p in (x.split(",") for x in args.settings)]
+    )
     import torch
 
     from jpeglm.checkpoint.load import load_model
@@ -131,8 +140,8 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.sweep:
         sweep = []
-        for s in SETTINGS:
-            for scale in SCALES:
+        for s in grid:
+            for scale in scales:
                 r = sample_rates(m, judge, 32, (100, 101), s, scale)
                 sweep.append({"settings": s, "cfg": scale, **r})
                 print(f"sweep {s} cfg {scale}: mean {r['mean']:.3f} min {r['min']:.3f}", flush=True)
@@ -188,10 +197,12 @@ def report(res: dict, args) -> str:
               f"the label, {b['without_label']:.3f} without (the null class). Decodable: "
               f"{c['decodable']:.0%} of the conditional samples."]  # fmt: skip
     if "sweep" in res:
+        scales = sorted({r["cfg"] for r in res["sweep"]})
+        grid = list(dict.fromkeys(tuple(r["settings"]) for r in res["sweep"]))
         lines += ["", "Sweep on seeds 100-101 (32 samples per digit): mean share as requested",
-                  "", "| temperature, top-k, top-p | " + " | ".join(f"cfg {s}" for s in SCALES)
-                  + " |", "|---|" + "---:|" * len(SCALES)]  # fmt: skip
-        for s in SETTINGS:
+                  "", "| temperature, top-k, top-p | " + " | ".join(f"cfg {s}" for s in scales)
+                  + " |", "|---|" + "---:|" * len(scales)]  # fmt: skip
+        for s in grid:
             row = [r for r in res["sweep"] if tuple(r["settings"]) == s]
             lines.append(f"| {s[0]}, {s[1]}, {s[2]} | "
                          + " | ".join(f"{r['mean']:.1%}" for r in row) + " |")  # fmt: skip

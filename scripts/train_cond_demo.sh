@@ -10,31 +10,13 @@ cd "$(dirname "$0")/.."
 W=cond_work
 BASE=python/jpeglm/data/assets/checkpoints/mnist32
 mkdir -p $W
-python - <<'P'
-# The unconditional demo's images, the same seed and augmentation (scripts/train_demo_checkpoint.sh):
+# The unconditional demo's images, the same seeded augmentation (scripts/train_demo_checkpoint.sh):
 # 4,500 training digits x 8 (as is + 7 rotated by up to 12 degrees and shifted by up to 2 px),
 # written as an ImageFolder tree (cond_work/img_train/<digit>/...); the last 50 of each digit
 # held out untouched (bundled.mnist_split).
-import os
-import numpy as np
-from PIL import Image
-from jpeglm.data import bundled
-x, y = bundled.mnist()
-train_idx, held_idx = bundled.mnist_split(held_per_digit=50)
-rng = np.random.default_rng(0)
-for d in range(10):
-    os.makedirs(f"cond_work/img_train/{d}", exist_ok=True)
-    os.makedirs(f"cond_work/img_held/{d}", exist_ok=True)
-for i in held_idx:
-    Image.fromarray(x[i]).save(f"cond_work/img_held/{y[i]}/{i:04d}.png")
-for i in train_idx:
-    for k in range(8):
-        im = Image.fromarray(x[i])
-        if k:
-            dx, dy = (int(v) for v in rng.integers(-2, 3, 2))
-            im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR, translate=(dx, dy))
-        im.save(f"cond_work/img_train/{y[i]}/{i:04d}_{k}.png")
-P
+python -c "from jpeglm.data import bundled as b
+b.mnist_folder('$W/img_train', 'train', copies=8)
+b.mnist_folder('$W/img_held', 'held')"
 jpeglm prepare $W/img_train $W/train --tokenizer $BASE/tokenizer.jpeglm --size 32 --seq-len 512 \
   --labels --quiet
 jpeglm prepare $W/img_held $W/held --tokenizer $BASE/tokenizer.jpeglm --size 32 --seq-len 512 \

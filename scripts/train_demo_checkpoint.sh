@@ -5,28 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate 2>/dev/null || true
 W=demo_work
-mkdir -p $W/img_train $W/img_held
-python - <<'P'
+mkdir -p $W
 # 4,500 training digits (450 of each), each kept as is and 7 times rotated by up to 12 degrees
-# and shifted by up to 2 pixels (36,000 images); the last 50 digits of each label are held out,
-# untouched (samples.mnist_split: the bundled digits are sorted by label, so a split by position
-# would hold out 9s only).
-import numpy as np
-from PIL import Image
-from jpeglm.data import bundled as samples
-x, _ = samples.mnist()
-train_idx, held_idx = samples.mnist_split(held_per_digit=50)
-rng = np.random.default_rng(0)
-for i in held_idx:
-    Image.fromarray(x[i]).save(f"demo_work/img_held/{i:04d}.png")
-for i in train_idx:
-    for k in range(8):
-        im = Image.fromarray(x[i])
-        if k:
-            dx, dy = (int(v) for v in rng.integers(-2, 3, 2))
-            im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR, translate=(dx, dy))
-        im.save(f"demo_work/img_train/{i:04d}_{k}.png")
-P
+# and shifted by up to 2 pixels (36,000 images, all in one folder); the last 50 digits of each
+# label are held out, untouched (bundled.mnist_split: the bundled digits are sorted by label, so
+# a split by position would hold out 9s only).
+python -c "from jpeglm.data import bundled as b
+b.mnist_folder('$W/img_train', 'train', copies=8, folders=False)
+b.mnist_folder('$W/img_held', 'held', folders=False)"
 jpeglm train-tokenizer $W/img_train -o $W/tokenizer.jpeglm --size 32 --vocab-size 320 --quiet
 jpeglm prepare $W/img_train $W/train --tokenizer $W/tokenizer.jpeglm --size 32 --seq-len 512 --quiet
 jpeglm prepare $W/img_held $W/held --tokenizer $W/tokenizer.jpeglm --size 32 --seq-len 512 --quiet

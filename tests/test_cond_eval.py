@@ -157,17 +157,49 @@ def test_eval_judge_per_class_on_a_conditional_model(cond_dir, tmp_path, capsys)
     assert "held_out_labelled" not in res2 and "judge" not in res2 and res2["held_out"]["tokens"]
 
 
+def test_eval_completes_each_image_with_its_label(cond_dir, tmp_path, monkeypatch, capsys):
+    """Images in class folders are completed conditioned on (and guided by) their labels;
+    other images with the null class, unguided."""
+    from jpeglm.inference import sample as sample_mod
+
+    calls = []
+    real = sample_mod.complete
+
+    def spy(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sample_mod, "complete", spy)
+    root = _image_folder(tmp_path / "held", per_digit=1)
+    out = tmp_path / "ev"
+    argv = ["eval", "--model", str(cond_dir), str(root), "-o", str(out), "--cfg", "1.5",
+            "--max-tokens", "300"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert res["completion_labels"] == "class folders"
+    paths = sorted(root.rglob("*.png"))
+    assert calls[-1]["labels"] == [p.parent.name for p in paths] and calls[-1]["cfg"] == 1.5
+    flat = [str(p) for p in paths[:2]]
+    assert main(["eval", "--model", str(cond_dir), *flat, "-o", str(tmp_path / "e2"),
+                 "--max-tokens", "300"]) == 0  # fmt: skip
+    res = json.loads((tmp_path / "e2" / "results.json").read_text())
+    assert res["completion_labels"] == "null" and "labels" not in calls[-1]
+
+
 def test_eval_cfg_refusals(cond_dir, tmp_path, capsys):
     root = _image_folder(tmp_path / "held")
 
-    def refused(model, *more: str, match: str) -> None:
-        assert main(["eval", "--model", str(model), str(root), "-o", str(tmp_path / "o"),
-                     *more]) == 2  # fmt: skip
+    def refused(model, *more: str, match: str, images=(root,)) -> None:
+        assert main(["eval", "--model", str(model), *map(str, images), "-o",
+                     str(tmp_path / "o"), *more]) == 2  # fmt: skip
         err = capsys.readouterr().err
         assert match in err and len(err.strip().splitlines()) == 1, err
 
-    refused(cond_dir, "--cfg", "2", match="--cfg is for --judge")
-    refused("mnist32", "--judge", "2", "--cfg", "2", match="--cfg is for --judge")
+    refused("mnist32", "--judge", "2", "--cfg", "2", match="--cfg is for a class-conditional")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.png").write_bytes(next((root / "3").iterdir()).read_bytes())
+    refused(cond_dir, "--cfg", "2", match="there are neither", images=(flat,))
     refused(cond_dir, "--judge", "2", "--cfg", "-1", match="cfg must be >= 0")
     other = make_cond_model(tmp_path / "letters")
     rec = json.loads((other / "jpeglm.json").read_text())

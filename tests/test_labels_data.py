@@ -301,6 +301,38 @@ def test_label_column_named_and_missing(sources, tok, tmp_path):
         data.prepare(src, tmp_path / "o", tok, label_column="cls", **KW)
 
 
+def test_bundled_mnist_augmented_copies(tmp_path):
+    """``copies``: each digit as is (``_0``) and rotated/shifted copies, the demo scripts' seeded
+    augmentation (the same rng draws, in the same order, as their original loop); flat or as a
+    tree; bad ``copies`` refused before anything is written."""
+    root, n = bundled.mnist_folder(tmp_path / "a", "held", held_per_digit=2, copies=3)
+    assert n == 60 and len(list(root.rglob("*.png"))) == 60
+    x, y = bundled.mnist()
+    _, held = bundled.mnist_split(2)
+    rng = np.random.default_rng(0)  # the scripts' loop, as they were written
+    for i in held:
+        for k in range(3):
+            im = Image.fromarray(x[i])
+            if k:
+                dx, dy = (int(v) for v in rng.integers(-2, 3, 2))
+                im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR,
+                               translate=(dx, dy))  # fmt: skip
+            got = np.asarray(Image.open(root / str(y[i]) / f"{i:04d}_{k}.png"))
+            assert np.array_equal(got, np.asarray(im))
+            assert k or np.array_equal(got, x[i])
+    first = np.asarray(Image.open(root / str(y[held[0]]) / f"{held[0]:04d}_1.png"))
+    assert not np.array_equal(first, x[held[0]])  # a copy is not the digit as is
+    flat, n = bundled.mnist_folder(tmp_path / "f", "held", held_per_digit=2, copies=2,
+                                   folders=False)  # fmt: skip
+    assert n == 40 and all(f.is_file() for f in flat.iterdir()) and len(list(flat.iterdir())) == 40
+    assert (flat / f"{held[0]:04d}_1.png").read_bytes() == (
+        root / str(y[held[0]]) / f"{held[0]:04d}_1.png").read_bytes()  # fmt: skip
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="copies must be"):
+            bundled.mnist_folder(tmp_path / "b", copies=bad)
+    assert not (tmp_path / "b").exists()
+
+
 def test_bundled_mnist_as_a_labelled_folder(tok, tmp_path):
     root, n = bundled.mnist_folder(tmp_path / "digits", "held", held_per_digit=2)
     assert n == 20 and sorted(p.name for p in root.iterdir()) == [str(d) for d in range(10)]

@@ -1,8 +1,9 @@
 """``jpeglm eval`` on a class-conditional model (issue 34): the held-out bits/byte without the
 label (the null id) and, when the held-out images are an ImageFolder tree of the model's
-classes (``root/<class>/x.png``), with each image's label; ``--judge N``: ``N`` samples of
-every class at the recorded settings and guidance scale (``--cfg`` overrides it), judged as
-the digit asked for (:func:`jpeglm.eval.metrics.judge_requested`), per class and on average.
+classes (``root/<class>/x.png``), with each image's label -- then each completion is also
+conditioned on (and guided by) its image's label; ``--judge N``: ``N`` samples of every class
+at the recorded settings and guidance scale (``--cfg`` overrides it), judged as the digit asked
+for (:func:`jpeglm.eval.metrics.judge_requested`), per class and on average.
 """
 
 from __future__ import annotations
@@ -18,31 +19,40 @@ from jpeglm.cli.common import UserError
 if TYPE_CHECKING:
     from jpeglm.conditioning import Conditioning
 
-__all__ = ["add_options", "check", "held_out", "held_out_labels", "judge"]
+__all__ = [
+    "add_options",
+    "check",
+    "check_labels",
+    "completion_kwargs",
+    "held_out",
+    "held_out_labels",
+    "judge",
+]
 
 DIGITS = tuple(str(d) for d in range(10))
 
 
 def add_options(ev: argparse.ArgumentParser) -> None:
-    """``eval --cfg``: the guidance scale of ``--judge``'s samples of a conditional model."""
+    """``eval --cfg``: the guidance scale of a conditional model's labelled samples."""
     ev.add_argument("--cfg", dest="judge_cfg", type=float, default=None, metavar="SCALE",
-                    help="class-conditional models with --judge: the guidance scale of the "
-                    "samples (default: the model's; 1: none)")  # fmt: skip
+                    help="class-conditional models: the guidance scale of --judge's samples "
+                    "and of the completions of images in class folders (default: the model's; "
+                    "1: none)")  # fmt: skip
 
 
 def check(args: argparse.Namespace, info: dict) -> Conditioning | None:
     """After the model's record is read, before its weights: ``args.conditioning`` (None for
-    an unconditional model); ``--cfg`` without ``--judge`` or on an unconditional model, a bad
-    scale, ``--judge`` on a conditional model whose classes are not digits: refused."""
+    an unconditional model); ``--cfg`` on an unconditional model, a bad scale, ``--judge`` on a
+    conditional model whose classes are not digits: refused."""
     from jpeglm.checkpoint.load import conditioning_of
     from jpeglm.inference.guidance import check_cfg
 
     cond = args.conditioning = conditioning_of(info)
     cfg = getattr(args, "judge_cfg", None)
     if cfg is not None:
-        if cond is None or not args.judge:
-            raise UserError("--cfg is for --judge on a class-conditional model (its samples' "
-                            "guidance scale)")  # fmt: skip
+        if cond is None:
+            raise UserError("--cfg is for a class-conditional model (the guidance scale of its "
+                            "labelled samples); this one has no classes")  # fmt: skip
         try:
             check_cfg(cfg)
         except ValueError as e:
@@ -52,6 +62,21 @@ def check(args: argparse.Namespace, info: dict) -> Conditioning | None:
         raise UserError(f"--judge judges digits: a class-conditional model's classes must be "
                         f"digits 0..9, this one's are {shown}")  # fmt: skip
     return cond
+
+
+def check_labels(args: argparse.Namespace, labels: Sequence[str] | None) -> None:
+    """``--cfg`` with nothing to guide (no ``--judge``, no image in a class folder): refused."""
+    if getattr(args, "judge_cfg", None) is not None and not args.judge and labels is None:
+        raise UserError("--cfg guides --judge's samples and the completions of images in class "
+                        "folders (root/<class>/x.png): there are neither")  # fmt: skip
+
+
+def completion_kwargs(args: argparse.Namespace, labels: Sequence[str] | None) -> dict[str, Any]:
+    """The completions' conditioning keywords: each image's label and the guidance scale when
+    the labels are known, else none (the null class, unguided)."""
+    if labels is None:
+        return {}
+    return {"labels": list(labels), "cfg": getattr(args, "judge_cfg", None)}
 
 
 def held_out_labels(items: Sequence[str], paths: Sequence[Path], cond: Conditioning

@@ -458,17 +458,20 @@ def _eval_images(args: argparse.Namespace, folder: Path, tok_path: Path, paths: 
 
     model, tok = _load_model(folder, tok_path, args)
     kw = _sampling_kwargs(args)
-    cond = args.conditioning  # a class-conditional model: completions and FID of its null class
+    cond = args.conditioning  # a class-conditional model: FID of its null class
     ckw = {} if cond is None else {"conditioning": cond}
+    labels = None if cond is None else cond_eval.held_out_labels(args.images, paths, cond)
+    cond_eval.check_labels(args, labels)
     streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
     res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
-                              write_results=False, **kw, **ckw)  # fmt: skip
+                              write_results=False, **kw, **ckw,
+                              **cond_eval.completion_kwargs(args, labels))  # fmt: skip
     if args.fraction is not None:
         res["fraction"] = args.fraction
     if cond is None:
         res["held_out"] = bits_per_byte(model, tok, streams, size=args.size)
     else:  # without the label, and with it where the images' folders name their classes
-        labels = cond_eval.held_out_labels(args.images, paths, cond)
+        res["completion_labels"] = "null" if labels is None else "class folders"
         res.update(cond_eval.held_out(model, tok, streams, args.size, cond, labels))
         if args.judge:  # N of every class, judged as the digit asked for
             res["judge"] = cond_eval.judge(model, tok, cond, args.judge, args.judge_cfg, kw)

@@ -77,17 +77,27 @@ def mnist_split(held_per_digit: int = 50) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mnist_folder(
-    root: str | Path, split: str = "train", held_per_digit: int = 50
+    root: str | Path,
+    split: str = "train",
+    held_per_digit: int = 50,
+    *,
+    copies: int = 1,
+    folders: bool = True,
 ) -> tuple[Path, int]:
     """Write bundled MNIST digits as an ImageFolder tree, ``root/<digit>/<index>.png``
     (``index`` the digit's position in :func:`mnist`, 4 digits), so that ``jpeglm prepare root
-    OUT --labels`` reads their labels from the folder names. ``split``: ``"train"`` or
-    ``"held"`` -- :func:`mnist_split`'s stratified halves (the last ``held_per_digit`` of each
-    digit held out, as the demo scripts split them) -- or ``"all"``. ``root`` must be a new or
-    empty folder (ValueError otherwise: nothing of anyone else's is overwritten). Returns
+    OUT --labels`` reads their labels from the folder names; ``folders=False``: all in ``root``
+    (no labels). ``split``: ``"train"`` or ``"held"`` -- :func:`mnist_split`'s stratified halves
+    (the last ``held_per_digit`` of each digit held out, as the demo scripts split them) -- or
+    ``"all"``. ``copies``: each digit is written as is and ``copies - 1`` times rotated by up to
+    12 degrees and shifted by up to 2 pixels (``<index>_<k>.png``, ``k`` 0 the digit as is;
+    seeded: the demo scripts' augmentation, the same images every time). ``root`` must be a new
+    or empty folder (ValueError otherwise: nothing of anyone else's is overwritten). Returns
     ``(root, images written)``."""
     if split not in ("train", "held", "all"):
         raise ValueError(f"split must be 'train', 'held' or 'all', got {split!r}")
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"{root} is not an empty folder: give a new one for the MNIST tree")
@@ -96,11 +106,23 @@ def mnist_folder(
         idx = np.arange(len(labels))
     else:
         idx = mnist_split(held_per_digit)[0 if split == "train" else 1]
-    for d in np.unique(labels[idx]):
-        (root / str(int(d))).mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    for d in np.unique(labels[idx]) if folders else ():
+        (root / str(int(d))).mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
     for i in idx:
-        Image.fromarray(x[i]).save(root / str(int(labels[i])) / f"{int(i):04d}.png")
-    return root, len(idx)
+        folder = root / str(int(labels[i])) if folders else root
+        if copies == 1:
+            Image.fromarray(x[i]).save(folder / f"{int(i):04d}.png")
+            continue
+        for k in range(copies):
+            im = Image.fromarray(x[i])
+            if k:
+                dx, dy = (int(v) for v in rng.integers(-2, 3, 2))
+                im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR,
+                               translate=(dx, dy))  # fmt: skip
+            im.save(folder / f"{int(i):04d}_{k}.png")
+    return root, len(idx) * copies
 
 
 def moving_mnist(

@@ -9,8 +9,8 @@ inputs with equal names get distinct ones (``x.jlm``, ``x-1.jlm``, ..., in input
 
 Each group of commands is in its own module with its parsers: :mod:`jpeglm.cli.codec`
 (encode / decode / bench / explain), :mod:`jpeglm.cli.data` (train-tokenizer / tokenize /
-prepare), :mod:`jpeglm.cli.model` (sample / complete / eval) and :mod:`jpeglm.cli.models`
-(models: the bundled ones by name); train / plan / export /
+prepare), :mod:`jpeglm.cli.model` (sample / complete), :mod:`jpeglm.cli.evaluate` (eval)
+and :mod:`jpeglm.cli.models` (models: the bundled ones by name); train / plan / export /
 convert and demo are in :mod:`jpeglm.cli.common`, with what every command shares. The work
 is in the library (:mod:`jpeglm.cli.demo`, :mod:`jpeglm.cli.bench`, ...).
 """
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from jpeglm.cli import codec as codec_commands
 from jpeglm.cli import data as data_commands
+from jpeglm.cli import evaluate
 from jpeglm.cli import model as model_commands
 from jpeglm.cli.common import UserError, cmd_convert, cmd_demo, cmd_export, cmd_plan, cmd_train
 
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace DEST when it is a folder jpeglm wrote")  # fmt: skip
     cv.set_defaults(func=cmd_convert)
 
-    model_commands.add_parsers(sub)  # sample, complete, eval
+    evaluate.add_options(model_commands.add_parsers(sub))  # sample, complete, eval
     from jpeglm.cli.models import add_parser as models_parser
 
     models_parser(sub)  # models: the bundled ones, by name

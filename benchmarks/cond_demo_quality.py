@@ -12,7 +12,8 @@ the label and without it (the null class).
 
 ``--sweep``: first choose the guidance scale and the sampling settings on other seeds (100,
 101; 32 samples per digit) by the mean rate; ``--ship DEST``: write the checkpoint in bf16 to
-DEST with the chosen settings recorded (``sampling``, ``conditioning.cfg``). Writes the
+DEST with the chosen settings recorded (``sampling``, ``conditioning.cfg``), and measure that
+folder too (the figures of what ships: bf16 weights, the recorded settings). Writes the
 "Conditional demo model" section of benchmarks/RESULTS.md unless ``--no-write``.
 """
 
@@ -171,6 +172,11 @@ def main() -> None:
         save_hf(Path(args.ship), a, state, dtype=torch.bfloat16, tokenizer=src / "tokenizer.jpeglm",
                 metadata=meta, replace=True)  # fmt: skip
         print("wrote", args.ship)
+        # the figures of what is shipped: the bf16 folder at its recorded settings
+        shipped = load_model(args.ship, dtype=torch.float32)
+        res["shipped"] = sample_rates(shipped, judge, args.samples, seeds, settings, cfg)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     if not args.no_write:
         write_section("Conditional demo model", report(res, args))
 
@@ -180,7 +186,7 @@ def report(res: dict, args) -> str:
     ch = res["chosen"]
     lines = [
         f"Machine: {machine()}. Date: {today()}. Command: `python benchmarks/cond_demo_quality.py "
-        f"{args.checkpoint}{' --sweep' if args.sweep else ''}`. {args.samples} samples per digit "
+        f"{' '.join(sys.argv[1:])}`. {args.samples} samples per digit "
         "and seed, seeds 0, 1, 2; a sample counts when the digit judge gives the requested digit "
         f"probability >= 0.9. Settings: temperature {ch['temperature']}, top-k {ch['top_k']}, "
         f"top-p {ch['top_p']}, guidance {ch['cfg']}.",
@@ -188,8 +194,12 @@ def report(res: dict, args) -> str:
         "| model | mean | worst digit | " + " | ".join(str(d) for d in range(10)) + " |",
         "|---|---:|---:|" + "---:|" * 10,
     ]
-    for name, r in ((f"conditional, cfg {ch['cfg']}", c), ("conditional, cfg 1 (no guidance)", g),
-                    ("unconditional mnist32 (share judged that digit)", u)):  # fmt: skip
+    rows = [(f"conditional, cfg {ch['cfg']}", c)]
+    if "shipped" in res:
+        rows.append((f"the shipped bf16 folder ({args.ship}), cfg {ch['cfg']}", res["shipped"]))
+    rows += [("conditional, cfg 1 (no guidance)", g),
+             ("unconditional mnist32 (share judged that digit)", u)]  # fmt: skip
+    for name, r in rows:
         cells = " | ".join(f"{x:.0%}" for x in r["per_digit"])
         lines.append(f"| {name} | {r['mean']:.1%} | {r['min']:.0%} | {cells} |")
     b = res["held_out_bits_per_byte"]

@@ -29,9 +29,9 @@ _triton_interpreter_without_cuda()
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
-    """A small prepared dataset shared by the trainer tests (see trainutil.make_world)."""
+    """A small prepared dataset shared by the trainer tests (see jpeglm_trainutil.make_world)."""
     pytest.importorskip("torch")
-    from trainutil import make_world
+    from jpeglm_trainutil import make_world
 
     return make_world(tmp_path_factory.mktemp("data"))
 

@@ -3,7 +3,7 @@ checkpoint write, hostile JSON / TOML in the trainer's files, shards that do not
 index or tokenizer, ``resume=true`` without a complete checkpoint, ``sources.txt`` names that
 hold a newline, and the messages that must say what to do. Each case is one line on stderr
 (``jpeglm train: error: ...``, exit 2, or the signal's 130 / 143), checked before the run
-folder is claimed where it can be. Trainer runs are pinned to the CPU (trainutil)."""
+folder is claimed where it can be. Trainer runs are pinned to the CPU (jpeglm_trainutil)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainutil import cfg as _cfg  # noqa: E402
-from trainutil import command as _command  # noqa: E402
-from trainutil import env as _env  # noqa: E402
-from trainutil import run as _run  # noqa: E402
+from jpeglm_trainutil import cfg as _cfg  # noqa: E402
+from jpeglm_trainutil import command as _command  # noqa: E402
+from jpeglm_trainutil import env as _env  # noqa: E402
+from jpeglm_trainutil import run as _run  # noqa: E402
 
 from jpeglm.data import prepare as data  # noqa: E402
 from jpeglm.data.index import read_index  # noqa: E402

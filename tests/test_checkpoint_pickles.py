@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainutil import cfg as _cfg  # noqa: E402
+from jpeglm_trainutil import cfg as _cfg  # noqa: E402
 
 from jpeglm import cli  # noqa: E402
 from jpeglm.checkpoint.dcp import list_checkpoints  # noqa: E402

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from jpeglm_testutil import tiny_llama_config
 from PIL import Image
 
 from jpeglm import codec
@@ -29,11 +30,7 @@ def official_dir(tmp_path_factory):
     model = train_sentencepiece(docs, 320, max_sentence_length=1 << 16)
     (d / "tokenizer.model").write_bytes(model)
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    )  # fmt: skip
+    cfg = tiny_llama_config(transformers)
     transformers.LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
     return d
 

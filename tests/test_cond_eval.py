@@ -14,7 +14,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from condutil import DIGITS, make_cond_model  # noqa: E402
+from jpeglm_condutil import DIGITS, make_cond_model  # noqa: E402
 
 from jpeglm import codec  # noqa: E402
 from jpeglm.checkpoint.load import load_model  # noqa: E402

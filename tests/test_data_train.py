@@ -22,11 +22,11 @@ from jpeglm.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
 
-from trainutil import cfg as _cfg  # noqa: E402
-from trainutil import crops as _crops  # noqa: E402
-from trainutil import kill_repeatedly  # noqa: E402
-from trainutil import losses as _losses  # noqa: E402
-from trainutil import run as _run  # noqa: E402
+from jpeglm_trainutil import cfg as _cfg  # noqa: E402
+from jpeglm_trainutil import crops as _crops  # noqa: E402
+from jpeglm_trainutil import kill_repeatedly  # noqa: E402
+from jpeglm_trainutil import losses as _losses  # noqa: E402
+from jpeglm_trainutil import run as _run  # noqa: E402
 
 from jpeglm.checkpoint.dcp import list_checkpoints as _checkpoints  # noqa: E402
 from jpeglm.data.dataset import ShardDataset  # noqa: E402

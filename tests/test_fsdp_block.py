@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 if importlib.util.find_spec("triton") is None:  # not imported here: the ranks import it
     pytest.skip("needs triton", allow_module_level=True)
 
-from trainutil import env, free_port  # noqa: E402
+from jpeglm_trainutil import env, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GRAD_RTOL = 1e-4  # ||g - g_ref|| / ||g_ref||, every parameter, fp32

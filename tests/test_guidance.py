@@ -14,6 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from jpeglm_testutil import photo_tokenizer  # noqa: E402
+
 from jpeglm import codec  # noqa: E402
 from jpeglm.conditioning import Conditioning  # noqa: E402
 from jpeglm.data import bundled as samples  # noqa: E402
@@ -27,9 +29,7 @@ CLASSES = ("cat", "dog", "bird")
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    streams = [codec.encode(p, quality=q, size=s) for p in samples.photo_paths()
-               for q in (20, 25, 30) for s in (16, 32)]  # fmt: skip
-    return Tokenizer.train(streams, vocab_size=300, progress=False)
+    return photo_tokenizer(300)
 
 
 @pytest.fixture(scope="module")

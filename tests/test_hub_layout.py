@@ -23,6 +23,7 @@ import pickle
 import warnings
 
 import pytest
+from jpeglm_testutil import tiny_llama_config
 
 from jpeglm import codec
 from jpeglm.cli import main
@@ -76,11 +77,7 @@ def sp_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_model():
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    )  # fmt: skip
+    cfg = tiny_llama_config(transformers)
     return transformers.LlamaForCausalLM(cfg).eval()
 
 

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from condutil import make_cond_model  # noqa: E402
+from jpeglm_condutil import make_cond_model  # noqa: E402
 
 from jpeglm.checkpoint.load import load_model, model_folder, read_info, resolve  # noqa: E402
 from jpeglm.cli import main  # noqa: E402

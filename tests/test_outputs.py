@@ -15,7 +15,7 @@ from jpeglm.data import bundled as samples
 
 torch = pytest.importorskip("torch")
 
-from trainutil import cfg as _cfg  # noqa: E402
+from jpeglm_trainutil import cfg as _cfg  # noqa: E402
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:

@@ -109,15 +109,14 @@ def test_complete_api_fraction(tmp_path):
 
 
 def test_complete_cli_fraction_on_the_hub_layout(tmp_path, capsys):
+    from jpeglm_testutil import tiny_llama_config
     from test_hub_layout import save_hub
 
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    )  # fmt: skip
+    cfg = tiny_llama_config(transformers, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=1, num_attention_heads=2,
+                            max_position_embeddings=4096)  # fmt: skip
     hub = tmp_path / "hub"
     hub.mkdir()
     save_hub(transformers.LlamaForCausalLM(cfg).eval(), hub)

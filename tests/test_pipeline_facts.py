@@ -15,7 +15,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from trainutil import cfg, run  # noqa: E402
+from jpeglm_trainutil import cfg, run  # noqa: E402
 
 from jpeglm import codec  # noqa: E402
 from jpeglm.cli import main  # noqa: E402

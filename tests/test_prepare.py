@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trainutil import kill_repeatedly
+from jpeglm_trainutil import kill_repeatedly
 
 from jpeglm import codec
 from jpeglm.data import bundled as samples

@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainutil import cfg as _cfg  # noqa: E402
-from trainutil import run as _run  # noqa: E402
+from jpeglm_trainutil import cfg as _cfg  # noqa: E402
+from jpeglm_trainutil import run as _run  # noqa: E402
 
 from jpeglm._io import LOCK_FILE, folder_lock  # noqa: E402
 

@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+from jpeglm_testutil import photo_tokenizer  # noqa: E402
+
 from jpeglm import codec  # noqa: E402
 from jpeglm.data import bundled as samples  # noqa: E402
 from jpeglm.inference.sample import complete, generate  # noqa: E402
@@ -22,9 +24,7 @@ from jpeglm.tokenizer import Tokenizer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    streams = [codec.encode(p, quality=q, size=s) for p in samples.photo_paths()
-               for q in (20, 25, 30) for s in (16, 32)]  # fmt: skip
-    return Tokenizer.train(streams, vocab_size=300, progress=False)
+    return photo_tokenizer(300)
 
 
 @pytest.fixture(scope="module")

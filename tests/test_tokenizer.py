@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jpeglm_testutil import sp_model
 
 from jpeglm import _core, codec
 from jpeglm.data import bundled as samples
@@ -98,7 +98,7 @@ def test_layout(tok):
 
 def test_token_byte_values(tok, tok_deep):
     pieces = SPECIAL_PIECES + [(_braille(b"ab"), -1.0, 1), (_braille(b"a"), -2.0, 1)]
-    sp = Tokenizer.from_sentencepiece(_sp_model(pieces))  # ids 0..2 special, no single "b"
+    sp = Tokenizer.from_sentencepiece(sp_model(pieces))  # ids 0..2 special, no single "b"
     assert sp.token_byte_values() == {3: b"ab", 4: b"a"}
     for t in (tok, tok_deep, sp):
         values = t.token_byte_values()
@@ -283,41 +283,6 @@ def test_sentencepiece_model_to_hf(sp_pair, held_out, tmp_path):
 # sentencepiece models built by hand (no sentencepiece needed)
 
 
-def _pb_varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
-def _pb(field: int, wire: int, value: int | bytes) -> bytes:
-    key = _pb_varint(field << 3 | wire)
-    if wire == 0:
-        return key + _pb_varint(value)
-    if wire == 5:
-        return key + value
-    return key + _pb_varint(len(value)) + value
-
-
-def _sp_model(pieces, model_type=2, trainer=None, normalizer=None) -> bytes:
-    out = b""
-    for piece, score, kind in pieces:
-        body = _pb(1, 2, piece.encode()) + _pb(2, 5, struct.pack("<f", score)) + _pb(3, 0, kind)
-        out += _pb(1, 2, body)
-    spec = _pb(3, 0, model_type)
-    for f, v in (trainer or {}).items():
-        spec += _pb(f, 0, v)
-    out += _pb(2, 2, spec)
-    norm = _pb(1, 2, b"identity") + _pb(3, 0, 0)
-    for f, v in (normalizer or {}).items():
-        norm += _pb(f, 0, v)
-    return out + _pb(3, 2, norm)
-
-
 def _braille(b: bytes) -> str:
     return "".join(chr(0x2800 + x) for x in b)
 
@@ -334,7 +299,7 @@ def test_sentencepiece_handmade():
         (_braille(b"b"), -4.0, 1),
         (_braille(b"c"), -5.0, 1),
     ]
-    t = Tokenizer.from_sentencepiece(_sp_model(pieces))
+    t = Tokenizer.from_sentencepiece(sp_model(pieces))
     assert (t.unk_id, t.bos_id, t.eos_id, t.pad_id) == (0, 1, 2, 0)
     assert t.encode(b"abc") == [5]  # ab first (leftmost of equal scores), then ab + c
     assert t.encode(b"bcab") == [4, 3]
@@ -345,7 +310,7 @@ def test_sentencepiece_handmade():
     with pytest.raises(ValueError, match="tiktoken"):
         t.to_tiktoken()
     spm = pytest.importorskip("sentencepiece")
-    sp = spm.SentencePieceProcessor(model_proto=_sp_model(pieces))
+    sp = spm.SentencePieceProcessor(model_proto=sp_model(pieces))
     for s in (b"abc", b"bcab", b"zzazz", b"abcabcbca", b"cbacba"):
         assert sp.encode(_braille(s)) == t.encode(s)
 
@@ -353,10 +318,10 @@ def test_sentencepiece_handmade():
 def test_sentencepiece_pad_and_inert_pieces():
     pieces = SPECIAL_PIECES + [("<pad>", 0.0, 3), ("\u2581", -1.0, 1), (_braille(b"a"), -2.0, 1)]
     with pytest.warns(UserWarning, match="not braille") as record:
-        t = Tokenizer.from_sentencepiece(_sp_model(pieces, trainer={43: 3}))
+        t = Tokenizer.from_sentencepiece(sp_model(pieces, trainer={43: 3}))
     assert record[0].filename == __file__  # the warning points at the caller
     with pytest.warns(UserWarning, match="not braille") as record:
-        sp_formats.load_sentencepiece(_sp_model(pieces, trainer={43: 3}), Tokenizer)
+        sp_formats.load_sentencepiece(sp_model(pieces, trainer={43: 3}), Tokenizer)
     assert record[0].filename == __file__
     assert t.pad_id == 3
     assert t.special_tokens["\u2581"] == 4
@@ -369,11 +334,11 @@ def test_sentencepiece_pad_and_inert_pieces():
         (b"", "no pieces"),
         (b"\xff" * 20, "varint|wire"),
         (b"garbage that is not a model", "not a valid"),
-        (_sp_model(SPECIAL_PIECES + [(_braille(b"a"), 0.0, 1)], model_type=1), "UNIGRAM"),
-        (_sp_model(SPECIAL_PIECES + [(_braille(b"a"), 0.0, 1)], trainer={35: 1}), "fallback"),
-        (_sp_model(SPECIAL_PIECES + [("<0x41>", 0.0, 6)]), "byte piece"),
-        (_sp_model(SPECIAL_PIECES + [("x", 0.0, 4)]), "user-defined"),
-        (_sp_model(SPECIAL_PIECES + [(_braille(b"a"), 0.0, 1)] * 2), "same bytes"),
+        (sp_model(SPECIAL_PIECES + [(_braille(b"a"), 0.0, 1)], model_type=1), "UNIGRAM"),
+        (sp_model(SPECIAL_PIECES + [(_braille(b"a"), 0.0, 1)], trainer={35: 1}), "fallback"),
+        (sp_model(SPECIAL_PIECES + [("<0x41>", 0.0, 6)]), "byte piece"),
+        (sp_model(SPECIAL_PIECES + [("x", 0.0, 4)]), "user-defined"),
+        (sp_model(SPECIAL_PIECES + [(_braille(b"a"), 0.0, 1)] * 2), "same bytes"),
     ],
 )
 def test_sentencepiece_bad_models(model, match):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import pickle
 import random
-import struct
 import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from jpeglm_testutil import sp_model
 
 from jpeglm import codec
 from jpeglm.data import bundled
@@ -195,32 +195,8 @@ def test_byte_fallback(byte_fallback, inputs):
 # hand-made models: random pieces over 3 letters, with "▁" merges, against sentencepiece
 
 
-def _pb_varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
-def _pb(field: int, wire: int, value) -> bytes:
-    key = _pb_varint(field << 3 | wire)
-    if wire == 0:
-        return key + _pb_varint(value)
-    if wire == 5:
-        return key + value
-    return key + _pb_varint(len(value)) + value
-
-
 def _model(pieces: list[tuple[str, float, int]], byte_fallback: bool = False) -> bytes:
-    out = b""
-    for piece, score, kind in pieces:
-        body = _pb(1, 2, piece.encode()) + _pb(2, 5, struct.pack("<f", score)) + _pb(3, 0, kind)
-        out += _pb(1, 2, body)
-    out += _pb(2, 2, _pb(3, 0, 2) + _pb(35, 0, int(byte_fallback)))
-    return out + _pb(3, 2, _pb(1, 2, b"identity") + _pb(3, 0, 1))
+    return sp_model(pieces, trainer={35: int(byte_fallback)}, dummy_prefix=True)
 
 
 def _random_model(rng: random.Random) -> list[tuple[str, float, int]]:

@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainutil import cfg as _cfg  # noqa: E402
+from jpeglm_trainutil import cfg as _cfg  # noqa: E402
 
 from jpeglm.conditioning import Conditioning  # noqa: E402
 from jpeglm.data.index import read_index  # noqa: E402
@@ -277,7 +277,7 @@ def test_refusals_are_one_line(labelled, world, tmp_path, capsys):
 
 
 def test_two_ranks_draw_the_same_dropout_as_one(labelled, tmp_path):
-    from trainutil import run
+    from jpeglm_trainutil import run
 
     kw = {"max_steps": 3, "eval_every": 100, "ckpt_every": 100, "cond_dropout": 0.5}
     one = run(_args(labelled, tmp_path / "one", **kw))

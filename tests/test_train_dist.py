@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainutil import cfg, command, env, free_port, losses, run  # noqa: E402
+from jpeglm_trainutil import cfg, command, env, free_port, losses, run  # noqa: E402
 
 from jpeglm.checkpoint.dcp import list_checkpoints  # noqa: E402
 from jpeglm.checkpoint.hf import load_hf_state, load_pretrained, save_pretrained  # noqa: E402

@@ -276,7 +276,7 @@ def test_clips_go_through_the_same_tokenizer_prepare_trainer_and_sampler(tmp_pat
     # the trainer, as for images
     import subprocess
 
-    from trainutil import env
+    from jpeglm_trainutil import env
 
     out = tmp_path / "run"
     args = [f"train_data={json.dumps([str(tmp_path / 'shards')])}",

@@ -159,8 +159,6 @@ def main() -> None:
     res["judge_calibration"] = calibration(judge)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(res, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     if args.ship:
         from jpeglm.checkpoint.hf import load_hf_state, save_hf
 
@@ -175,8 +173,8 @@ def main() -> None:
         # the figures of what is shipped: the bf16 folder at its recorded settings
         shipped = load_model(args.ship, dtype=torch.float32)
         res["shipped"] = sample_rates(shipped, judge, args.samples, seeds, settings, cfg)
-        if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     if not args.no_write:
         write_section("Conditional demo model", report(res, args))
 

@@ -186,7 +186,14 @@ def test_eval_completes_each_image_with_its_label(cond_dir, tmp_path, monkeypatc
     assert res["completion_labels"] == "null" and "labels" not in calls[-1]
 
 
-def test_eval_cfg_refusals(cond_dir, tmp_path, capsys):
+def test_eval_cfg_refusals(cond_dir, tmp_path, capsys, monkeypatch):
+    """Refused in one line, each before the model's weights are read."""
+    from jpeglm.cli import model as model_commands
+
+    def no(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(model_commands, "_load_model", no)
     root = _image_folder(tmp_path / "held")
 
     def refused(model, *more: str, match: str, images=(root,)) -> None:

@@ -78,18 +78,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.judge and size != 32:
         raise UserError(f"--judge needs a 32x32 digit model (--size 32), not {size}")
     paths = image_paths(args.images)
+    cond = args.conditioning  # a class-conditional model: the labels of the images' folders
+    labels = None if cond is None else cond_eval.held_out_labels(args.images, paths, cond)
+    cond_eval.check_labels(args, labels)
     fid_net = _fid_network(args, len(paths))
     extra = [Path(args.fid_weights)] if fid_net is not None else []
     folder, tok_path = m._plan_model_outputs(args, ["results.json", "grid.png"], [*paths, *extra])
     try:
         with m._sampling(folder):
-            return _eval_images(args, folder, tok_path, paths, fid_net)
+            return _eval_images(args, folder, tok_path, paths, labels, fid_net)
     finally:  # grid.png is written as soon as the completions are made
         record_outputs([Path(args.out) / "grid.png"])
 
 
 def _eval_images(args: argparse.Namespace, folder: Path, tok_path: Path, paths: list[Path],
-                 fid_net) -> int:  # noqa: ANN001  # fmt: skip
+                 labels: list[str] | None, fid_net) -> int:  # noqa: ANN001  # fmt: skip
     from jpeglm import codec
     from jpeglm.eval.metrics import bits_per_byte, evaluate_completion
 
@@ -97,8 +100,6 @@ def _eval_images(args: argparse.Namespace, folder: Path, tok_path: Path, paths: 
     kw = m._sampling_kwargs(args)
     cond = args.conditioning  # a class-conditional model: FID of its null class
     ckw = {} if cond is None else {"conditioning": cond}
-    labels = None if cond is None else cond_eval.held_out_labels(args.images, paths, cond)
-    cond_eval.check_labels(args, labels)
     streams = codec.encode_batch(paths, quality=args.quality, size=args.size)  # once
     res = evaluate_completion(model, tok, paths, args.out, rows=args.rows, streams=streams,
                               write_results=False, **kw, **ckw,

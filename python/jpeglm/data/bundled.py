@@ -112,16 +112,13 @@ def mnist_folder(
     rng = np.random.default_rng(0)
     for i in idx:
         folder = root / str(int(labels[i])) if folders else root
-        if copies == 1:
-            Image.fromarray(x[i]).save(folder / f"{int(i):04d}.png")
-            continue
         for k in range(copies):
             im = Image.fromarray(x[i])
             if k:
                 dx, dy = (int(v) for v in rng.integers(-2, 3, 2))
                 im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR,
                                translate=(dx, dy))  # fmt: skip
-            im.save(folder / f"{int(i):04d}_{k}.png")
+            im.save(folder / (f"{int(i):04d}.png" if copies == 1 else f"{int(i):04d}_{k}.png"))
     return root, len(idx) * copies
 
 
